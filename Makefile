@@ -1,0 +1,45 @@
+# Ferry: `make demo` runs the main job, `make test` the whole suite. Both
+# install what they need first (scripts/deps.sh), as root on Debian 12.
+SHELL      := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO         ?= go
+IMAGE_DIR  ?= /var/cache/ferry/images
+BIN        := $(CURDIR)/bin
+TEST_TIMEOUT ?= 25m
+
+.PHONY: all deps build image demo test unit e2e bench vet clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(GO) build -o $(BIN)/ferry ./cmd/ferry
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ferry-guest ./cmd/ferry-guest
+
+image: build
+	$(BIN)/ferry image build --image-dir $(IMAGE_DIR)
+
+demo: image
+	FERRY=$(BIN)/ferry IMAGE_DIR=$(IMAGE_DIR) scripts/demo.sh
+
+vet: deps
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# The whole suite: unit tests and end-to-end tests against real QEMU and etcd.
+test: image vet
+	FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit: deps
+	$(GO) test -count=1 -short ./...
+
+e2e: image
+	FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
+
+bench: image
+	$(BIN)/ferry bench startup --json --image-dir $(IMAGE_DIR)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,118 @@
+// Package api holds Ferry's wire types: what the HTTP API accepts and returns,
+// and what is stored in etcd. Server, client and CLI share them.
+package api
+
+import "time"
+
+// Power states a VM can be asked to be in.
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+)
+
+// VM phases as observed by the agent that hosts the VM.
+const (
+	PhasePending  = "pending"  // accepted, not yet placed or started
+	PhaseStarting = "starting" // QEMU launched, not yet running
+	PhaseRunning  = "running"  // QEMU is running the guest
+	PhaseStopping = "stopping" // shutting down
+	PhaseStopped  = "stopped"  // no QEMU process
+	PhaseFailed   = "failed"   // QEMU failed to start or exited unexpectedly
+	PhaseDeleting = "deleting" // being removed
+)
+
+// Image names built into Ferry; anything else must be an absolute path.
+const ImageTiny = "tiny"
+
+// VMSpec is the desired state of a VM, written by the API.
+type VMSpec struct {
+	Name      string    `json:"name"`
+	UUID      string    `json:"uuid"`
+	MemoryMiB int       `json:"memory_mib"`
+	CPUs      int       `json:"cpus"`
+	Image     string    `json:"image"`      // "tiny" or an absolute path to a qcow2/raw image
+	ImageFmt  string    `json:"image_format,omitempty"` // qcow2|raw for path images
+	DiskMiB   int       `json:"disk_mib"`   // size of the VM's own disk (tiny image); 0 for path images
+	MAC       string    `json:"mac"`
+	IP        string    `json:"ip"` // CIDR, e.g. 198.19.0.10/16
+	Power     string    `json:"power"`
+	StartSeq  int64     `json:"start_seq"`  // bumped by every start/restart request
+	StopForce bool      `json:"stop_force,omitempty"`
+	StopGrace string    `json:"stop_grace,omitempty"` // duration to wait for a graceful shutdown
+	Deleting  bool      `json:"deleting,omitempty"`
+	Created   time.Time `json:"created"`
+}
+
+// VMStatus is what the hosting agent observed, written by the agent.
+type VMStatus struct {
+	Phase     string    `json:"phase"`
+	Node      string    `json:"node,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	StartSeq  int64     `json:"start_seq"` // the spec StartSeq this status answers
+	Accel     string    `json:"accel,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	LogTail   string    `json:"log_tail,omitempty"`
+	Endpoint  string    `json:"endpoint,omitempty"` // host:port where the guest's HTTP port 80 is reachable
+	Guest     *Guest    `json:"guest,omitempty"`
+	Since     time.Time `json:"since"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Guest is what the agent's probe learned from the guest itself.
+type Guest struct {
+	Healthy  bool      `json:"healthy"`
+	BootID   string    `json:"boot_id,omitempty"`
+	UptimeS  float64   `json:"uptime_s,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// VM is a VM as the API returns it: spec, placement and status together.
+type VM struct {
+	Spec   VMSpec   `json:"spec"`
+	Node   string   `json:"node,omitempty"` // placement decided by the scheduler
+	Status VMStatus `json:"status"`
+}
+
+// VMCreateRequest is the body of POST /v1/vms. Sizes take suffixes K, M, G, T
+// (powers of 1024); a bare number is bytes.
+type VMCreateRequest struct {
+	Name   string `json:"name"`
+	Memory string `json:"memory,omitempty"`
+	CPUs   int    `json:"cpus,omitempty"`
+	Image  string `json:"image,omitempty"`
+	Disk   string `json:"disk,omitempty"`
+	Start  *bool  `json:"start,omitempty"`
+}
+
+// VMStopRequest is the body of POST /v1/vms/{name}/stop.
+type VMStopRequest struct {
+	Force   bool   `json:"force,omitempty"`
+	Timeout string `json:"timeout,omitempty"` // graceful shutdown wait, e.g. "10s"
+}
+
+// Node is a host as registered by its agent.
+type Node struct {
+	Name        string    `json:"name"`
+	State       string    `json:"state"` // ready|not-ready
+	Address     string    `json:"address"`
+	CPUs        int       `json:"cpus"`
+	MemoryMiB   int       `json:"memory_mib"`
+	Accel       string    `json:"accel"`
+	QEMUVersion string    `json:"qemu_version"`
+	Images      []string  `json:"images"`
+	VMs         int       `json:"vms"`
+	UsedMiB     int       `json:"used_memory_mib"`
+	Load1       float64   `json:"load1"`
+	Heartbeat   time.Time `json:"heartbeat"`
+}
+
+// ErrorBody is the body of every non-2xx API response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail carries a stable machine code and a message for people.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

@@ -1,0 +1,228 @@
+// Package client is the Go client of Ferry's HTTP API, used by the CLI, the
+// tests and the benchmarks. Errors from the server come back as *APIError,
+// which matches the errdefs kinds with errors.Is.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/pki"
+)
+
+// Client talks to one Ferry API server.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+// New returns a client for server (https://host:port) with the given TLS config.
+func New(server string, tlsCfg *tls.Config) *Client {
+	return &Client{
+		base: strings.TrimRight(server, "/"),
+		hc:   &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}},
+	}
+}
+
+// EndpointFile, in an agent's data directory, names the API address the agent serves.
+const EndpointFile = "api-endpoint"
+
+// FromDataDir builds a client from the admin credentials an agent generated
+// in its data directory. server may be empty: then the address the agent
+// recorded there is used.
+func FromDataDir(dataDir, server string) (*Client, error) {
+	pkiDir := filepath.Join(dataDir, "pki")
+	cfg, err := pki.ClientTLS(pkiDir, pki.AdminCert, pki.AdminKey)
+	if err != nil {
+		return nil, fmt.Errorf("no admin credentials in %s (is `ferry agent` running with --data-dir %s?): %w", pkiDir, dataDir, err)
+	}
+	if server == "" {
+		b, err := os.ReadFile(filepath.Join(dataDir, EndpointFile))
+		if err != nil {
+			return nil, fmt.Errorf("no API address recorded in %s: pass --server", dataDir)
+		}
+		server = strings.TrimSpace(string(b))
+	}
+	return New(server, cfg), nil
+}
+
+// APIError is an error the server returned.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Unwrap makes errors.Is(err, errdefs.ErrNotFound) and friends work.
+func (e *APIError) Unwrap() error { return errdefs.FromCode(e.Code) }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errdefs.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+func decodeError(resp *http.Response) error {
+	var eb api.ErrorBody
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(b, &eb) != nil || eb.Error.Code == "" {
+		return &APIError{Status: resp.StatusCode, Code: "internal", Message: fmt.Sprintf("server answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+	}
+	return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+}
+
+// CreateVM creates a VM.
+func (c *Client) CreateVM(ctx context.Context, req api.VMCreateRequest) (*api.VM, error) {
+	var vm api.VM
+	return &vm, c.do(ctx, "POST", "/v1/vms", req, &vm)
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	var vm api.VM
+	return &vm, c.do(ctx, "GET", "/v1/vms/"+url.PathEscape(name), nil, &vm)
+}
+
+// ListVMs returns every VM.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var vms []api.VM
+	return vms, c.do(ctx, "GET", "/v1/vms", nil, &vms)
+}
+
+// StartVM asks for a VM to run.
+func (c *Client) StartVM(ctx context.Context, name string) (*api.VM, error) {
+	var vm api.VM
+	return &vm, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/start", nil, &vm)
+}
+
+// StopVM asks for a VM to stop.
+func (c *Client) StopVM(ctx context.Context, name string, req api.VMStopRequest) (*api.VM, error) {
+	var vm api.VM
+	return &vm, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/stop", req, &vm)
+}
+
+// RestartVM asks for a VM to be restarted.
+func (c *Client) RestartVM(ctx context.Context, name string, req api.VMStopRequest) (*api.VM, error) {
+	var vm api.VM
+	return &vm, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/restart", req, &vm)
+}
+
+// DeleteVM asks for a VM to be deleted.
+func (c *Client) DeleteVM(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(name), nil, nil)
+}
+
+// ListNodes returns every host.
+func (c *Client) ListNodes(ctx context.Context) ([]api.Node, error) {
+	var n []api.Node
+	return n, c.do(ctx, "GET", "/v1/nodes", nil, &n)
+}
+
+// Console copies the VM's console output to w; with follow it keeps
+// streaming until ctx ends.
+func (c *Client) Console(ctx context.Context, name string, lines int, follow bool, w io.Writer) error {
+	q := url.Values{"lines": {fmt.Sprint(lines)}, "follow": {fmt.Sprint(follow)}}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/vms/"+url.PathEscape(name)+"/console?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errdefs.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Raw performs a request with a raw body and returns status and body; for
+// tests of hostile input.
+func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// WaitVM polls until cond holds for the VM, ctx ends, or the VM is gone
+// (cond(nil) decides whether that is success).
+func (c *Client) WaitVM(ctx context.Context, name string, cond func(*api.VM) (bool, error)) (*api.VM, error) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		vm, err := c.GetVM(ctx, name)
+		if err != nil {
+			if ae, ok := err.(*APIError); ok && ae.Code == "not_found" {
+				vm = nil
+			} else if ctx.Err() != nil {
+				return nil, ctx.Err()
+			} else {
+				return nil, err
+			}
+		}
+		done, cerr := cond(vm)
+		if cerr != nil {
+			return vm, cerr
+		}
+		if done {
+			return vm, nil
+		}
+		select {
+		case <-ctx.Done():
+			return vm, fmt.Errorf("timed out waiting for vm %s: %w", name, ctx.Err())
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/apiserver"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/spf13/cobra"
+)
+
+type agentOpts struct {
+	dev           bool
+	listen        string
+	etcdEndpoints []string
+	etcdClientURL string
+	etcdPeerURL   string
+	node          string
+	accel         string
+	cpuModel      string
+	runDir        string
+	imageDir      string
+	storageDir    string
+	logLevel      string
+}
+
+func agentCmd(g *globals) *cobra.Command {
+	o := &agentOpts{}
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent (with --dev: a whole single-host cluster)",
+		Long: `Run Ferry on this host.
+
+With --dev, one process is a whole cluster: an embedded etcd, the API on
+127.0.0.1 and the agent that runs guests. On first start it makes a cluster CA
+and admin credentials in --data-dir, where the CLI finds them.
+
+Stopping the agent leaves guests running; the next agent re-attaches to them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runAgent(cmd.Context(), g, o) },
+	}
+	f := c.Flags()
+	f.BoolVar(&o.dev, "dev", false, "single host: embedded etcd, API and agent in one process")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:7443", "API listen address (TLS)")
+	f.StringSliceVar(&o.etcdEndpoints, "etcd-endpoints", nil, "use an external etcd cluster instead of the embedded one")
+	f.StringVar(&o.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
+	f.StringVar(&o.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
+	f.StringVar(&o.node, "node-name", "", "this host's name (default: the host name)")
+	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if a probe guest boots under it), kvm or tcg")
+	f.StringVar(&o.cpuModel, "cpu-model", "", "QEMU CPU model (default: QEMU's)")
+	f.StringVar(&o.runDir, "run-dir", "/run/ferry", "directory for QMP and console sockets (keep the path short)")
+	f.StringVar(&o.imageDir, "image-dir", image.DefaultDir, "where built-in images are kept")
+	f.StringVar(&o.storageDir, "storage-dir", "", "where VM disks live (default: DATA-DIR/storage)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return c
+}
+
+func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(log)
+	if !o.dev && len(o.etcdEndpoints) == 0 {
+		return errors.New("say --dev for a single-host cluster with embedded etcd, or --etcd-endpoints for an external etcd")
+	}
+	dataDir, err := filepath.Abs(g.dataDir)
+	if err != nil {
+		return err
+	}
+	if o.storageDir == "" {
+		o.storageDir = filepath.Join(dataDir, "storage")
+	}
+	if o.node == "" {
+		o.node = defaultNodeName()
+	}
+	if err := api.ValidateName("node", o.node); err != nil {
+		return fmt.Errorf("%v (pass --node-name)", err)
+	}
+	host, _, err := net.SplitHostPort(o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", o.listen, err)
+	}
+	qv, err := qemu.BinaryVersion(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{dataDir, o.runDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return err
+		}
+	}
+
+	// Credentials: a cluster CA, the API server's certificate, the admin's.
+	pkiDir := filepath.Join(dataDir, "pki")
+	ca, err := pki.EnsureCA(pkiDir, "ferry cluster CA")
+	if err != nil {
+		return fmt.Errorf("cluster CA: %w", err)
+	}
+	hosts := []string{"127.0.0.1", "localhost", o.node}
+	if host != "" && host != "0.0.0.0" && host != "::" {
+		hosts = append(hosts, host)
+	}
+	if err := ca.EnsureLeaf(pkiDir, pki.ServerCert, pki.ServerKey, o.node, "ferry-node", hosts); err != nil {
+		return err
+	}
+	if err := ca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
+		return err
+	}
+	tlsCfg, err := pki.ServerTLS(pkiDir)
+	if err != nil {
+		return err
+	}
+
+	endpoints := o.etcdEndpoints
+	if len(endpoints) == 0 {
+		emb, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: filepath.Join(dataDir, "etcd"), Name: o.node,
+			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log})
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		endpoints = []string{emb.ClientURL()}
+	}
+	st, err := store.Open(ctx, endpoints)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var kernel, initrd string
+	if img, err := image.Find(o.imageDir); err == nil {
+		kernel, initrd = img.Kernel, img.Initrd
+	} else {
+		log.Warn("built-in image missing; VMs from image tiny cannot start until it is built", "err", err)
+	}
+	accel, why, err := qemu.ChooseAccel(ctx, o.accel, kernel, initrd, dataDir)
+	if err != nil {
+		return err
+	}
+	log.Info("accelerator chosen", "accel", accel, "reason", why)
+
+	ag, err := agent.New(agent.Config{
+		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
+		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
+	}, st)
+	if err != nil {
+		return err
+	}
+	apiSrv := apiserver.New(st, func(vm *api.VM) (string, error) {
+		if vm.Node != ag.Node() {
+			return "", errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("vm %s runs on node %s; ask that node's API for its console", vm.Spec.Name, dash(vm.Node)))
+		}
+		return ag.ConsoleLog(vm.Spec.Name), nil
+	}, log)
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("API listener: %w", err)
+	}
+	srv := &http.Server{Handler: apiSrv.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	endpoint := "https://" + ln.Addr().String()
+	if err := os.WriteFile(filepath.Join(dataDir, client.EndpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("API server: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := ag.Run(ctx); err != nil {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		sched.New(st, o.node, log).Run(ctx)
+	}()
+	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down; guests keep running")
+	case err = <-errc:
+		log.Error("shutting down", "err", err)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	srv.Shutdown(sctx)
+	scancel()
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func defaultNodeName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "node1"
+	}
+	h = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+	if api.ValidateName("node", h) != nil {
+		return "node1"
+	}
+	return h
+}

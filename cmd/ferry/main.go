@@ -1,0 +1,74 @@
+// Command ferry is Ferry's one binary: the host agent, the CLI, the image
+// builder and the benchmarks.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ferryvm/ferry/client"
+	"github.com/spf13/cobra"
+)
+
+// globals are the flags every client command shares.
+type globals struct {
+	dataDir string
+	server  string
+	output  string
+}
+
+func (g *globals) client() (*client.Client, error) {
+	return client.FromDataDir(g.dataDir, g.server)
+}
+
+func envOr(k, d string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return d
+}
+
+func main() {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "ferry",
+		Short:         "Ferry keeps QEMU/KVM guests running while their hosts are maintained, overloaded or fail",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", envOr("FERRY_DATA_DIR", "/var/lib/ferry"), "agent state directory; the CLI finds its credentials and the API address there ($FERRY_DATA_DIR)")
+	root.PersistentFlags().StringVar(&g.server, "server", os.Getenv("FERRY_SERVER"), "API address, e.g. https://127.0.0.1:7443 (default: the one recorded in --data-dir) ($FERRY_SERVER)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(agentCmd(g), vmCmd(g), nodeCmd(g), imageCmd(), benchCmd(g), versionCmd())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			fmt.Fprintln(os.Stderr, "error:", ee.msg)
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// Version is set at build time.
+var Version = "dev"
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) { fmt.Println("ferry", Version) }}
+}

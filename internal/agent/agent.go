@@ -1,0 +1,261 @@
+// Package agent is the per-host reconciler: it watches the store for the VMs
+// placed on its host, drives QEMU towards their desired state, re-attaches to
+// guests that outlived a previous agent, and writes what it observes back.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Config is the agent's view of its host.
+type Config struct {
+	Node        string // this host's name
+	Address     string // this host's address as other hosts see it
+	DataDir     string // per-VM state (logs, runtime records) under DataDir/vms
+	RunDir      string // QMP and console sockets; keep it short (107-byte socket paths)
+	StorageDir  string // VM disks
+	ImageDir    string // built-in images
+	Accel       string // kvm or tcg (already resolved)
+	CPUModel    string
+	QEMUVersion string
+	// GuestHostAddr is the host address on which user-mode guests' port 80 is
+	// forwarded (loopback).
+	GuestHostAddr string
+	LeaseTTL      int // seconds
+	Log           *slog.Logger
+}
+
+// Agent reconciles one host.
+type Agent struct {
+	cfg  Config
+	st   *store.Store
+	log  *slog.Logger
+	sess *concurrency.Session
+
+	mu  sync.Mutex
+	vms map[string]*instance
+
+	queue *queue
+}
+
+// New creates an agent; Run starts it.
+func New(cfg Config, st *store.Store) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10
+	}
+	if cfg.GuestHostAddr == "" {
+		cfg.GuestHostAddr = "127.0.0.1"
+	}
+	for _, d := range []string{filepath.Join(cfg.DataDir, "vms"), cfg.RunDir, cfg.StorageDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, err
+		}
+	}
+	return &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, queue: newQueue()}, nil
+}
+
+// Run reconciles until ctx ends. Guests keep running when it returns: the
+// next agent re-attaches to them.
+func (a *Agent) Run(ctx context.Context) error {
+	sess, err := concurrency.NewSession(a.st.Client(), concurrency.WithTTL(a.cfg.LeaseTTL), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("agent: lease: %w", err)
+	}
+	a.sess = sess
+	// Do not revoke the lease on the way out: ownership keys bound to it must
+	// outlive a graceful agent restart.
+	defer sess.Orphan()
+
+	a.reattach(ctx)
+	if err := a.heartbeat(ctx); err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.worker(ctx) }()
+	}
+	wg.Add(3)
+	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
+	go func() { defer wg.Done(); a.probeLoop(ctx) }()
+	go func() { defer wg.Done(); a.watch(ctx) }()
+	a.log.Info("agent running", "accel", a.cfg.Accel, "lease_ttl_s", a.cfg.LeaseTTL)
+	<-ctx.Done()
+	a.queue.close()
+	wg.Wait()
+	a.mu.Lock()
+	for _, in := range a.vms {
+		in.detach()
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// watch turns store changes into reconcile requests, with a periodic resync
+// as a safety net for anything a watch could miss.
+func (a *Agent) watch(ctx context.Context) {
+	resync := time.NewTicker(5 * time.Second)
+	defer resync.Stop()
+	for ctx.Err() == nil {
+		rev := a.resync(ctx)
+		wc := a.st.Client().Watch(clientv3.WithRequireLeader(ctx), store.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-resync.C:
+				a.resync(ctx)
+			case wr, ok := <-wc:
+				if !ok || wr.Err() != nil {
+					break loop
+				}
+				for _, ev := range wr.Events {
+					k := string(ev.Kv.Key)
+					if strings.HasPrefix(k, store.VMPrefix) || strings.HasPrefix(k, store.PlacementPrefix) {
+						a.queue.add(store.NameFromKey(ev.Kv.Key))
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// resync queues every VM placed here and every local guest; it returns the
+// store revision it read at.
+func (a *Agent) resync(ctx context.Context) int64 {
+	resp, err := a.st.Client().Get(ctx, store.PlacementPrefix, clientv3.WithPrefix())
+	if err != nil {
+		a.log.Warn("resync", "err", err)
+		return 0
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == a.cfg.Node {
+			a.queue.add(store.NameFromKey(kv.Key))
+		}
+	}
+	a.mu.Lock()
+	for n := range a.vms {
+		a.queue.add(n)
+	}
+	a.mu.Unlock()
+	return resp.Header.Revision
+}
+
+func (a *Agent) worker(ctx context.Context) {
+	for {
+		name, ok := a.queue.get()
+		if !ok {
+			return
+		}
+		if err := a.reconcile(ctx, name); err != nil && ctx.Err() == nil {
+			a.log.Warn("reconcile", "vm", name, "err", err)
+			// Try again shortly; transient store errors heal themselves.
+			time.AfterFunc(2*time.Second, func() { a.queue.add(name) })
+		}
+		a.queue.done(name)
+	}
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.sess.Done():
+			a.log.Error("lost the node lease; guests keep running until fencing arrives (see issue: high availability)")
+			return
+		case <-t.C:
+			if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("heartbeat", "err", err)
+			}
+		}
+	}
+}
+
+func (a *Agent) heartbeat(ctx context.Context) error {
+	n := api.Node{
+		Name:        a.cfg.Node,
+		State:       "ready",
+		Address:     a.cfg.Address,
+		CPUs:        runtime.NumCPU(),
+		MemoryMiB:   memTotalMiB(),
+		Accel:       a.cfg.Accel,
+		QEMUVersion: a.cfg.QEMUVersion,
+		Images:      []string{},
+		Load1:       load1(),
+		Heartbeat:   time.Now().UTC(),
+	}
+	if _, err := image.Find(a.cfg.ImageDir); err == nil {
+		n.Images = append(n.Images, api.ImageTiny)
+	}
+	a.mu.Lock()
+	for _, in := range a.vms {
+		n.VMs++
+		n.UsedMiB += in.memoryMiB
+	}
+	a.mu.Unlock()
+	return a.st.PutNode(ctx, n, a.sess.Lease())
+}
+
+func memTotalMiB() int {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, _ := strconv.Atoi(f[1])
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func load1() float64 {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// ConsoleLog returns the path of a local guest's console log, for the API.
+func (a *Agent) ConsoleLog(name string) string {
+	return filepath.Join(a.vmDir(name), "console.log")
+}
+
+// Node is this agent's host name.
+func (a *Agent) Node() string { return a.cfg.Node }
+
+func (a *Agent) vmDir(name string) string { return filepath.Join(a.cfg.DataDir, "vms", name) }
+
+var errGone = errors.New("guest is gone")

@@ -1,0 +1,176 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/qemu"
+)
+
+// runtimeRecord is what the agent keeps on disk about a running guest so a
+// restarted agent can find and re-attach to it.
+type runtimeRecord struct {
+	UUID      string    `json:"uuid"`
+	PID       int       `json:"pid"`
+	QMP       string    `json:"qmp"`
+	Console   string    `json:"console"`
+	Endpoint  string    `json:"endpoint,omitempty"`
+	StartSeq  int64     `json:"start_seq"`
+	MemoryMiB int       `json:"memory_mib"`
+	Accel     string    `json:"accel"`
+	Started   time.Time `json:"started"`
+}
+
+// instance is a QEMU process this agent runs (or re-attached to).
+type instance struct {
+	name      string
+	rec       runtimeRecord
+	memoryMiB int
+	qmp       *qemu.Client
+	ownerRev  int64
+
+	mu         sync.Mutex
+	expectExit bool   // the agent asked it to stop
+	exitReason string // from the SHUTDOWN event
+	watchdog   bool   // a WATCHDOG event was seen
+	guest      *api.Guest
+	gone       chan struct{} // closed once QEMU has exited
+	detached   chan struct{} // closed when the agent lets go without stopping it
+}
+
+func (a *Agent) recordPath(name string) string { return filepath.Join(a.vmDir(name), "runtime.json") }
+
+func (a *Agent) saveRecord(name string, r runtimeRecord) error {
+	b, _ := json.MarshalIndent(r, "", "  ")
+	tmp := a.recordPath(name) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return err
+	}
+	return os.Rename(tmp, a.recordPath(name))
+}
+
+// reattach adopts guests that a previous agent on this host started.
+func (a *Agent) reattach(ctx context.Context) {
+	dirs, _ := filepath.Glob(filepath.Join(a.cfg.DataDir, "vms", "*", "runtime.json"))
+	for _, p := range dirs {
+		name := filepath.Base(filepath.Dir(p))
+		var r runtimeRecord
+		b, err := os.ReadFile(p)
+		if err != nil || json.Unmarshal(b, &r) != nil {
+			continue
+		}
+		if !qemu.IsGuest(r.PID, r.UUID) {
+			a.log.Info("guest from a previous run is gone", "vm", name, "pid", r.PID)
+			os.Remove(p)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err := qemu.Dial(cctx, r.QMP)
+		cancel()
+		if err != nil {
+			a.log.Error("cannot re-attach to running guest", "vm", name, "pid", r.PID, "err", err)
+			continue
+		}
+		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, gone: make(chan struct{}), detached: make(chan struct{})}
+		a.mu.Lock()
+		a.vms[name] = in
+		a.mu.Unlock()
+		go a.monitor(in)
+		a.log.Info("re-attached to running guest", "vm", name, "pid", r.PID)
+		a.queue.add(name)
+	}
+}
+
+// monitor follows a guest's QMP events until QEMU exits (or the agent
+// detaches), then asks for the VM to be reconciled.
+func (a *Agent) monitor(in *instance) {
+	for ev := range in.qmp.Events() {
+		switch ev.Name {
+		case "SHUTDOWN":
+			var d struct {
+				Guest  bool   `json:"guest"`
+				Reason string `json:"reason"`
+			}
+			json.Unmarshal(ev.Data, &d)
+			in.mu.Lock()
+			in.exitReason = d.Reason
+			in.mu.Unlock()
+		case "WATCHDOG":
+			in.mu.Lock()
+			in.watchdog = true
+			in.mu.Unlock()
+			a.log.Warn("guest watchdog fired", "vm", in.name)
+		}
+	}
+	select {
+	case <-in.detached:
+		return
+	default:
+	}
+	// The QMP connection ended: QEMU exited or is about to.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := qemu.WaitGone(ctx, in.rec.PID, in.rec.UUID)
+	cancel()
+	if err != nil {
+		a.log.Error("QMP connection lost but QEMU still runs; killing it", "vm", in.name, "pid", in.rec.PID)
+		kctx, kcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		qemu.Kill(kctx, in.rec.PID, in.rec.UUID)
+		kcancel()
+	}
+	close(in.gone)
+	a.queue.add(in.name)
+}
+
+func (in *instance) alive() bool {
+	select {
+	case <-in.gone:
+		return false
+	default:
+		return true
+	}
+}
+
+// detach lets go of a guest without stopping it (agent shutdown).
+func (in *instance) detach() {
+	select {
+	case <-in.detached:
+	default:
+		close(in.detached)
+	}
+	in.qmp.Close()
+}
+
+// exitSummary describes why an exited guest stopped, for its status.
+func (in *instance) exitSummary() (phase, msg string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	switch {
+	case in.watchdog:
+		return api.PhaseFailed, "the guest's watchdog fired and QEMU stopped it"
+	case in.exitReason == "guest-shutdown":
+		return api.PhaseStopped, "the guest shut itself down"
+	case in.exitReason == "guest-reset" || in.exitReason == "guest-panic":
+		return api.PhaseFailed, "the guest reset or panicked (" + in.exitReason + ")"
+	case in.exitReason != "":
+		return api.PhaseFailed, "QEMU shut down unexpectedly (" + in.exitReason + ")"
+	default:
+		return api.PhaseFailed, "QEMU exited unexpectedly"
+	}
+}
+
+// freePort picks a free TCP port on addr for a user-mode port forward.
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("no free port on %s: %w", addr, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,389 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/revert"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// DefaultStopGrace is how long a graceful stop waits for the guest to power off.
+const DefaultStopGrace = 30 * time.Second
+
+// reconcile drives one VM on this host towards its desired state.
+func (a *Agent) reconcile(ctx context.Context, name string) error {
+	vm, err := a.st.GetVM(ctx, name)
+	notFound := errors.Is(err, errdefs.ErrNotFound)
+	if err != nil && !notFound {
+		return err
+	}
+	a.mu.Lock()
+	in := a.vms[name]
+	a.mu.Unlock()
+
+	// A guest that exited: record why, and let go of it.
+	if in != nil && !in.alive() {
+		a.forget(ctx, in)
+		if !in.expectExit && vm != nil && vm.Node == a.cfg.Node {
+			phase, msg := in.exitSummary()
+			a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
+			a.putStatus(ctx, name, api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
+				Message: msg, LogTail: a.logTail(name)})
+		}
+		in = nil
+		if vm != nil {
+			vm.Status, _ = a.currentStatus(ctx, name)
+		}
+	}
+
+	if notFound || vm.Node != a.cfg.Node {
+		if in != nil {
+			a.log.Warn("guest no longer belongs here; stopping it", "vm", name)
+			return a.stop(ctx, in, true, 0, "")
+		}
+		return nil
+	}
+	spec := vm.Spec
+	if spec.Deleting {
+		return a.delete(ctx, name, in)
+	}
+
+	if spec.Power == api.PowerRunning {
+		if in != nil {
+			if in.rec.StartSeq >= spec.StartSeq {
+				return a.keep(ctx, in, vm)
+			}
+			// A restart was asked for.
+			if err := a.stop(ctx, in, spec.StopForce, grace(spec), api.PhaseStarting); err != nil {
+				return err
+			}
+		} else if vm.Status.StartSeq == spec.StartSeq && (vm.Status.Phase == api.PhaseFailed || vm.Status.Phase == api.PhaseStopped) {
+			// It failed or shut itself down after this start request: wait
+			// for the next one rather than looping.
+			return nil
+		}
+		return a.start(ctx, vm)
+	}
+
+	// Desired: stopped.
+	if in != nil {
+		return a.stop(ctx, in, spec.StopForce, grace(spec), api.PhaseStopped)
+	}
+	if vm.Status.Phase != api.PhaseStopped && vm.Status.Phase != api.PhaseFailed {
+		a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStopped, Node: a.cfg.Node, StartSeq: spec.StartSeq})
+	}
+	return a.st.ReleaseOwner(ctx, name, a.cfg.Node)
+}
+
+func grace(spec api.VMSpec) time.Duration {
+	if d, err := time.ParseDuration(spec.StopGrace); err == nil && d >= 0 {
+		return d
+	}
+	return DefaultStopGrace
+}
+
+// keep makes sure a running guest is owned by this host and reported.
+func (a *Agent) keep(ctx context.Context, in *instance, vm *api.VM) error {
+	if in.ownerRev == 0 { // re-attached: rebind ownership to our lease
+		rev, err := a.st.AcquireOwner(ctx, in.name, a.cfg.Node, a.sess.Lease())
+		if errors.Is(err, errdefs.ErrConflict) {
+			a.log.Error("another host owns this guest; stopping our copy", "vm", in.name, "err", err)
+			return a.stop(ctx, in, true, 0, "")
+		}
+		if err != nil {
+			return err
+		}
+		in.ownerRev = rev
+	}
+	if vm.Status.Phase != api.PhaseRunning || vm.Status.PID != in.rec.PID {
+		a.putStatus(ctx, in.name, a.runningStatus(in))
+	}
+	return nil
+}
+
+func (a *Agent) runningStatus(in *instance) api.VMStatus {
+	in.mu.Lock()
+	g := in.guest
+	in.mu.Unlock()
+	return api.VMStatus{Phase: api.PhaseRunning, Node: a.cfg.Node, PID: in.rec.PID, StartSeq: in.rec.StartSeq,
+		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started}
+}
+
+// start launches the guest: ownership first, then QEMU paused, a fencing
+// check, and only then the CPUs run. Any failure undoes every step.
+func (a *Agent) start(ctx context.Context, vm *api.VM) error {
+	spec := vm.Spec
+	name := spec.Name
+	a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStarting, Node: a.cfg.Node, StartSeq: spec.StartSeq})
+	err := a.launch(ctx, spec)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.log.Error("start failed", "vm", name, "err", err)
+		a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseFailed, Node: a.cfg.Node, StartSeq: spec.StartSeq,
+			Message: firstLine(err.Error()), LogTail: a.logTail(name)})
+	}
+	return nil
+}
+
+func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
+	name := spec.Name
+	r := revert.New()
+	defer r.Fail()
+
+	rev, err := a.st.AcquireOwner(ctx, name, a.cfg.Node, a.sess.Lease())
+	if err != nil {
+		return err
+	}
+	r.Add(func() { a.st.ReleaseOwner(context.Background(), name, a.cfg.Node) })
+
+	dir := a.vmDir(name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	ip, err := netip.ParsePrefix(spec.IP)
+	if err != nil {
+		return fmt.Errorf("vm has no valid address: %w", err)
+	}
+	cfg := &qemu.Config{
+		Name: name, UUID: spec.UUID, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
+		Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
+		QMPSocket:     filepath.Join(a.cfg.RunDir, name+".qmp"),
+		ConsoleSocket: filepath.Join(a.cfg.RunDir, name+".con"),
+		ConsoleLog:    filepath.Join(dir, "console.log"),
+		PidFile:       filepath.Join(dir, "qemu.pid"),
+		Watchdog:      true,
+		Paused:        true,
+	}
+	disk, err := a.ensureDisk(ctx, spec)
+	if err != nil {
+		return err
+	}
+	cfg.Disks = []qemu.Disk{disk}
+	port, err := freePort(a.cfg.GuestHostAddr)
+	if err != nil {
+		return err
+	}
+	cfg.Net = &qemu.Net{
+		Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
+		HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
+	}
+	if spec.Image == api.ImageTiny {
+		img, err := image.Find(a.cfg.ImageDir)
+		if err != nil {
+			return err
+		}
+		cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
+		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, store.Gateway)
+	}
+	// Start from clean sockets; a stale one would make QEMU fail to bind.
+	os.Remove(cfg.QMPSocket)
+	os.Remove(cfg.ConsoleSocket)
+
+	pid, err := qemu.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
+	if err != nil {
+		return err
+	}
+	r.Add(func() {
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		qemu.Kill(kctx, pid, spec.UUID)
+	})
+	rec := runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket,
+		Endpoint: net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port)), StartSeq: spec.StartSeq,
+		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC()}
+	if err := a.saveRecord(name, rec); err != nil {
+		return err
+	}
+	r.Add(func() { os.Remove(a.recordPath(name)) })
+
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := qemu.Dial(dctx, cfg.QMPSocket)
+	cancel()
+	if err != nil {
+		return err
+	}
+	r.Add(func() { c.Close() })
+
+	// Fencing: run the guest only if we still hold ownership at the same revision.
+	ok, err := a.st.CheckOwner(ctx, name, a.cfg.Node, rev)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errdefs.New(errdefs.ErrConflict, "lost ownership of the vm before it could run")
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = c.Execute(cctx, "cont", nil, nil)
+	cancel()
+	if err != nil {
+		return err
+	}
+	in := &instance{name: name, rec: rec, memoryMiB: spec.MemoryMiB, qmp: c, ownerRev: rev,
+		gone: make(chan struct{}), detached: make(chan struct{})}
+	r.Success()
+	a.mu.Lock()
+	a.vms[name] = in
+	a.mu.Unlock()
+	go a.monitor(in)
+	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint)
+	a.putStatus(ctx, name, a.runningStatus(in))
+	return nil
+}
+
+// ensureDisk creates the VM's disk on first start: an empty qcow2 of the
+// requested size for the tiny image, a copy-on-write overlay over a user's image.
+func (a *Agent) ensureDisk(ctx context.Context, spec api.VMSpec) (qemu.Disk, error) {
+	dir := filepath.Join(a.cfg.StorageDir, spec.Name)
+	path := filepath.Join(dir, "disk0.qcow2")
+	d := qemu.Disk{Path: path, Format: "qcow2"}
+	if _, err := os.Stat(path); err == nil {
+		return d, nil
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return d, err
+	}
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if spec.Image == api.ImageTiny {
+		args = append(args, path+".tmp", strconv.Itoa(spec.DiskMiB)+"M")
+	} else {
+		args = append(args, "-b", spec.Image, "-F", spec.ImageFmt, path+".tmp")
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+		os.Remove(path + ".tmp")
+		return d, fmt.Errorf("creating disk: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return d, os.Rename(path+".tmp", path)
+}
+
+// stop ends a guest: gracefully (ACPI power button, then QMP quit, then
+// SIGKILL) unless force. phase is the status to report afterwards ("" for none).
+func (a *Agent) stop(ctx context.Context, in *instance, force bool, wait time.Duration, phase string) error {
+	in.mu.Lock()
+	in.expectExit = true
+	in.mu.Unlock()
+	name := in.name
+	if phase != "" {
+		a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStopping, Node: a.cfg.Node, PID: in.rec.PID, StartSeq: in.rec.StartSeq})
+	}
+	if !force && wait > 0 {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := in.qmp.Execute(cctx, "system_powerdown", nil, nil)
+		cancel()
+		if err == nil {
+			select {
+			case <-in.gone:
+			case <-time.After(wait):
+				a.log.Warn("guest did not power off in time; quitting QEMU", "vm", name, "waited", wait)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	if in.alive() {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		in.qmp.Execute(cctx, "quit", nil, nil)
+		cancel()
+		select {
+		case <-in.gone:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err := qemu.Kill(kctx, in.rec.PID, in.rec.UUID)
+	cancel()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-in.gone:
+	case <-time.After(10 * time.Second):
+	}
+	a.forget(ctx, in)
+	if phase != "" {
+		a.putStatus(ctx, name, api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq})
+	}
+	a.log.Info("guest stopped", "vm", name, "force", force)
+	return nil
+}
+
+// forget drops the local records of a guest that no longer runs.
+func (a *Agent) forget(ctx context.Context, in *instance) {
+	a.mu.Lock()
+	if a.vms[in.name] == in {
+		delete(a.vms, in.name)
+	}
+	a.mu.Unlock()
+	in.qmp.Close()
+	os.Remove(a.recordPath(in.name))
+	os.Remove(in.rec.QMP)
+	os.Remove(in.rec.Console)
+	a.st.ReleaseOwner(ctx, in.name, a.cfg.Node)
+}
+
+// delete removes a VM whose deletion was requested: the guest, its disk and
+// files, then its keys.
+func (a *Agent) delete(ctx context.Context, name string, in *instance) error {
+	if in != nil {
+		if err := a.stop(ctx, in, true, 0, ""); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(a.cfg.StorageDir, name)); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(a.vmDir(name)); err != nil {
+		return err
+	}
+	a.log.Info("vm deleted", "vm", name)
+	return a.st.DeleteVM(ctx, name)
+}
+
+func (a *Agent) putStatus(ctx context.Context, name string, st api.VMStatus) {
+	if st.Since.IsZero() {
+		st.Since = time.Now().UTC()
+	}
+	if err := a.st.PutStatus(ctx, name, st); err != nil {
+		a.log.Warn("writing status", "vm", name, "err", err)
+	}
+}
+
+func (a *Agent) currentStatus(ctx context.Context, name string) (api.VMStatus, error) {
+	vm, err := a.st.GetVM(ctx, name)
+	if err != nil {
+		return api.VMStatus{}, err
+	}
+	return vm.Status, nil
+}
+
+// logTail is the end of QEMU's log and the guest console, for failure reports.
+func (a *Agent) logTail(name string) string {
+	var b strings.Builder
+	if t := qemu.Tail(filepath.Join(a.vmDir(name), "qemu.log"), 6); t != "" {
+		b.WriteString("qemu.log:\n" + t + "\n")
+	}
+	if t := qemu.Tail(filepath.Join(a.vmDir(name), "console.log"), 10); t != "" {
+		b.WriteString("console:\n" + t + "\n")
+	}
+	return b.String()
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}

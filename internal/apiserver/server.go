@@ -1,0 +1,427 @@
+// Package apiserver serves Ferry's HTTP/JSON API under /v1. It validates
+// requests, writes desired state into the store, and maps error kinds to
+// HTTP statuses in exactly one place (writeError).
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/google/uuid"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+// ConsoleLocator returns the console log of a VM if it runs on this host.
+type ConsoleLocator func(vm *api.VM) (string, error)
+
+// Server is the API.
+type Server struct {
+	st      *store.Store
+	log     *slog.Logger
+	console ConsoleLocator
+}
+
+// New returns an API server over st.
+func New(st *store.Store, console ConsoleLocator, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{st: st, console: console, log: log.With("component", "api")}
+}
+
+// Handler returns the HTTP handler with every route.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, r := range s.routes() {
+		mux.HandleFunc(r.pattern, r.h)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)))
+	})
+	return s.authenticate(mux)
+}
+
+type route struct {
+	pattern string
+	h       http.HandlerFunc
+}
+
+func (s *Server) routes() []route {
+	return []route{
+		{"GET /v1/healthz", s.healthz},
+		{"GET /v1/openapi.json", s.openapi},
+		{"GET /v1/nodes", s.listNodes},
+		{"GET /v1/vms", s.listVMs},
+		{"POST /v1/vms", s.createVM},
+		{"GET /v1/vms/{name}", s.getVM},
+		{"DELETE /v1/vms/{name}", s.deleteVM},
+		{"POST /v1/vms/{name}/start", s.startVM},
+		{"POST /v1/vms/{name}/stop", s.stopVM},
+		{"POST /v1/vms/{name}/restart", s.restartVM},
+		{"GET /v1/vms/{name}/console", s.consoleVM},
+	}
+}
+
+// authenticate admits only clients with a certificate from the cluster CA
+// (the TLS layer verified it) carrying a known role.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "a client certificate from the cluster CA is required"))
+			return
+		}
+		leaf := r.TLS.VerifiedChains[0][0]
+		if !slices.Contains(leaf.Subject.Organization, pki.RoleAdmin) {
+			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeError is the one place where error kinds become HTTP statuses.
+func writeError(w http.ResponseWriter, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		err = errdefs.Invalid(fmt.Sprintf("request body is larger than %d bytes", mbe.Limit))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(errdefs.HTTPStatus(err))
+	json.NewEncoder(w).Encode(api.ErrorBody{Error: api.ErrorDetail{Code: errdefs.Code(err), Message: err.Error()}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// decode reads a JSON body strictly: bounded size, no unknown fields, one value.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) && optional {
+			return nil
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return errdefs.Invalid("invalid request body: " + err.Error())
+	}
+	if dec.More() {
+		return errdefs.Invalid("invalid request body: more than one JSON value")
+	}
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, map[string]string{"status": "ok"})
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	nodes, err := s.st.ListNodes(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, nodes)
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	vms, err := s.st.ListVMs(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, vms)
+}
+
+func (s *Server) vmName(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := r.PathValue("name")
+	if err := api.ValidateName("vm", name); err != nil {
+		writeError(w, errdefs.Invalid(err.Error()))
+		return "", false
+	}
+	return name, true
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	vm, err := s.st.GetVM(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, vm)
+}
+
+// Defaults for VMs created without sizes.
+const (
+	DefaultMemory = "256M"
+	DefaultDisk   = "256M"
+)
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	var req api.VMCreateRequest
+	if err := decode(w, r, &req, false); err != nil {
+		writeError(w, err)
+		return
+	}
+	spec, err := s.specFor(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.st.CreateVM(r.Context(), spec); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("vm created", "vm", spec.Name, "memory_mib", spec.MemoryMiB, "image", spec.Image)
+	vm, err := s.st.GetVM(r.Context(), spec.Name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, vm)
+}
+
+// specFor validates a create request and turns it into a spec.
+func (s *Server) specFor(ctx context.Context, req api.VMCreateRequest) (*api.VMSpec, error) {
+	if err := api.ValidateName("vm", req.Name); err != nil {
+		return nil, errdefs.Invalid(err.Error())
+	}
+	spec := &api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: req.CPUs, Image: req.Image,
+		Power: api.PowerRunning, StartSeq: 1, Created: time.Now().UTC()}
+	if req.Start != nil && !*req.Start {
+		spec.Power, spec.StartSeq = api.PowerStopped, 0
+	}
+	if req.Memory == "" {
+		req.Memory = DefaultMemory
+	}
+	mem, err := api.ParseSizeMiB(req.Memory)
+	if err != nil {
+		return nil, errdefs.Invalid("memory: " + err.Error())
+	}
+	if mem < api.MinMemoryMiB || mem > api.MaxMemoryMiB {
+		return nil, errdefs.Invalid(fmt.Sprintf("memory must be between %s and %s", api.FormatMiB(api.MinMemoryMiB), api.FormatMiB(api.MaxMemoryMiB)))
+	}
+	spec.MemoryMiB = mem
+	if spec.CPUs == 0 {
+		spec.CPUs = 1
+	}
+	if spec.CPUs < 1 || spec.CPUs > api.MaxCPUs {
+		return nil, errdefs.Invalid(fmt.Sprintf("cpus must be between 1 and %d", api.MaxCPUs))
+	}
+	if spec.Image == "" {
+		spec.Image = api.ImageTiny
+	}
+	nodes, err := s.st.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Image == api.ImageTiny {
+		if req.Disk == "" {
+			req.Disk = DefaultDisk
+		}
+		d, err := api.ParseSizeMiB(req.Disk)
+		if err != nil {
+			return nil, errdefs.Invalid("disk: " + err.Error())
+		}
+		if d < api.MinDiskMiB || d > api.MaxDiskMiB {
+			return nil, errdefs.Invalid(fmt.Sprintf("disk must be between %s and %s", api.FormatMiB(api.MinDiskMiB), api.FormatMiB(api.MaxDiskMiB)))
+		}
+		spec.DiskMiB = d
+		if !slices.ContainsFunc(nodes, func(n api.Node) bool { return slices.Contains(n.Images, api.ImageTiny) }) {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "image tiny is not built on any node: run `ferry image build` on the hosts")
+		}
+	} else {
+		if req.Disk != "" {
+			return nil, errdefs.Invalid("disk: a size applies to the tiny image only; a VM from an image file boots from a copy-on-write overlay of that file")
+		}
+		fmtName, err := imageFormat(spec.Image)
+		if err != nil {
+			return nil, err
+		}
+		spec.ImageFmt = fmtName
+	}
+	if len(nodes) > 0 && !slices.ContainsFunc(nodes, func(n api.Node) bool { return n.MemoryMiB >= mem }) {
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("no node has %s of memory", api.FormatMiB(mem)))
+	}
+	return spec, nil
+}
+
+// imageFormat checks a user image path and tells qcow2 from raw.
+func imageFormat(path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return "", errdefs.Invalid(fmt.Sprintf("image %q: use %q or an absolute path to a qcow2 or raw image", path, api.ImageTiny))
+	}
+	for _, c := range path {
+		if c == ',' || c < ' ' {
+			return "", errdefs.Invalid(fmt.Sprintf("image path %q contains a comma or control character", path))
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", errdefs.Invalid(fmt.Sprintf("image %q cannot be opened: %v", path, errors.Unwrap(err)))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return "", errdefs.Invalid(fmt.Sprintf("image %q is not a regular file", path))
+	}
+	if st.Size() < 512 {
+		return "", errdefs.Invalid(fmt.Sprintf("image %q is too small to be a disk image", path))
+	}
+	magic := make([]byte, 4)
+	io.ReadFull(f, magic)
+	if string(magic) == "QFI\xfb" {
+		return "qcow2", nil
+	}
+	return "raw", nil
+}
+
+func (s *Server) update(w http.ResponseWriter, r *http.Request, fn func(*api.VMSpec) error) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	if _, err := s.st.UpdateSpec(r.Context(), name, func(sp *api.VMSpec) error {
+		if sp.Deleting {
+			return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is being deleted", name))
+		}
+		return fn(sp)
+	}); err != nil {
+		writeError(w, err)
+		return
+	}
+	vm, err := s.st.GetVM(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, vm)
+}
+
+func (s *Server) startVM(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	cur, err := s.st.GetVM(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	s.update(w, r, func(sp *api.VMSpec) error {
+		ph := cur.Status.Phase
+		if sp.Power == api.PowerRunning && cur.Status.StartSeq == sp.StartSeq && ph != api.PhaseFailed && ph != api.PhaseStopped {
+			return nil // already running or on its way
+		}
+		sp.Power = api.PowerRunning
+		sp.StartSeq++
+		sp.StopForce, sp.StopGrace = false, ""
+		return nil
+	})
+}
+
+func (s *Server) restartVM(w http.ResponseWriter, r *http.Request) {
+	var req api.VMStopRequest
+	if err := decode(w, r, &req, true); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := validGrace(req.Timeout); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.update(w, r, func(sp *api.VMSpec) error {
+		sp.Power = api.PowerRunning
+		sp.StartSeq++
+		sp.StopForce, sp.StopGrace = req.Force, req.Timeout
+		return nil
+	})
+}
+
+func (s *Server) stopVM(w http.ResponseWriter, r *http.Request) {
+	var req api.VMStopRequest
+	if err := decode(w, r, &req, true); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := validGrace(req.Timeout); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.update(w, r, func(sp *api.VMSpec) error {
+		sp.Power = api.PowerStopped
+		sp.StopForce, sp.StopGrace = req.Force, req.Timeout
+		return nil
+	})
+}
+
+func validGrace(t string) error {
+	if t == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil || d < 0 || d > time.Hour {
+		return errdefs.Invalid(fmt.Sprintf("timeout %q must be a duration between 0s and 1h, such as 30s", t))
+	}
+	return nil
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	if _, err := s.st.UpdateSpec(r.Context(), name, func(sp *api.VMSpec) error {
+		sp.Deleting = true
+		return nil
+	}); err != nil {
+		writeError(w, err)
+		return
+	}
+	vm, err := s.st.GetVM(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if vm.Node == "" {
+		// Never placed: nothing runs anywhere, remove it here.
+		if err := s.st.DeleteVM(r.Context(), name); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	s.log.Info("vm deletion requested", "vm", name)
+	writeJSON(w, http.StatusAccepted, vm)
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(api.OpenAPI)
+}

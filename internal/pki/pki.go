@@ -1,0 +1,219 @@
+// Package pki makes and loads the cluster's certificates: a CA generated on
+// first start, server certificates for API listeners and client certificates
+// whose Organization carries the holder's role.
+package pki
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// File names inside a PKI directory.
+const (
+	CACert     = "ca.crt"
+	CAKey      = "ca.key"
+	ServerCert = "server.crt"
+	ServerKey  = "server.key"
+	AdminCert  = "admin.crt"
+	AdminKey   = "admin.key"
+)
+
+// Role names carried in client certificates.
+const RoleAdmin = "admin"
+
+// CA is a certificate authority held in memory.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	PEM  []byte
+}
+
+// EnsureCA loads the CA from dir, creating it if there is none.
+func EnsureCA(dir, commonName string) (*CA, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	cp, kp := filepath.Join(dir, CACert), filepath.Join(dir, CAKey)
+	if _, err := os.Stat(cp); err == nil {
+		return LoadCA(dir)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"ferry"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(10, 0, 0),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeKey(kp, key); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cp, pemCert(der), 0o644); err != nil {
+		return nil, err
+	}
+	return LoadCA(dir)
+}
+
+// LoadCA reads a CA from dir.
+func LoadCA(dir string) (*CA, error) {
+	cb, err := os.ReadFile(filepath.Join(dir, CACert))
+	if err != nil {
+		return nil, err
+	}
+	kb, err := os.ReadFile(filepath.Join(dir, CAKey))
+	if err != nil {
+		return nil, err
+	}
+	cblk, _ := pem.Decode(cb)
+	kblk, _ := pem.Decode(kb)
+	if cblk == nil || kblk == nil {
+		return nil, errors.New("pki: CA files are not PEM")
+	}
+	cert, err := x509.ParseCertificate(cblk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParseECPrivateKey(kblk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, PEM: cb}, nil
+}
+
+// Issue signs a new leaf certificate. Hosts (IPs or DNS names) make it a
+// server certificate too; org carries the role of a client.
+func (ca *CA) Issue(dir, certFile, keyFile, commonName, org string, hosts []string, validity time.Duration) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: commonName, Organization: []string{org}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if len(hosts) > 0 {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return err
+	}
+	if err := writeKey(filepath.Join(dir, keyFile), key); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, certFile), pemCert(der), 0o644)
+}
+
+// EnsureLeaf issues certFile/keyFile unless a valid one exists for at least
+// another 30 days.
+func (ca *CA) EnsureLeaf(dir, certFile, keyFile, commonName, org string, hosts []string) error {
+	if c, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile)); err == nil {
+		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil && time.Until(leaf.NotAfter) > 30*24*time.Hour && sameHosts(leaf, hosts) {
+			return nil
+		}
+	}
+	return ca.Issue(dir, certFile, keyFile, commonName, org, hosts, 365*24*time.Hour)
+}
+
+func sameHosts(c *x509.Certificate, hosts []string) bool {
+	for _, h := range hosts {
+		if c.VerifyHostname(h) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// ServerTLS is the TLS config of an API listener: our certificate, and
+// client certificates required and verified against the cluster CA.
+func ServerTLS(dir string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, ServerCert), filepath.Join(dir, ServerKey))
+	if err != nil {
+		return nil, fmt.Errorf("pki: server certificate: %w", err)
+	}
+	pool, err := caPool(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
+
+// ClientTLS is the TLS config of a client holding certFile/keyFile from dir.
+func ClientTLS(dir, certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+	if err != nil {
+		return nil, fmt.Errorf("pki: client certificate: %w", err)
+	}
+	pool, err := caPool(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+func caPool(dir string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(filepath.Join(dir, CACert))
+	if err != nil {
+		return nil, fmt.Errorf("pki: CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, errors.New("pki: CA certificate is not PEM")
+	}
+	return pool, nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}
+
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func writeKey(path string, key *ecdsa.PrivateKey) error {
+	b, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), 0o600)
+}

@@ -1,0 +1,74 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// EmbedConfig configures the embedded etcd server of a single-host or
+// server agent.
+type EmbedConfig struct {
+	Dir       string // data directory
+	Name      string // member name
+	ClientURL string // e.g. http://127.0.0.1:2379
+	PeerURL   string // e.g. http://127.0.0.1:2380
+	Log       *slog.Logger
+}
+
+// Embedded is a running embedded etcd server.
+type Embedded struct {
+	e         *embed.Etcd
+	clientURL string
+}
+
+// StartEmbedded starts an etcd server in this process and waits until it serves.
+func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = c.Dir
+	cfg.Name = c.Name
+	cu, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client url: %w", err)
+	}
+	pu, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd peer url: %w", err)
+	}
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = fmt.Sprintf("%s=%s", c.Name, c.PeerURL)
+	cfg.LogLevel = "error"
+	cfg.Logger = "zap"
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("starting embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd not ready after 60s")
+	}
+	return &Embedded{e: e, clientURL: c.ClientURL}, nil
+}
+
+// ClientURL is where clients reach the embedded server.
+func (e *Embedded) ClientURL() string { return e.clientURL }
+
+// Close stops the server.
+func (e *Embedded) Close() { e.e.Close() }

@@ -1,0 +1,351 @@
+// Package store is Ferry's only place where decisions meet: typed access to
+// etcd for VM specs (desired state), placements, status (observed state),
+// ownership keys and node records, all under the versioned prefix /ferry/v1/.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Key prefixes.
+const (
+	Prefix          = "/ferry/v1/"
+	VMPrefix        = Prefix + "vms/"
+	StatusPrefix    = Prefix + "status/"
+	PlacementPrefix = Prefix + "placement/"
+	OwnerPrefix     = Prefix + "owners/"
+	NodePrefix      = Prefix + "nodes/"
+	IPPrefix        = Prefix + "ips/"
+	LeaderPrefix    = Prefix + "leader"
+)
+
+// Store wraps an etcd client.
+type Store struct {
+	cli *clientv3.Client
+}
+
+// Open connects to etcd.
+func Open(ctx context.Context, endpoints []string) (*Store, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      nopZap(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to etcd %v: %w", endpoints, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.Get(cctx, "/ferry/v1/ping"); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("%w: etcd %v not answering: %v", errdefs.ErrUnavailable, endpoints, err)
+	}
+	return &Store{cli: cli}, nil
+}
+
+// Client exposes the etcd client for leases, elections and watches.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Close closes the client.
+func (s *Store) Close() error { return s.cli.Close() }
+
+func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: etcd: %v", errdefs.ErrUnavailable, err)
+}
+
+// Subnet is the address space guests get their addresses from, and Gateway
+// the address reserved for the host side of the guest network.
+var (
+	Subnet  = netip.MustParsePrefix("198.19.0.0/16")
+	Gateway = netip.MustParseAddr("198.19.255.254")
+)
+
+// MACFor derives a guest's MAC from its address, so both are unique together.
+func MACFor(ip netip.Addr) string {
+	b := ip.As4()
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[1], b[2], b[3])
+}
+
+// CreateVM stores a new VM spec with a freshly allocated address. It fails
+// with ErrAlreadyExists if the name is taken.
+func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
+	for attempt := 0; attempt < 8; attempt++ {
+		ip, err := s.freeAddress(ctx)
+		if err != nil {
+			return err
+		}
+		spec.IP = netip.PrefixFrom(ip, Subnet.Bits()).String()
+		spec.MAC = MACFor(ip)
+		b, _ := json.Marshal(spec)
+		st, _ := json.Marshal(api.VMStatus{Phase: api.PhasePending, Since: time.Now().UTC(), UpdatedAt: time.Now().UTC()})
+		vk, ik := VMPrefix+spec.Name, IPPrefix+ip.String()
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(vk), "=", 0), clientv3.Compare(clientv3.Version(ik), "=", 0)).
+			Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, spec.Name), clientv3.OpPut(StatusPrefix+spec.Name, string(st))).
+			Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if g, err := s.cli.Get(ctx, vk, clientv3.WithCountOnly()); err == nil && g.Count > 0 {
+			return errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("vm %q already exists", spec.Name))
+		}
+		// The address was taken concurrently; pick another.
+	}
+	return fmt.Errorf("%w: could not allocate an address", errdefs.ErrConflict)
+}
+
+func (s *Store) freeAddress(ctx context.Context) (netip.Addr, error) {
+	resp, err := s.cli.Get(ctx, IPPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return netip.Addr{}, unavailable(err)
+	}
+	used := map[netip.Addr]bool{}
+	for _, kv := range resp.Kvs {
+		if a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), IPPrefix)); err == nil {
+			used[a] = true
+		}
+	}
+	// .0.1-.0.9 are kept for infrastructure; the gateway is reserved.
+	for a := netip.AddrFrom4([4]byte{198, 19, 0, 10}); Subnet.Contains(a); a = a.Next() {
+		if !used[a] && a != Gateway && a.As4()[3] != 0 && a.As4()[3] != 255 {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, errdefs.New(errdefs.ErrFailedPrecondition, "guest address space 198.19.0.0/16 is exhausted")
+}
+
+// GetVM returns spec, placement and status of one VM.
+func (s *Store) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(VMPrefix+name), clientv3.OpGet(PlacementPrefix+name), clientv3.OpGet(StatusPrefix+name),
+	).Commit()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	r := resp.Responses
+	if len(r[0].GetResponseRange().Kvs) == 0 {
+		return nil, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q not found", name))
+	}
+	vm := &api.VM{}
+	if err := json.Unmarshal(r[0].GetResponseRange().Kvs[0].Value, &vm.Spec); err != nil {
+		return nil, fmt.Errorf("%w: decoding vm %s: %v", errdefs.ErrInternal, name, err)
+	}
+	if kvs := r[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		vm.Node = string(kvs[0].Value)
+	}
+	if kvs := r[2].GetResponseRange().Kvs; len(kvs) > 0 {
+		json.Unmarshal(kvs[0].Value, &vm.Status)
+	}
+	return vm, nil
+}
+
+// ListVMs returns every VM, sorted by name.
+func (s *Store) ListVMs(ctx context.Context) ([]api.VM, error) {
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(VMPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+		clientv3.OpGet(PlacementPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(StatusPrefix, clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	place := map[string]string{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		place[strings.TrimPrefix(string(kv.Key), PlacementPrefix)] = string(kv.Value)
+	}
+	status := map[string][]byte{}
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		status[strings.TrimPrefix(string(kv.Key), StatusPrefix)] = kv.Value
+	}
+	out := []api.VM{}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		var vm api.VM
+		if json.Unmarshal(kv.Value, &vm.Spec) != nil {
+			continue
+		}
+		vm.Node = place[vm.Spec.Name]
+		if b, ok := status[vm.Spec.Name]; ok {
+			json.Unmarshal(b, &vm.Status)
+		}
+		out = append(out, vm)
+	}
+	return out, nil
+}
+
+// UpdateSpec applies fn to a VM's spec with optimistic concurrency, retrying
+// if someone else changed it meanwhile. fn may return an error to abort.
+func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec) error) (*api.VMSpec, error) {
+	key := VMPrefix + name
+	for {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q not found", name))
+		}
+		var spec api.VMSpec
+		if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
+			return nil, fmt.Errorf("%w: decoding vm %s: %v", errdefs.ErrInternal, name, err)
+		}
+		if err := fn(&spec); err != nil {
+			return nil, err
+		}
+		b, _ := json.Marshal(spec)
+		tx, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, string(b))).Commit()
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		if tx.Succeeded {
+			return &spec, nil
+		}
+	}
+}
+
+// PutStatus records a VM's observed status, unless the VM has been removed.
+func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) error {
+	st.UpdatedAt = time.Now().UTC()
+	b, _ := json.Marshal(st)
+	_, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0)).
+		Then(clientv3.OpPut(StatusPrefix+name, string(b))).Commit()
+	return unavailable(err)
+}
+
+// Place assigns an unplaced VM to a node. guard, if non-nil, is the leader's
+// fencing compare: a deposed leader's write fails.
+func (s *Store) Place(ctx context.Context, name, node string, guard *clientv3.Cmp) (bool, error) {
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
+		clientv3.Compare(clientv3.Version(PlacementPrefix+name), "=", 0),
+	}
+	if guard != nil {
+		cmps = append(cmps, *guard)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(PlacementPrefix+name, node)).Commit()
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return resp.Succeeded, nil
+}
+
+// DeleteVM removes every key of a VM, its address claim included. The
+// hosting agent calls it once the guest is gone and its files are removed.
+func (s *Store) DeleteVM(ctx context.Context, name string) error {
+	resp, err := s.cli.Get(ctx, VMPrefix+name)
+	if err != nil {
+		return unavailable(err)
+	}
+	ops := []clientv3.Op{
+		clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
+		clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
+	}
+	if len(resp.Kvs) > 0 {
+		var spec api.VMSpec
+		if json.Unmarshal(resp.Kvs[0].Value, &spec) == nil {
+			if p, err := netip.ParsePrefix(spec.IP); err == nil {
+				ops = append(ops, clientv3.OpDelete(IPPrefix+p.Addr().String()))
+			}
+		}
+	}
+	_, err = s.cli.Txn(ctx).Then(ops...).Commit()
+	return unavailable(err)
+}
+
+// AcquireOwner makes node the owner of a VM, bound to lease, unless another
+// node owns it. It returns the ownership key's mod revision: the fencing
+// token a host checks before it starts or resumes the guest.
+func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clientv3.LeaseID) (int64, error) {
+	key := OwnerPrefix + name
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+		Then(clientv3.OpPut(key, node, clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return 0, unavailable(err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) > 0 && string(kvs[0].Value) != node {
+		return 0, errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is owned by node %s", name, kvs[0].Value))
+	}
+	// Already ours (perhaps under an older lease of this node): rebind it.
+	resp, err = s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(key), "=", node)).
+		Then(clientv3.OpPut(key, node, clientv3.WithLease(lease))).Commit()
+	if err != nil {
+		return 0, unavailable(err)
+	}
+	if !resp.Succeeded {
+		return 0, errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q ownership changed concurrently", name))
+	}
+	return resp.Header.Revision, nil
+}
+
+// CheckOwner reports whether node still owns the VM at exactly revision rev.
+func (s *Store) CheckOwner(ctx context.Context, name, node string, rev int64) (bool, error) {
+	resp, err := s.cli.Get(ctx, OwnerPrefix+name)
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == node && resp.Kvs[0].ModRevision == rev, nil
+}
+
+// ReleaseOwner drops node's ownership of a VM (if it holds it).
+func (s *Store) ReleaseOwner(ctx context.Context, name, node string) error {
+	key := OwnerPrefix + name
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", node)).Then(clientv3.OpDelete(key)).Commit()
+	return unavailable(err)
+}
+
+// PutNode records a node, bound to its lease so it vanishes when the node dies.
+func (s *Store) PutNode(ctx context.Context, n api.Node, lease clientv3.LeaseID) error {
+	b, _ := json.Marshal(n)
+	_, err := s.cli.Put(ctx, NodePrefix+n.Name, string(b), clientv3.WithLease(lease))
+	return unavailable(err)
+}
+
+// ListNodes returns every registered node, sorted by name.
+func (s *Store) ListNodes(ctx context.Context) ([]api.Node, error) {
+	resp, err := s.cli.Get(ctx, NodePrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := []api.Node{}
+	for _, kv := range resp.Kvs {
+		var n api.Node
+		if json.Unmarshal(kv.Value, &n) == nil {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// NameFromKey returns the last path element of a key.
+func NameFromKey(key []byte) string {
+	k := string(key)
+	return k[strings.LastIndexByte(k, '/')+1:]
+}
