@@ -30,13 +30,13 @@ type VMSpec struct {
 	UUID      string    `json:"uuid"`
 	MemoryMiB int       `json:"memory_mib"`
 	CPUs      int       `json:"cpus"`
-	Image     string    `json:"image"`      // "tiny" or an absolute path to a qcow2/raw image
+	Image     string    `json:"image"`                  // "tiny" or an absolute path to a qcow2/raw image
 	ImageFmt  string    `json:"image_format,omitempty"` // qcow2|raw for path images
-	DiskMiB   int       `json:"disk_mib"`   // size of the VM's own disk (tiny image); 0 for path images
+	DiskMiB   int       `json:"disk_mib"`               // size of the VM's own disk (tiny image); 0 for path images
 	MAC       string    `json:"mac"`
 	IP        string    `json:"ip"` // CIDR, e.g. 198.19.0.10/16
 	Power     string    `json:"power"`
-	StartSeq  int64     `json:"start_seq"`  // bumped by every start/restart request
+	StartSeq  int64     `json:"start_seq"` // bumped by every start/restart request
 	StopForce bool      `json:"stop_force,omitempty"`
 	StopGrace string    `json:"stop_grace,omitempty"` // duration to wait for a graceful shutdown
 	Deleting  bool      `json:"deleting,omitempty"`

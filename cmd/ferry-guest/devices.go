@@ -16,10 +16,10 @@ import (
 // hung guest from a live one. Petting can be switched off over HTTP to test
 // the host's reaction.
 type watchdog struct {
-	mu    sync.Mutex
-	f     *os.File
-	pet   bool
-	err   string
+	mu  sync.Mutex
+	f   *os.File
+	pet bool
+	err string
 }
 
 const wdiocSetTimeout = 0xc0045706 // _IOWR('W', 6, int)

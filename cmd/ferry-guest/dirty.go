@@ -9,11 +9,11 @@ import (
 // dirtier writes one byte into successive pages of a buffer so that the given
 // number of MiB per second become dirty, which is what makes live migration hard.
 type dirtier struct {
-	mu     sync.Mutex
-	rate   float64
-	buf    []byte
-	stop   chan struct{}
-	pages  uint64
+	mu    sync.Mutex
+	rate  float64
+	buf   []byte
+	stop  chan struct{}
+	pages uint64
 }
 
 type dirtyInfo struct {

@@ -30,13 +30,13 @@ type seqDisk struct {
 }
 
 type diskInfo struct {
-	Device          string `json:"device"`
-	Present         bool   `json:"present"`
-	RecoveredSeq    uint64 `json:"recovered_seq"`
-	LastDurableSeq  uint64 `json:"last_durable_seq"`
-	Writes          uint64 `json:"writes"`
-	StreamInterval  string `json:"stream_interval,omitempty"`
-	Error           string `json:"error,omitempty"`
+	Device         string `json:"device"`
+	Present        bool   `json:"present"`
+	RecoveredSeq   uint64 `json:"recovered_seq"`
+	LastDurableSeq uint64 `json:"last_durable_seq"`
+	Writes         uint64 `json:"writes"`
+	StreamInterval string `json:"stream_interval,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 const (

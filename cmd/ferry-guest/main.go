@@ -121,14 +121,14 @@ func poweroff() {
 
 // Health is what GET /health returns.
 type Health struct {
-	Status  string    `json:"status"`
-	Name    string    `json:"name"`
-	BootID  string    `json:"boot_id"`
-	UptimeS float64   `json:"uptime_s"`
-	IP      string    `json:"ip"`
-	Dirty   dirtyInfo `json:"dirty"`
-	Disk    diskInfo  `json:"disk"`
-	Watchdog string   `json:"watchdog"`
+	Status   string    `json:"status"`
+	Name     string    `json:"name"`
+	BootID   string    `json:"boot_id"`
+	UptimeS  float64   `json:"uptime_s"`
+	IP       string    `json:"ip"`
+	Dirty    dirtyInfo `json:"dirty"`
+	Disk     diskInfo  `json:"disk"`
+	Watchdog string    `json:"watchdog"`
 }
 
 func (g *guest) health(w http.ResponseWriter, r *http.Request) {

@@ -73,7 +73,7 @@ image with plain QEMU (no Ferry) until it answers HTTP.`,
 				"benchmark": "startup", "date": time.Now().UTC().Format(time.RFC3339), "runs": out,
 				"accel": "tcg", "memory_mib": 256,
 				"total_s_median": median(tot), "total_s_max": maxOf(tot),
-				"raw_qemu_s_median": median(raw),
+				"raw_qemu_s_median":         median(raw),
 				"ratio_total_to_raw_median": median(tot) / median(raw),
 			}
 			if asJSON {
