@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/qemu"
+)
+
+// create -> running -> answers HTTP -> durable disk writes -> stop -> start
+// (the writes are still there) -> restart -> delete, with nothing left behind.
+func TestVMLifecycle(t *testing.T) {
+	d := newDev(t)
+	cl := d.Client
+	keysBefore, err := d.EtcdKeys(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	vm, err := cl.CreateVM(ctxT(t, 10*time.Second), api.VMCreateRequest{Name: "life", Memory: "256M", Disk: "64M"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Spec.MemoryMiB != 256 || vm.Spec.DiskMiB != 64 || vm.Spec.IP == "" || vm.Spec.MAC == "" {
+		t.Fatalf("spec %+v", vm.Spec)
+	}
+	vm = waitFor(t, d, "life", 90*time.Second, "running and healthy", healthyRunning)
+	pid1 := vm.Status.PID
+	if !qemu.IsGuest(pid1, vm.Spec.UUID) {
+		t.Fatalf("status pid %d is not the guest's QEMU", pid1)
+	}
+	h := guestGet(t, vm.Status.Endpoint, "/health")
+	if h.Status != "ok" || h.Name != "life" || h.BootID != vm.Status.Guest.BootID {
+		t.Fatalf("guest health %+v, status %+v", h, vm.Status.Guest)
+	}
+	boot1 := h.BootID
+	if got := guestDo(t, "POST", vm.Status.Endpoint, "/disk/write?count=5"); got.Disk.LastDurableSeq != 5 {
+		t.Fatalf("disk after 5 writes: %+v", got.Disk)
+	}
+
+	// Graceful stop: the guest powers off on the ACPI button.
+	if _, err := cl.StopVM(ctxT(t, 10*time.Second), "life", api.VMStopRequest{Timeout: "30s"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, d, "life", 60*time.Second, "stopped", func(vm *api.VM) bool { return vm.Status.Phase == api.PhaseStopped })
+	if qemu.IsGuest(pid1, vm.Spec.UUID) {
+		t.Fatal("QEMU still runs after stop")
+	}
+	if b, _ := os.ReadFile(filepath.Join(d.DataDir, "vms", "life", "console.log")); !strings.Contains(string(b), "powering off") {
+		t.Error("the guest did not shut down gracefully (no 'powering off' on its console)")
+	}
+
+	// Start again: new boot, same disk with every acknowledged record.
+	if _, err := cl.StartVM(ctxT(t, 10*time.Second), "life"); err != nil {
+		t.Fatal(err)
+	}
+	vm = waitFor(t, d, "life", 90*time.Second, "running again", healthyRunning)
+	h = guestGet(t, vm.Status.Endpoint, "/health")
+	if h.BootID == boot1 {
+		t.Fatal("boot id unchanged after stop and start")
+	}
+	if h.Disk.RecoveredSeq != 5 {
+		t.Fatalf("disk recovered sequence %d after restart, want 5", h.Disk.RecoveredSeq)
+	}
+
+	// Restart: a fresh QEMU.
+	before := vm.Status.PID
+	if _, err := cl.RestartVM(ctxT(t, 10*time.Second), "life", api.VMStopRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	vm = waitFor(t, d, "life", 90*time.Second, "restarted", func(vm *api.VM) bool { return healthyRunning(vm) && vm.Status.PID != before })
+	if h2 := guestGet(t, vm.Status.Endpoint, "/health"); h2.BootID == h.BootID {
+		t.Fatal("boot id unchanged after restart")
+	}
+
+	// Delete: nothing left behind.
+	if err := cl.DeleteVM(ctxT(t, 10*time.Second), "life"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, d, "life", 60*time.Second, "deleted", func(vm *api.VM) bool { return vm == nil })
+	if p := d.QEMUPids(); len(p) != 0 {
+		t.Errorf("QEMU processes after delete: %v", p)
+	}
+	for _, p := range []string{filepath.Join(d.DataDir, "vms", "life"), filepath.Join(d.DataDir, "storage", "life")} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after delete", p)
+		}
+	}
+	if ents, _ := os.ReadDir(d.RunDir); len(ents) != 0 {
+		t.Errorf("sockets left in %s: %v", d.RunDir, ents)
+	}
+	keysAfter, err := d.EtcdKeys(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(keysBefore, keysAfter) {
+		t.Errorf("etcd keys changed by create+delete:\nbefore %v\nafter  %v", keysBefore, keysAfter)
+	}
+}
+
+// The agent stops (gracefully, then by SIGKILL); the guest keeps running, and
+// the next agent takes it over: same QEMU, same boot, uptime still growing.
+func TestAgentRestartKeepsGuest(t *testing.T) {
+	d := newDev(t)
+	if _, err := d.Client.CreateVM(ctxT(t, 10*time.Second), api.VMCreateRequest{Name: "keep"}); err != nil {
+		t.Fatal(err)
+	}
+	vm := waitFor(t, d, "keep", 90*time.Second, "running and healthy", healthyRunning)
+	pid, ep := vm.Status.PID, vm.Status.Endpoint
+	h1 := guestGet(t, ep, "/health")
+
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		if how == "SIGTERM" {
+			d.Stop()
+		} else {
+			d.Kill()
+		}
+		hDown := guestGet(t, ep, "/health") // answers while no agent runs
+		if hDown.BootID != h1.BootID {
+			t.Fatalf("%s: guest rebooted while the agent was down", how)
+		}
+		if err := d.Start(ctxT(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		vm = waitFor(t, d, "keep", 30*time.Second, "re-attached", func(vm *api.VM) bool {
+			return healthyRunning(vm) && vm.Status.PID == pid && vm.Status.Guest.BootID == h1.BootID
+		})
+		h2 := guestGet(t, ep, "/health")
+		if h2.BootID != h1.BootID || h2.UptimeS <= hDown.UptimeS {
+			t.Fatalf("%s: guest after agent restart %+v, before %+v", how, h2, hDown)
+		}
+		if !strings.Contains(d.LogTail(40), "re-attached to running guest") {
+			t.Errorf("%s: agent log does not say it re-attached", how)
+		}
+	}
+	// The re-attached QMP connection works: a forced stop ends the QEMU.
+	if _, err := d.Client.StopVM(ctxT(t, 10*time.Second), "keep", api.VMStopRequest{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, d, "keep", 30*time.Second, "stopped", func(vm *api.VM) bool { return vm.Status.Phase == api.PhaseStopped })
+	if qemu.IsGuest(pid, vm.Spec.UUID) {
+		t.Fatal("QEMU still runs after a forced stop through the re-attached agent")
+	}
+}
