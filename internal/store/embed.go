@@ -44,8 +44,10 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = fmt.Sprintf("%s=%s", c.Name, c.PeerURL)
-	cfg.LogLevel = "error"
+	// etcd's own zap logging is silenced (it reports routine shutdown as
+	// errors); its serving errors arrive on e.Err() and are logged by Ferry.
 	cfg.Logger = "zap"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(nopZap())
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
 	e, err := embed.StartEtcd(cfg)
@@ -63,6 +65,13 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	case <-time.After(60 * time.Second):
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd not ready after 60s")
+	}
+	if c.Log != nil {
+		go func() {
+			if err, ok := <-e.Err(); ok && err != nil {
+				c.Log.Error("embedded etcd", "err", err)
+			}
+		}()
 	}
 	return &Embedded{e: e, clientURL: c.ClientURL}, nil
 }

@@ -85,8 +85,10 @@ func MACFor(ip netip.Addr) string {
 // CreateVM stores a new VM spec with a freshly allocated address. It fails
 // with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
-	for attempt := 0; attempt < 8; attempt++ {
-		ip, err := s.freeAddress(ctx)
+	for attempt := 0; attempt < 64; attempt++ {
+		// Concurrent creators race for the lowest free address; on each
+		// retry take one further along so they spread out.
+		ip, err := s.freeAddress(ctx, attempt)
 		if err != nil {
 			return err
 		}
@@ -113,7 +115,7 @@ func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
 	return fmt.Errorf("%w: could not allocate an address", errdefs.ErrConflict)
 }
 
-func (s *Store) freeAddress(ctx context.Context) (netip.Addr, error) {
+func (s *Store) freeAddress(ctx context.Context, skip int) (netip.Addr, error) {
 	resp, err := s.cli.Get(ctx, IPPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return netip.Addr{}, unavailable(err)
@@ -127,7 +129,10 @@ func (s *Store) freeAddress(ctx context.Context) (netip.Addr, error) {
 	// .0.1-.0.9 are kept for infrastructure; the gateway is reserved.
 	for a := netip.AddrFrom4([4]byte{198, 19, 0, 10}); Subnet.Contains(a); a = a.Next() {
 		if !used[a] && a != Gateway && a.As4()[3] != 0 && a.As4()[3] != 255 {
-			return a, nil
+			if skip == 0 {
+				return a, nil
+			}
+			skip--
 		}
 	}
 	return netip.Addr{}, errdefs.New(errdefs.ErrFailedPrecondition, "guest address space 198.19.0.0/16 is exhausted")

@@ -1,0 +1,192 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// newStore starts a real embedded etcd for one test.
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	ports := make([]int, 2)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := StartEmbedded(ctx, EmbedConfig{Dir: t.TempDir(), Name: "t",
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	st, err := Open(ctx, []string{e.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	specs := make([]*api.VMSpec, 24)
+	errs := make([]error, len(specs))
+	for i := range specs {
+		specs[i] = &api.VMSpec{Name: fmt.Sprintf("vm%d", i)}
+		wg.Add(1)
+		go func(i int) { defer wg.Done(); errs[i] = st.CreateVM(ctx, specs[i]) }(i)
+	}
+	wg.Wait()
+	seen := map[string]string{}
+	for i, s := range specs {
+		if errs[i] != nil {
+			t.Fatalf("create %s: %v", s.Name, errs[i])
+		}
+		if other, dup := seen[s.IP]; dup {
+			t.Fatalf("%s and %s share %s", s.Name, other, s.IP)
+		}
+		seen[s.IP] = s.Name
+	}
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "vm0"}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	// Deleting releases the address claim; a new VM never collides.
+	ip := specs[0].IP
+	if err := st.DeleteVM(ctx, "vm0"); err != nil {
+		t.Fatal(err)
+	}
+	addr, _, _ := strings.Cut(ip, "/")
+	if r, _ := st.Client().Get(ctx, IPPrefix+addr); len(r.Kvs) != 0 {
+		t.Fatalf("address claim %s left after delete", addr)
+	}
+	delete(seen, ip)
+	again := &api.VMSpec{Name: "vm-new"}
+	if err := st.CreateVM(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if other, dup := seen[again.IP]; dup {
+		t.Fatalf("new vm got %s, held by %s", again.IP, other)
+	}
+}
+
+func TestOwnershipFencing(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	lease := func() clientv3.LeaseID {
+		l, err := st.Client().Grant(ctx, 30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.ID
+	}
+	la, lb := lease(), lease()
+	rev, err := st.AcquireOwner(ctx, "g", "a", la)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AcquireOwner(ctx, "g", "b", lb); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second owner admitted: %v", err)
+	}
+	if ok, _ := st.CheckOwner(ctx, "g", "a", rev); !ok {
+		t.Fatal("owner check failed for the owner")
+	}
+	// Re-acquiring (a restarted agent with a new lease) moves the token on:
+	// a check against the old revision fails.
+	la2 := lease()
+	rev2, err := st.AcquireOwner(ctx, "g", "a", la2)
+	if err != nil || rev2 <= rev {
+		t.Fatalf("rebind: rev %d -> %d, %v", rev, rev2, err)
+	}
+	if ok, _ := st.CheckOwner(ctx, "g", "a", rev); ok {
+		t.Fatal("a stale fencing token still passes")
+	}
+	// The lease ending frees the VM for another host.
+	if _, err := st.Client().Revoke(ctx, la2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AcquireOwner(ctx, "g", "b", lb); err != nil {
+		t.Fatalf("after the owner's lease ended: %v", err)
+	}
+	// Release by a non-owner does nothing.
+	st.ReleaseOwner(ctx, "g", "a")
+	if _, err := st.AcquireOwner(ctx, "g", "a", la); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatal("a non-owner released the key")
+	}
+}
+
+func TestPlaceIsFencedByLeader(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	st.Client().Put(ctx, LeaderPrefix+"/x", "old")
+	resp, _ := st.Client().Get(ctx, LeaderPrefix+"/x")
+	guard := clientv3.Compare(clientv3.CreateRevision(LeaderPrefix+"/x"), "=", resp.Kvs[0].CreateRevision)
+	// The leader key is replaced (a new leader): the old guard must fail.
+	st.Client().Delete(ctx, LeaderPrefix+"/x")
+	st.Client().Put(ctx, LeaderPrefix+"/x", "new")
+	if ok, err := st.Place(ctx, "p", "n1", &guard); err != nil || ok {
+		t.Fatalf("deposed leader placed a vm: ok=%v err=%v", ok, err)
+	}
+	if ok, err := st.Place(ctx, "p", "n1", nil); err != nil || !ok {
+		t.Fatalf("place: %v %v", ok, err)
+	}
+	if ok, _ := st.Place(ctx, "p", "n2", nil); ok {
+		t.Fatal("a placed vm was placed again")
+	}
+}
+
+func TestUpdateSpecAndStatus(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "u", Power: api.PowerRunning, StartSeq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st.UpdateSpec(ctx, "u", func(s *api.VMSpec) error { s.StartSeq++; return nil })
+		}()
+	}
+	wg.Wait()
+	vm, err := st.GetVM(ctx, "u")
+	if err != nil || vm.Spec.StartSeq != 11 {
+		t.Fatalf("concurrent updates lost: %d %v", vm.Spec.StartSeq, err)
+	}
+	if err := st.DeleteVM(ctx, "u"); err != nil {
+		t.Fatal(err)
+	}
+	// A late status write for a deleted VM must not resurrect keys.
+	st.PutStatus(ctx, "u", api.VMStatus{Phase: api.PhaseRunning})
+	resp, _ := st.Client().Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if resp.Count != 0 {
+		t.Fatalf("%d keys left after delete", resp.Count)
+	}
+	if _, err := st.UpdateSpec(ctx, "u", func(*api.VMSpec) error { return nil }); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("update of deleted vm: %v", err)
+	}
+}
