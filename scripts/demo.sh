@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "Starting a single-host Ferry: ferry agent --dev (embedded etcd, TLS API, agent)"
-t0=$(date +%s.%N)
+t0=$(date +%s%N)
 "$FERRY" agent --dev --data-dir "$work" --run-dir "$run" --image-dir "$IMAGE_DIR" \
   --listen 127.0.0.1:27443 --etcd-client-url http://127.0.0.1:22379 --etcd-peer-url http://127.0.0.1:22380 \
   >"$work/agent.log" 2>&1 &
@@ -35,8 +35,9 @@ f node list
 
 say "Creating a guest: ferry vm create demo --memory 256M"
 f vm create demo --memory 256M
-t1=$(date +%s.%N)
-printf 'from agent start to a guest answering HTTP: %.1f s\n' "$(echo "$t1 - $t0" | bc)"
+t1=$(date +%s%N)
+ms=$(( (t1 - t0) / 1000000 ))
+printf 'from agent start to a guest answering HTTP: %d.%01d s\n' $((ms / 1000)) $(((ms % 1000) / 100))
 
 say "The guest answers HTTP from the host"
 ep=$(f vm show demo -o json | sed -n 's/.*"endpoint": "\([^"]*\)".*/\1/p')

@@ -50,7 +50,14 @@ func (s *Scheduler) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sess.Close()
+	defer func() {
+		// Give up leadership at once on the way out (sess.Close would use
+		// the already-cancelled ctx), so a successor need not wait for the TTL.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.st.Client().Revoke(rctx, sess.Lease())
+		cancel()
+		sess.Orphan()
+	}()
 	el := concurrency.NewElection(sess, store.LeaderPrefix)
 	if err := el.Campaign(ctx, s.name); err != nil {
 		return err

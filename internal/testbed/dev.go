@@ -31,6 +31,9 @@ type DevOptions struct {
 	ImageDir string // where the tiny image is built
 	Accel    string // default tcg
 	Dir      string // parent for the data dir (default os.TempDir())
+	// EtcdEndpoints, if set, points the agent at an external etcd instead of
+	// running an embedded one.
+	EtcdEndpoints []string
 }
 
 // DevAgent is one `ferry agent --dev` process and its state directories.
@@ -94,11 +97,22 @@ func FreePorts(n int) ([]int, error) {
 
 // Args is the agent's command line.
 func (d *DevAgent) Args() []string {
-	return []string{"agent", "--dev", "--data-dir", d.DataDir, "--run-dir", d.RunDir,
+	a := []string{"agent", "--data-dir", d.DataDir, "--run-dir", d.RunDir,
 		"--listen", "127.0.0.1:" + strconv.Itoa(d.APIPort),
-		"--etcd-client-url", "http://127.0.0.1:" + strconv.Itoa(d.EtcdClient),
-		"--etcd-peer-url", "http://127.0.0.1:" + strconv.Itoa(d.EtcdPeer),
 		"--image-dir", d.opts.ImageDir, "--accel", d.opts.Accel, "--node-name", "dev1"}
+	if len(d.opts.EtcdEndpoints) > 0 {
+		return append(a, "--etcd-endpoints", strings.Join(d.opts.EtcdEndpoints, ","))
+	}
+	return append(a, "--dev",
+		"--etcd-client-url", d.etcdEndpoints()[0],
+		"--etcd-peer-url", "http://127.0.0.1:"+strconv.Itoa(d.EtcdPeer))
+}
+
+func (d *DevAgent) etcdEndpoints() []string {
+	if len(d.opts.EtcdEndpoints) > 0 {
+		return d.opts.EtcdEndpoints
+	}
+	return []string{"http://127.0.0.1:" + strconv.Itoa(d.EtcdClient)}
 }
 
 // Start runs the agent and waits until its API answers.
@@ -181,9 +195,9 @@ func (d *DevAgent) LogTail(n int) string {
 	return strings.Join(l, "\n")
 }
 
-// EtcdKeys lists every key under /ferry/v1/ (the agent must be running).
+// EtcdKeys lists every key under /ferry/v1/ (etcd must be running).
 func (d *DevAgent) EtcdKeys(ctx context.Context) ([]string, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://127.0.0.1:" + strconv.Itoa(d.EtcdClient)}, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: d.etcdEndpoints(), DialTimeout: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}
