@@ -16,7 +16,7 @@ deps:
 
 build: deps
 	$(GO) build -o $(BIN)/ferry ./cmd/ferry
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ferry-guest ./cmd/ferry-guest
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ferry-guest ./cmd/ferry-guest
 
 image: build
 	$(BIN)/ferry image build --image-dir $(IMAGE_DIR)

@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,6 +45,9 @@ func TestVMLifecycle(t *testing.T) {
 	if got := guestDo(t, "POST", vm.Status.Endpoint, "/disk/write?count=5"); got.Disk.LastDurableSeq != 5 {
 		t.Fatalf("disk after 5 writes: %+v", got.Disk)
 	}
+
+	// The guest dirties memory on request (what makes migration hard).
+	dirtyGuest(t, vm.Status.Endpoint)
 
 	// Graceful stop: the guest powers off on the ACPI button.
 	if _, err := cl.StopVM(ctxT(t, 10*time.Second), "life", api.VMStopRequest{Timeout: "30s"}); err != nil {
@@ -145,5 +151,60 @@ func TestAgentRestartKeepsGuest(t *testing.T) {
 	waitFor(t, d, "keep", 30*time.Second, "stopped", func(vm *api.VM) bool { return vm.Status.Phase == api.PhaseStopped })
 	if qemu.IsGuest(pid, vm.Spec.UUID) {
 		t.Fatal("QEMU still runs after a forced stop through the re-attached agent")
+	}
+}
+
+// dirtyGuest asks the guest to dirty 8 MiB/s and sees its page counter move,
+// then stops it.
+func dirtyGuest(t *testing.T, ep string) {
+	t.Helper()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Post("http://"+ep+"/dirty?rate=8&size=16", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("dirty: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var h struct {
+			Dirty struct {
+				Rate  float64 `json:"rate_mib_s"`
+				Pages uint64  `json:"pages_dirtied"`
+			} `json:"dirty"`
+		}
+		resp, err := hc.Get("http://" + ep + "/health")
+		if err == nil {
+			json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+		}
+		if h.Dirty.Rate == 8 && h.Dirty.Pages > 256 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest did not dirty memory: %+v %v", h, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	resp, err = hc.Post("http://"+ep+"/dirty?rate=0", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// A bad rate is refused by the guest.
+	resp, err = hc.Post("http://"+ep+"/dirty?rate=-3", "", nil)
+	if err != nil || resp.StatusCode != 400 {
+		t.Fatalf("negative rate: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// The stream endpoint keeps a connection open and numbers its lines.
+	resp, err = hc.Get("http://" + ep + "/stream?interval=5ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	n, _ := io.ReadAtLeast(resp.Body, buf, 64)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(buf[:n]), "0 ") {
+		t.Fatalf("stream starts with %q", buf[:n])
 	}
 }
