@@ -116,3 +116,9 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
+
+// ClusterInfo is what a joining host learns from GET /v1/cluster.
+type ClusterInfo struct {
+	EtcdEndpoints []string `json:"etcd_endpoints"`
+	VNI           int      `json:"vni"`
+}

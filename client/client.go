@@ -36,6 +36,12 @@ func New(server string, tlsCfg *tls.Config) *Client {
 	}
 }
 
+// NewWithTransport returns a client that uses tr (e.g. one that dials
+// inside a network namespace).
+func NewWithTransport(server string, tr http.RoundTripper) *Client {
+	return &Client{base: strings.TrimRight(server, "/"), hc: &http.Client{Transport: tr}}
+}
+
 // EndpointFile, in an agent's data directory, names the API address the agent serves.
 const EndpointFile = "api-endpoint"
 

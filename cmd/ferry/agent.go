@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/apiserver"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -28,6 +31,11 @@ import (
 
 type agentOpts struct {
 	dev           bool
+	server        bool
+	join          string
+	advertise     string
+	overlayPeers  []string
+	vni           int
 	listen        string
 	etcdEndpoints []string
 	etcdClientURL string
@@ -54,10 +62,17 @@ and admin credentials in --data-dir, where the CLI finds them.
 
 Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return runAgent(cmd.Context(), g, o) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runAgent(context.WithValue(cmd.Context(), cmdKey{}, cmd), g, o)
+		},
 	}
 	f := c.Flags()
-	f.BoolVar(&o.dev, "dev", false, "single host: embedded etcd, API and agent in one process")
+	f.BoolVar(&o.dev, "dev", false, "single host: embedded etcd, API and agent in one process, guests on user-mode networking")
+	f.BoolVar(&o.server, "server", false, "first host of a cluster: embedded etcd on --advertise, API and agent")
+	f.StringVar(&o.join, "join", "", "join the cluster whose API is at ADDR (host:port); the cluster CA must be in DATA-DIR/pki")
+	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
+	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
+	f.IntVar(&o.vni, "vni", 42, "VXLAN network identifier of the guest overlay")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:7443", "API listen address (TLS)")
 	f.StringSliceVar(&o.etcdEndpoints, "etcd-endpoints", nil, "use an external etcd cluster instead of the embedded one")
 	f.StringVar(&o.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
@@ -79,8 +94,29 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
-	if !o.dev && len(o.etcdEndpoints) == 0 {
-		return errors.New("say --dev for a single-host cluster with embedded etcd, or --etcd-endpoints for an external etcd")
+	modes := 0
+	for _, m := range []bool{o.dev, o.server, o.join != ""} {
+		if m {
+			modes++
+		}
+	}
+	if modes > 1 || (modes == 0 && len(o.etcdEndpoints) == 0) {
+		return errors.New("say exactly one of --dev (single host), --server (first host of a cluster), --join ADDR (another host), or give --etcd-endpoints")
+	}
+	var adv net.IP
+	if o.server || o.join != "" {
+		if adv = net.ParseIP(o.advertise).To4(); adv == nil {
+			return fmt.Errorf("--advertise must be this host's IPv4 underlay address, not %q", o.advertise)
+		}
+		if !flagChanged(ctx, "listen") {
+			o.listen = net.JoinHostPort(adv.String(), "7443")
+		}
+		if !flagChanged(ctx, "etcd-client-url") {
+			o.etcdClientURL = "http://" + net.JoinHostPort(adv.String(), "2379")
+		}
+		if !flagChanged(ctx, "etcd-peer-url") {
+			o.etcdPeerURL = "http://" + net.JoinHostPort(adv.String(), "2380")
+		}
 	}
 	dataDir, err := filepath.Abs(g.dataDir)
 	if err != nil {
@@ -119,7 +155,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if host != "" && host != "0.0.0.0" && host != "::" {
 		hosts = append(hosts, host)
 	}
-	if err := ca.EnsureLeaf(pkiDir, pki.ServerCert, pki.ServerKey, o.node, "ferry-node", hosts); err != nil {
+	if err := ca.EnsureLeaf(pkiDir, pki.ServerCert, pki.ServerKey, o.node, pki.RoleNode, hosts); err != nil {
 		return err
 	}
 	if err := ca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
@@ -131,6 +167,14 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 
 	endpoints := o.etcdEndpoints
+	if o.join != "" && len(endpoints) == 0 {
+		info, err := fetchCluster(ctx, pkiDir, o.join)
+		if err != nil {
+			return err
+		}
+		endpoints = info.EtcdEndpoints
+		o.vni = info.VNI
+	}
 	if len(endpoints) == 0 {
 		emb, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: filepath.Join(dataDir, "etcd"), Name: o.node,
 			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log})
@@ -158,10 +202,25 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 	log.Info("accelerator chosen", "accel", accel, "reason", why)
 
-	ag, err := agent.New(agent.Config{
+	acfg := agent.Config{
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
 		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
-	}, st)
+	}
+	if adv != nil {
+		local, _ := netip.AddrFromSlice(adv)
+		ba := store.HostOverlayAddr(local)
+		acfg.Address = adv.String()
+		acfg.Overlay = &hostnet.Overlay{Bridge: "ferry0", VXLAN: "fvx0", VNI: o.vni, Port: 4789, Local: adv,
+			BridgeAddr: &net.IPNet{IP: ba.Addr().AsSlice(), Mask: net.CIDRMask(ba.Bits(), 32)}}
+		for _, p := range o.overlayPeers {
+			ip := net.ParseIP(p).To4()
+			if ip == nil {
+				return fmt.Errorf("--overlay-peer %q is not an IPv4 address", p)
+			}
+			acfg.OverlayPeers = append(acfg.OverlayPeers, ip)
+		}
+	}
+	ag, err := agent.New(acfg, st)
 	if err != nil {
 		return err
 	}
@@ -171,6 +230,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		}
 		return ag.ConsoleLog(vm.Spec.Name), nil
 	}, log)
+	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("API listener: %w", err)
@@ -229,3 +289,46 @@ func defaultNodeName() string {
 	}
 	return h
 }
+
+// fetchCluster asks a cluster's API what a joining host needs, with this
+// host's node certificate (issued from the cluster CA placed in pkiDir).
+func fetchCluster(ctx context.Context, pkiDir, addr string) (*api.ClusterInfo, error) {
+	cfg, err := pki.ClientTLS(pkiDir, pki.ServerCert, pki.ServerKey)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	var last error
+	for i := 0; i < 30; i++ {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/v1/cluster", nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			var info api.ClusterInfo
+			err = json.NewDecoder(resp.Body).Decode(&info)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 && len(info.EtcdEndpoints) > 0 {
+				return &info, nil
+			}
+			if err == nil {
+				err = fmt.Errorf("answered %s", resp.Status)
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return nil, fmt.Errorf("--join %s: cannot reach the cluster API: %w", addr, last)
+}
+
+// flagChanged reports whether the agent command's flag was set explicitly.
+func flagChanged(ctx context.Context, name string) bool {
+	if c, ok := ctx.Value(cmdKey{}).(*cobra.Command); ok {
+		return c.Flags().Changed(name)
+	}
+	return false
+}
+
+type cmdKey struct{}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -39,6 +41,12 @@ type Config struct {
 	GuestHostAddr string
 	LeaseTTL      int // seconds
 	Log           *slog.Logger
+	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
+	// overlay; otherwise guests use QEMU's user-mode network.
+	Overlay *hostnet.Overlay
+	// OverlayPeers are extra underlay addresses (not Ferry hosts, e.g. a
+	// gateway or test client) that join the overlay.
+	OverlayPeers []net.IP
 }
 
 // Agent reconciles one host.
@@ -85,6 +93,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	// outlive a graceful agent restart.
 	defer sess.Orphan()
 
+	if a.cfg.Overlay != nil {
+		if err := a.cfg.Overlay.Ensure(); err != nil {
+			return fmt.Errorf("agent: guest network: %w", err)
+		}
+	}
 	a.reattach(ctx)
 	if err := a.heartbeat(ctx); err != nil {
 		return err
@@ -98,7 +111,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
 	}
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
 	go func() { defer wg.Done(); a.probeLoop(ctx) }()
 	go func() { defer wg.Done(); a.watch(ctx) }()
@@ -259,3 +273,32 @@ func (a *Agent) Node() string { return a.cfg.Node }
 func (a *Agent) vmDir(name string) string { return filepath.Join(a.cfg.DataDir, "vms", name) }
 
 var errGone = errors.New("guest is gone")
+
+// overlayLoop keeps the VXLAN flood list equal to the cluster's hosts (plus
+// static peers): new hosts join the overlay, gone hosts leave it.
+func (a *Agent) overlayLoop(ctx context.Context) {
+	if a.cfg.Overlay == nil {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		nodes, err := a.st.ListNodes(ctx)
+		if err == nil {
+			peers := append([]net.IP(nil), a.cfg.OverlayPeers...)
+			for _, n := range nodes {
+				if ip := net.ParseIP(n.Address); ip != nil {
+					peers = append(peers, ip)
+				}
+			}
+			if err := a.cfg.Overlay.SyncPeers(peers); err != nil {
+				a.log.Warn("overlay peers", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

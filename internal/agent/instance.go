@@ -22,6 +22,7 @@ type runtimeRecord struct {
 	QMP       string    `json:"qmp"`
 	Console   string    `json:"console"`
 	Endpoint  string    `json:"endpoint,omitempty"`
+	Tap       string    `json:"tap,omitempty"`
 	StartSeq  int64     `json:"start_seq"`
 	MemoryMiB int       `json:"memory_mib"`
 	Accel     string    `json:"accel"`

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/revert"
@@ -175,13 +176,25 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 		return err
 	}
 	cfg.Disks = []qemu.Disk{disk}
-	port, err := freePort(a.cfg.GuestHostAddr)
-	if err != nil {
-		return err
-	}
-	cfg.Net = &qemu.Net{
-		Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
-		HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
+	var endpoint, tap string
+	if ov := a.cfg.Overlay; ov != nil {
+		tap = hostnet.TapName(spec.UUID)
+		if err := hostnet.CreateTap(tap, ov.Bridge, ov.MTU()); err != nil {
+			return err
+		}
+		r.Add(func() { hostnet.DeleteTap(tap) })
+		cfg.Net = &qemu.Net{Mode: "tap", MAC: spec.MAC, Tap: tap, MTU: ov.MTU()}
+		endpoint = net.JoinHostPort(ip.Addr().String(), "80")
+	} else {
+		port, err := freePort(a.cfg.GuestHostAddr)
+		if err != nil {
+			return err
+		}
+		cfg.Net = &qemu.Net{
+			Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
+			HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
+		}
+		endpoint = net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port))
 	}
 	if spec.Image == api.ImageTiny {
 		img, err := image.Find(a.cfg.ImageDir)
@@ -205,7 +218,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 		qemu.Kill(kctx, pid, spec.UUID)
 	})
 	rec := runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket,
-		Endpoint: net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port)), StartSeq: spec.StartSeq,
+		Endpoint: endpoint, Tap: tap, StartSeq: spec.StartSeq,
 		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC()}
 	if err := a.saveRecord(name, rec); err != nil {
 		return err
@@ -333,6 +346,9 @@ func (a *Agent) forget(ctx context.Context, in *instance) {
 	os.Remove(a.recordPath(in.name))
 	os.Remove(in.rec.QMP)
 	os.Remove(in.rec.Console)
+	if in.rec.Tap != "" {
+		hostnet.DeleteTap(in.rec.Tap)
+	}
 	a.st.ReleaseOwner(ctx, in.name, a.cfg.Node)
 }
 

@@ -34,6 +34,8 @@ type Server struct {
 	st      *store.Store
 	log     *slog.Logger
 	console ConsoleLocator
+	// Cluster is served at /v1/cluster for joining hosts.
+	Cluster api.ClusterInfo
 }
 
 // New returns an API server over st.
@@ -65,6 +67,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"GET /v1/healthz", s.healthz},
 		{"GET /v1/openapi.json", s.openapi},
+		{"GET /v1/cluster", s.cluster},
 		{"GET /v1/nodes", s.listNodes},
 		{"GET /v1/vms", s.listVMs},
 		{"POST /v1/vms", s.createVM},
@@ -86,7 +89,8 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		leaf := r.TLS.VerifiedChains[0][0]
-		if !slices.Contains(leaf.Subject.Organization, pki.RoleAdmin) {
+		// Until roles arrive (issue #4) the admin and every node certificate may do everything.
+		if !slices.Contains(leaf.Subject.Organization, pki.RoleAdmin) && !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
 			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))
 			return
 		}
@@ -424,4 +428,8 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(api.OpenAPI)
+}
+
+func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, s.Cluster)
 }

@@ -31,7 +31,10 @@ const (
 )
 
 // Role names carried in client certificates.
-const RoleAdmin = "admin"
+const (
+	RoleAdmin = "admin"
+	RoleNode  = "ferry-node"
+)
 
 // CA is a certificate authority held in memory.
 type CA struct {

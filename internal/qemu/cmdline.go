@@ -34,6 +34,7 @@ type Net struct {
 	UserHost string // the gateway address inside UserNet
 	HostFwd  []HostFwd
 	Tap      string
+	MTU      int // advertised to the guest's virtio-net driver (host_mtu); 0 leaves QEMU's default
 }
 
 // Config is everything needed to start one guest.
@@ -150,7 +151,11 @@ func (c *Config) Args() []string {
 		case "tap":
 			a = append(a, "-netdev", "tap,id=net0,ifname="+n.Tap+",script=no,downscript=no")
 		}
-		a = append(a, "-device", "virtio-net-pci,netdev=net0,mac="+n.MAC+",romfile=")
+		dev := "virtio-net-pci,netdev=net0,mac=" + n.MAC + ",romfile="
+		if n.MTU > 0 {
+			dev += fmt.Sprintf(",host_mtu=%d", n.MTU)
+		}
+		a = append(a, "-device", dev)
 	}
 	if c.Watchdog {
 		a = append(a, "-device", "i6300esb", "-action", "watchdog=reset")

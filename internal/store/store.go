@@ -76,6 +76,13 @@ var (
 	Gateway = netip.MustParseAddr("198.19.255.254")
 )
 
+// HostOverlayAddr is a host's own address on the overlay, derived from the
+// last byte of its underlay address (hosts share one underlay subnet).
+func HostOverlayAddr(underlay netip.Addr) netip.Prefix {
+	b := underlay.As4()
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 254, b[3]}), Subnet.Bits())
+}
+
 // MACFor derives a guest's MAC from its address, so both are unique together.
 func MACFor(ip netip.Addr) string {
 	b := ip.As4()
@@ -126,9 +133,13 @@ func (s *Store) freeAddress(ctx context.Context, skip int) (netip.Addr, error) {
 			used[a] = true
 		}
 	}
-	// .0.1-.0.9 are kept for infrastructure; the gateway is reserved.
+	// .0.1-.0.9 are kept for infrastructure, 198.19.254.0/24 for hosts'
+	// overlay addresses and 198.19.255.0/24 for gateways and clients.
 	for a := netip.AddrFrom4([4]byte{198, 19, 0, 10}); Subnet.Contains(a); a = a.Next() {
-		if !used[a] && a != Gateway && a.As4()[3] != 0 && a.As4()[3] != 255 {
+		if b := a.As4(); b[2] >= 254 {
+			break
+		}
+		if !used[a] && a.As4()[3] != 0 && a.As4()[3] != 255 {
 			if skip == 0 {
 				return a, nil
 			}

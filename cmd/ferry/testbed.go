@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/testbed"
+	"github.com/spf13/cobra"
+)
+
+func testbedCmd() *cobra.Command {
+	c := &cobra.Command{Use: "testbed", Short: "A cluster of hosts in network namespaces on this machine (root)"}
+	var o testbed.Options
+	up := &cobra.Command{
+		Use:   "up",
+		Short: "Build N hosts as network namespaces on an underlay, a client namespace and shared storage, and start a joined agent on each",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.Bin = self
+			b, err := testbed.Up(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("testbed %s is up: %d hosts\n", b.Name, len(b.Hosts))
+			for _, h := range b.Hosts {
+				fmt.Printf("  %-4s namespace %-10s underlay %-14s agent pid %d\n", h.Name, h.NS, h.Addr, h.PID)
+			}
+			fmt.Printf("  client namespace %s: underlay %s, overlay %s\n", b.ClientNS, b.ClientAddr, b.ClientIP)
+			fmt.Printf("\nuse it:  ip netns exec %s %s --data-dir %s vm create web\n", b.Hosts[0].NS, self, b.Hosts[0].DataDir)
+			fmt.Printf("remove:  %s testbed down --name %s\n", self, b.Name)
+			return nil
+		},
+	}
+	up.Flags().IntVar(&o.Hosts, "hosts", 3, "number of hosts")
+	up.Flags().StringVar(&o.Name, "name", "fbed", "testbed name (at most 8 characters; prefixes its namespaces)")
+	up.Flags().StringVar(&o.ImageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
+	up.Flags().StringVar(&o.Accel, "accel", "tcg", "accelerator for the hosts' guests")
+	var name string
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Remove every namespace, device, process and file of a testbed, also after a crash",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := testbed.Down(name); err != nil {
+				return err
+			}
+			fmt.Printf("testbed %s removed\n", name)
+			return nil
+		},
+	}
+	down.Flags().StringVar(&name, "name", "fbed", "testbed name")
+	c.AddCommand(up, down)
+	return c
+}

@@ -1,0 +1,431 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/vishvananda/netns"
+)
+
+// Bed is a cluster of hosts on one machine: each host is a network namespace
+// with a veth into a "fabric" namespace holding the underlay bridge; a client
+// namespace sits on the same underlay and joins the guests' VXLAN overlay.
+// Addresses are from 198.18.0.0/15 only, and no namespace has a route out.
+type Bed struct {
+	Name       string  `json:"name"`
+	Dir        string  `json:"dir"`
+	Bin        string  `json:"bin"`
+	ImageDir   string  `json:"image_dir"`
+	Accel      string  `json:"accel"`
+	FabricNS   string  `json:"fabric_ns"`
+	ClientNS   string  `json:"client_ns"`
+	ClientAddr string  `json:"client_addr"`    // underlay
+	ClientIP   string  `json:"client_overlay"` // on the guest overlay
+	StorageDir string  `json:"storage_dir"`
+	Hosts      []*Host `json:"hosts"`
+}
+
+// Host is one testbed host and its agent.
+type Host struct {
+	Name    string `json:"name"`
+	NS      string `json:"ns"`
+	Addr    string `json:"addr"`
+	DataDir string `json:"data_dir"`
+	RunDir  string `json:"run_dir"`
+	PID     int    `json:"pid"`
+}
+
+// Options configure Up.
+type Options struct {
+	Name     string // short; prefixes namespaces and the directory (default "fbed")
+	Hosts    int
+	Bin      string // the ferry binary
+	ImageDir string
+	Accel    string // default tcg
+}
+
+const (
+	underlayPrefix = "198.18.0."
+	clientOctet    = 200
+	clientOverlay  = "198.19.255.1/16"
+	vni            = 42
+)
+
+// StateFile names the file in a testbed's directory that records it.
+const StateFile = "testbed.json"
+
+// Dir is where a testbed of this name keeps its state (short, for sockets).
+func Dir(name string) string { return filepath.Join("/tmp", name) }
+
+// Up builds the testbed and starts one agent per host, joined into one
+// cluster; on any failure it tears down what it made.
+func Up(ctx context.Context, o Options) (b *Bed, err error) {
+	if o.Name == "" {
+		o.Name = "fbed"
+	}
+	if o.Hosts < 1 || o.Hosts > 50 {
+		return nil, fmt.Errorf("testbed: hosts must be 1..50")
+	}
+	if o.Accel == "" {
+		o.Accel = "tcg"
+	}
+	if len(o.Name) > 8 || strings.ContainsAny(o.Name, "/ .") {
+		return nil, fmt.Errorf("testbed: name %q must be at most 8 plain characters", o.Name)
+	}
+	dir := Dir(o.Name)
+	if _, err := os.Stat(filepath.Join(dir, StateFile)); err == nil {
+		return nil, fmt.Errorf("testbed %s already exists (ferry testbed down --name %s)", o.Name, o.Name)
+	}
+	b = &Bed{Name: o.Name, Dir: dir, Bin: o.Bin, ImageDir: o.ImageDir, Accel: o.Accel,
+		FabricNS: o.Name + "-fab", ClientNS: o.Name + "-cl",
+		ClientAddr: underlayPrefix + strconv.Itoa(clientOctet), ClientIP: clientOverlay,
+		StorageDir: filepath.Join(dir, "storage")}
+	for i := 1; i <= o.Hosts; i++ {
+		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
+			Addr: underlayPrefix + strconv.Itoa(10+i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
+			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i))})
+	}
+	defer func() {
+		if err != nil {
+			b.Down()
+			b = nil
+		}
+	}()
+	for _, d := range []string{dir, b.StorageDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return b, err
+		}
+	}
+	if err := b.save(); err != nil {
+		return b, err
+	}
+	if err := b.buildNetwork(); err != nil {
+		return b, err
+	}
+	// One cluster CA for all hosts (until join tokens arrive with issue #4).
+	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
+		return b, err
+	}
+	for i := range b.Hosts {
+		if err := b.StartAgent(ctx, i); err != nil {
+			return b, err
+		}
+	}
+	return b, b.WaitNodes(ctx, len(b.Hosts))
+}
+
+func (b *Bed) buildNetwork() error {
+	ip := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	if err := ip("netns", "add", b.FabricNS); err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"-n", b.FabricNS, "link", "add", "br0", "type", "bridge"},
+		{"-n", b.FabricNS, "link", "set", "br0", "up"},
+		{"-n", b.FabricNS, "link", "set", "lo", "up"},
+	}
+	type member struct{ ns, port, addr string }
+	var members []member
+	for _, h := range b.Hosts {
+		members = append(members, member{h.NS, h.Name, h.Addr})
+	}
+	members = append(members, member{b.ClientNS, "cl", b.ClientAddr})
+	for _, m := range members {
+		if err := ip("netns", "add", m.ns); err != nil {
+			return err
+		}
+		steps = append(steps,
+			[]string{"-n", b.FabricNS, "link", "add", m.port, "type", "veth", "peer", "name", "eth0", "netns", m.ns},
+			[]string{"-n", b.FabricNS, "link", "set", m.port, "master", "br0", "up"},
+			[]string{"-n", m.ns, "link", "set", "lo", "up"},
+			[]string{"-n", m.ns, "addr", "add", m.addr + "/24", "dev", "eth0"},
+			[]string{"-n", m.ns, "link", "set", "eth0", "up"},
+		)
+	}
+	// The client joins the guest overlay with a VXLAN device of its own.
+	steps = append(steps,
+		[]string{"-n", b.ClientNS, "link", "add", "fvx0", "type", "vxlan", "id", strconv.Itoa(vni), "local", b.ClientAddr,
+			"dstport", "4789", "dev", "eth0", "nolearning"},
+		[]string{"-n", b.ClientNS, "link", "set", "fvx0", "mtu", "1450"},
+		[]string{"-n", b.ClientNS, "addr", "add", b.ClientIP, "dev", "fvx0"},
+		[]string{"-n", b.ClientNS, "link", "set", "fvx0", "up"},
+	)
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return err
+		}
+	}
+	for _, h := range b.Hosts {
+		out, err := exec.Command("ip", "netns", "exec", b.ClientNS, "bridge", "fdb", "append", "00:00:00:00:00:00",
+			"dev", "fvx0", "dst", h.Addr).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("client flood entry for %s: %v: %s", h.Addr, err, out)
+		}
+	}
+	return nil
+}
+
+// AgentArgs is the command line of host i's agent.
+func (b *Bed) AgentArgs(i int) []string {
+	h := b.Hosts[i]
+	a := []string{"agent", "--advertise", h.Addr, "--data-dir", h.DataDir, "--run-dir", h.RunDir,
+		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
+		"--overlay-peer", b.ClientAddr}
+	if i == 0 {
+		return append(a, "--server")
+	}
+	return append(a, "--join", b.Hosts[0].Addr+":7443")
+}
+
+// StartAgent starts host i's agent inside its namespace.
+func (b *Bed) StartAgent(ctx context.Context, i int) error {
+	h := b.Hosts[i]
+	if err := os.MkdirAll(filepath.Join(h.DataDir, "pki"), 0o700); err != nil {
+		return err
+	}
+	for _, f := range []string{pki.CACert, pki.CAKey} {
+		data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(h.DataDir, "pki", f), data, 0o600); err != nil {
+			return err
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(h.DataDir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, b.Bin}, b.AgentArgs(i)...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	h.PID = cmd.Process.Pid
+	go cmd.Wait() // reap it if it ends while we run; Down kills by pid otherwise
+	return b.save()
+}
+
+// StopAgent signals host i's agent and waits until it has exited.
+func (b *Bed) StopAgent(i int, sig syscall.Signal) error {
+	h := b.Hosts[i]
+	if h.PID == 0 {
+		return nil
+	}
+	syscall.Kill(h.PID, sig)
+	deadline := time.Now().Add(20 * time.Second)
+	for alive(h.PID) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(h.PID) {
+		syscall.Kill(h.PID, syscall.SIGKILL)
+	}
+	h.PID = 0
+	return b.save()
+}
+
+func alive(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(st, ')')
+	return i > 0 && i+2 < len(st) && st[i+2] != 'Z'
+}
+
+// WaitNodes waits until n hosts are registered and ready.
+func (b *Bed) WaitNodes(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	var last error
+	for {
+		cl, err := b.Client(0)
+		if err == nil {
+			nodes, err := cl.ListNodes(ctx)
+			if err == nil {
+				ready := 0
+				for _, nd := range nodes {
+					if nd.State == "ready" {
+						ready++
+					}
+				}
+				if ready >= n {
+					return nil
+				}
+				err = fmt.Errorf("%d of %d hosts ready", ready, n)
+			}
+			last = err
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testbed: hosts not ready: %v\n%s", last, b.LogTail(0, 15))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Client is an API client that talks to host i's API from inside its namespace.
+func (b *Bed) Client(i int) (*client.Client, error) {
+	h := b.Hosts[i]
+	cfg, err := pki.ClientTLS(filepath.Join(h.DataDir, "pki"), pki.AdminCert, pki.AdminKey)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{TLSClientConfig: cfg, DialContext: DialIn(h.NS), ForceAttemptHTTP2: true}
+	return client.NewWithTransport("https://"+h.Addr+":7443", tr), nil
+}
+
+// HTTPClient returns an HTTP client whose connections start in namespace ns
+// (e.g. the client namespace, to reach guests on the overlay).
+func (b *Bed) HTTPClient(ns string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: DialIn(ns), DisableKeepAlives: true}}
+}
+
+// DialIn returns a dial function that opens sockets inside network namespace
+// ns: a socket belongs to the namespace of the thread that created it.
+func DialIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			return nil, err
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			return nil, fmt.Errorf("namespace %s: %w", ns, err)
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			return nil, err
+		}
+		defer netns.Set(orig)
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// LogTail returns the end of host i's agent log.
+func (b *Bed) LogTail(i, n int) string {
+	data, _ := os.ReadFile(filepath.Join(b.Hosts[i].DataDir, "agent.log"))
+	l := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+func (b *Bed) save() error {
+	data, _ := json.MarshalIndent(b, "", "  ")
+	tmp := filepath.Join(b.Dir, StateFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(b.Dir, StateFile))
+}
+
+// Load reads a testbed's state.
+func Load(name string) (*Bed, error) {
+	data, err := os.ReadFile(filepath.Join(Dir(name), StateFile))
+	if err != nil {
+		return nil, fmt.Errorf("testbed %s: %w", name, err)
+	}
+	var b Bed
+	if err := json.Unmarshal(data, &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Down removes everything the testbed made: every process running in its
+// namespaces (agents and their QEMUs), the namespaces with their devices,
+// and its directory. It works from the names alone, so it also cleans up
+// after a crash that left no state file.
+func Down(name string) error {
+	var errs []error
+	nss := namespaces(name)
+	for _, ns := range nss {
+		for _, pid := range pidsInNetns(ns) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, ns := range nss {
+		for len(pidsInNetns(ns)) > 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("ip netns delete %s: %v: %s", ns, err, bytes.TrimSpace(out)))
+		}
+	}
+	if err := os.RemoveAll(Dir(name)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Down removes this testbed (see the package function Down).
+func (b *Bed) Down() error { return Down(b.Name) }
+
+// namespaces lists the network namespaces of testbed name.
+func namespaces(name string) []string {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	var nss []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 0 && strings.HasPrefix(f[0], name+"-") {
+			nss = append(nss, f[0])
+		}
+	}
+	return nss
+}
+
+// pidsInNetns finds the processes whose network namespace is ns.
+func pidsInNetns(ns string) []int {
+	var want syscall.Stat_t
+	if err := syscall.Stat(filepath.Join("/run/netns", ns), &want); err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join("/proc", e.Name(), "ns", "net"), &st) != nil {
+			continue
+		}
+		if st.Ino == want.Ino && st.Dev == want.Dev && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
