@@ -122,3 +122,78 @@ type ClusterInfo struct {
 	EtcdEndpoints []string `json:"etcd_endpoints"`
 	VNI           int      `json:"vni"`
 }
+
+// Migration phases.
+const (
+	MigPending     = "pending"     // accepted; the target prepares
+	MigTargetReady = "target-ready" // the target QEMU listens, paused
+	MigCopying     = "copying"      // memory is being copied
+	MigSwitchover  = "switchover"   // ownership moved to the target in one transaction
+	MigCompleted   = "completed"    // the guest runs on the target; the source is gone
+	MigFailed      = "failed"       // ended without moving; see Error
+	MigCancelled   = "cancelled"    // stopped on request; the guest runs on the source
+)
+
+// MigrationTerminal reports whether a migration phase is final.
+func MigrationTerminal(phase string) bool {
+	return phase == MigCompleted || phase == MigFailed || phase == MigCancelled
+}
+
+// Strategies for moving memory.
+const (
+	StrategyPrecopy      = "precopy"
+	StrategyAutoConverge = "auto-converge"
+	StrategyPostcopy     = "postcopy"
+	StrategyMultifd      = "multifd"
+)
+
+// MigrateRequest is the body of POST /v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	To           string `json:"to"`                      // a host name, or "auto"
+	MaxBandwidth string `json:"max_bandwidth,omitempty"` // bytes per second, e.g. "100M"; empty: unlimited
+	MaxDowntime  string `json:"max_downtime,omitempty"`  // e.g. "300ms"
+	Strategy     string `json:"strategy,omitempty"`      // precopy (default), auto-converge, postcopy, multifd
+	Compress     bool   `json:"compress,omitempty"`
+}
+
+// MigrationOptions are the validated options of a migration.
+type MigrationOptions struct {
+	MaxBandwidth  int64  `json:"max_bandwidth,omitempty"` // bytes/s, 0 unlimited
+	MaxDowntimeMS int64  `json:"max_downtime_ms"`
+	Strategy      string `json:"strategy"`
+	Compress      bool   `json:"compress,omitempty"`
+}
+
+// MigrationProgress is the last progress the source reported.
+type MigrationProgress struct {
+	QEMUStatus       string  `json:"qemu_status,omitempty"`
+	TotalBytes       int64   `json:"total_bytes"`
+	TransferredBytes int64   `json:"transferred_bytes"`
+	RemainingBytes   int64   `json:"remaining_bytes"`
+	RateMbps         float64 `json:"rate_mbps"`
+	DirtyPagesRate   int64   `json:"dirty_pages_rate"` // pages per second
+	Round            int64   `json:"round"`
+	ExpectedDowntime int64   `json:"expected_downtime_ms"`
+	ETASeconds       float64 `json:"eta_s"`
+	CPUThrottle      int64   `json:"cpu_throttle_pct,omitempty"`
+}
+
+// Migration is one live migration of a VM, stored while it runs and kept
+// afterwards as the VM's last migration.
+type Migration struct {
+	ID          string            `json:"id"`
+	VM          string            `json:"vm"`
+	Source      string            `json:"source"`
+	Target      string            `json:"target"`
+	Phase       string            `json:"phase"`
+	Options     MigrationOptions  `json:"options"`
+	Cancel      bool              `json:"cancel,omitempty"`
+	TargetURI   string            `json:"target_uri,omitempty"`
+	TargetLease int64             `json:"target_lease,omitempty"`
+	Progress    MigrationProgress `json:"progress"`
+	TotalTimeMS int64             `json:"total_time_ms,omitempty"`
+	DowntimeMS  int64             `json:"downtime_ms,omitempty"`
+	Error       string            `json:"error,omitempty"`
+	Started     time.Time         `json:"started"`
+	Finished    time.Time         `json:"finished,omitempty"`
+}

@@ -232,3 +232,47 @@ func (c *Client) WaitVM(ctx context.Context, name string, cond func(*api.VM) (bo
 		}
 	}
 }
+
+// MigrateVM starts a live migration.
+func (c *Client) MigrateVM(ctx context.Context, name string, req api.MigrateRequest) (*api.Migration, error) {
+	var m api.Migration
+	return &m, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/migrate", req, &m)
+}
+
+// GetMigration returns the VM's current or last migration.
+func (c *Client) GetMigration(ctx context.Context, name string) (*api.Migration, error) {
+	var m api.Migration
+	return &m, c.do(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/migration", nil, &m)
+}
+
+// CancelMigration cancels a migration in flight.
+func (c *Client) CancelMigration(ctx context.Context, name string) (*api.Migration, error) {
+	var m api.Migration
+	return &m, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/migrate/cancel", nil, &m)
+}
+
+// WaitMigration polls migration id of a VM until it ends, calling progress
+// (if non-nil) with each state seen.
+func (c *Client) WaitMigration(ctx context.Context, name, id string, progress func(*api.Migration)) (*api.Migration, error) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		m, err := c.GetMigration(ctx, name)
+		if err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err == nil && m.ID == id {
+			if progress != nil {
+				progress(m)
+			}
+			if api.MigrationTerminal(m.Phase) {
+				return m, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return m, fmt.Errorf("waiting for the migration of %s: %w", name, ctx.Err())
+		case <-t.C:
+		}
+	}
+}

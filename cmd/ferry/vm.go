@@ -15,7 +15,7 @@ import (
 func vmCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "vm", Short: "Create, run and inspect virtual machines"}
 	c.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmStartCmd(g), vmStopCmd(g),
-		vmRestartCmd(g), vmDeleteCmd(g), vmConsoleCmd(g))
+		vmRestartCmd(g), vmDeleteCmd(g), vmConsoleCmd(g), vmMigrateCmd(g))
 	return c
 }
 

@@ -56,8 +56,9 @@ type Agent struct {
 	log  *slog.Logger
 	sess *concurrency.Session
 
-	mu  sync.Mutex
-	vms map[string]*instance
+	mu       sync.Mutex
+	vms      map[string]*instance
+	incoming map[string]*instance // target QEMUs of migrations not yet switched over
 
 	queue *queue
 }
@@ -78,7 +79,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 			return nil, err
 		}
 	}
-	return &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, queue: newQueue()}, nil
+	return &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue()}, nil
 }
 
 // Run reconciles until ctx ends. Guests keep running when it returns: the
@@ -124,6 +125,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, in := range a.vms {
 		in.detach()
 	}
+	for _, in := range a.incoming {
+		in.detach()
+	}
 	a.mu.Unlock()
 	return nil
 }
@@ -149,7 +153,8 @@ func (a *Agent) watch(ctx context.Context) {
 				}
 				for _, ev := range wr.Events {
 					k := string(ev.Kv.Key)
-					if strings.HasPrefix(k, store.VMPrefix) || strings.HasPrefix(k, store.PlacementPrefix) {
+					if strings.HasPrefix(k, store.VMPrefix) || strings.HasPrefix(k, store.PlacementPrefix) ||
+						strings.HasPrefix(k, store.MigrationPrefix) {
 						a.queue.add(store.NameFromKey(ev.Kv.Key))
 					}
 				}
@@ -175,8 +180,16 @@ func (a *Agent) resync(ctx context.Context) int64 {
 			a.queue.add(store.NameFromKey(kv.Key))
 		}
 	}
+	if mresp, err := a.st.Client().Get(ctx, store.MigrationPrefix, clientv3.WithPrefix()); err == nil {
+		for _, kv := range mresp.Kvs {
+			a.queue.add(store.NameFromKey(kv.Key))
+		}
+	}
 	a.mu.Lock()
 	for n := range a.vms {
+		a.queue.add(n)
+	}
+	for n := range a.incoming {
 		a.queue.add(n)
 	}
 	a.mu.Unlock()

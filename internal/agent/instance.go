@@ -36,6 +36,11 @@ type instance struct {
 	memoryMiB int
 	qmp       *qemu.Client
 	ownerRev  int64
+	// migrationID is the migration this QEMU is the target (or source) of.
+	migrationID string
+	// migEvents carries MIGRATION event statuses to the migration driver so
+	// it reacts at once (the guest is paused at pre-switchover).
+	migEvents chan string
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop
@@ -79,7 +84,8 @@ func (a *Agent) reattach(ctx context.Context) {
 			a.log.Error("cannot re-attach to running guest", "vm", name, "pid", r.PID, "err", err)
 			continue
 		}
-		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, gone: make(chan struct{}), detached: make(chan struct{})}
+		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, gone: make(chan struct{}), detached: make(chan struct{}),
+			migEvents: make(chan string, 16)}
 		a.mu.Lock()
 		a.vms[name] = in
 		a.mu.Unlock()
@@ -103,6 +109,16 @@ func (a *Agent) monitor(in *instance) {
 			in.mu.Lock()
 			in.exitReason = d.Reason
 			in.mu.Unlock()
+		case "MIGRATION":
+			var d struct {
+				Status string `json:"status"`
+			}
+			json.Unmarshal(ev.Data, &d)
+			select {
+			case in.migEvents <- d.Status:
+			default:
+			}
+			a.queue.add(in.name)
 		case "WATCHDOG":
 			in.mu.Lock()
 			in.watchdog = true

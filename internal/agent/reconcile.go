@@ -51,6 +51,11 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 		}
 	}
 
+	if vm != nil {
+		if handled, err := a.migration(ctx, vm); handled || err != nil {
+			return err
+		}
+	}
 	if notFound || vm.Node != a.cfg.Node {
 		if in != nil {
 			a.log.Warn("guest no longer belongs here; stopping it", "vm", name)
@@ -153,61 +158,11 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	}
 	r.Add(func() { a.st.ReleaseOwner(context.Background(), name, a.cfg.Node) })
 
+	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, r)
+	if err != nil {
+		return err
+	}
 	dir := a.vmDir(name)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	ip, err := netip.ParsePrefix(spec.IP)
-	if err != nil {
-		return fmt.Errorf("vm has no valid address: %w", err)
-	}
-	cfg := &qemu.Config{
-		Name: name, UUID: spec.UUID, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
-		Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
-		QMPSocket:     filepath.Join(a.cfg.RunDir, name+".qmp"),
-		ConsoleSocket: filepath.Join(a.cfg.RunDir, name+".con"),
-		ConsoleLog:    filepath.Join(dir, "console.log"),
-		PidFile:       filepath.Join(dir, "qemu.pid"),
-		Watchdog:      true,
-		Paused:        true,
-	}
-	disk, err := a.ensureDisk(ctx, spec)
-	if err != nil {
-		return err
-	}
-	cfg.Disks = []qemu.Disk{disk}
-	var endpoint, tap string
-	if ov := a.cfg.Overlay; ov != nil {
-		tap = hostnet.TapName(spec.UUID)
-		if err := hostnet.CreateTap(tap, ov.Bridge, ov.MTU()); err != nil {
-			return err
-		}
-		r.Add(func() { hostnet.DeleteTap(tap) })
-		cfg.Net = &qemu.Net{Mode: "tap", MAC: spec.MAC, Tap: tap, MTU: ov.MTU()}
-		endpoint = net.JoinHostPort(ip.Addr().String(), "80")
-	} else {
-		port, err := freePort(a.cfg.GuestHostAddr)
-		if err != nil {
-			return err
-		}
-		cfg.Net = &qemu.Net{
-			Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
-			HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
-		}
-		endpoint = net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port))
-	}
-	if spec.Image == api.ImageTiny {
-		img, err := image.Find(a.cfg.ImageDir)
-		if err != nil {
-			return err
-		}
-		cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
-		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, store.Gateway)
-	}
-	// Start from clean sockets; a stale one would make QEMU fail to bind.
-	os.Remove(cfg.QMPSocket)
-	os.Remove(cfg.ConsoleSocket)
-
 	pid, err := qemu.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		return err
@@ -248,7 +203,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 		return err
 	}
 	in := &instance{name: name, rec: rec, memoryMiB: spec.MemoryMiB, qmp: c, ownerRev: rev,
-		gone: make(chan struct{}), detached: make(chan struct{})}
+		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16)}
 	r.Success()
 	a.mu.Lock()
 	a.vms[name] = in
@@ -257,6 +212,70 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint)
 	a.putStatus(ctx, name, a.runningStatus(in))
 	return nil
+}
+
+// guestConfig prepares what a guest's QEMU needs on this host (its disk on
+// the shared storage, a tap on the overlay or a user-mode forward, clean
+// sockets) and returns the QEMU configuration, the guest's HTTP endpoint and
+// its tap. r undoes what was made.
+func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reverter) (*qemu.Config, string, string, error) {
+	name := spec.Name
+	dir := a.vmDir(name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, "", "", err
+	}
+	ip, err := netip.ParsePrefix(spec.IP)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("vm has no valid address: %w", err)
+	}
+	cfg := &qemu.Config{
+		Name: name, UUID: spec.UUID, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
+		Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
+		QMPSocket:     filepath.Join(a.cfg.RunDir, name+".qmp"),
+		ConsoleSocket: filepath.Join(a.cfg.RunDir, name+".con"),
+		ConsoleLog:    filepath.Join(dir, "console.log"),
+		PidFile:       filepath.Join(dir, "qemu.pid"),
+		Watchdog:      true,
+		Paused:        true,
+	}
+	disk, err := a.ensureDisk(ctx, spec)
+	if err != nil {
+		return nil, "", "", err
+	}
+	cfg.Disks = []qemu.Disk{disk}
+	var endpoint, tap string
+	if ov := a.cfg.Overlay; ov != nil {
+		tap = hostnet.TapName(spec.UUID)
+		if err := hostnet.CreateTap(tap, ov.Bridge, ov.MTU()); err != nil {
+			return nil, "", "", err
+		}
+		r.Add(func() { hostnet.DeleteTap(tap) })
+		cfg.Net = &qemu.Net{Mode: "tap", MAC: spec.MAC, Tap: tap, MTU: ov.MTU()}
+		endpoint = net.JoinHostPort(ip.Addr().String(), "80")
+	} else {
+		port, err := freePort(a.cfg.GuestHostAddr)
+		if err != nil {
+			return nil, "", "", err
+		}
+		cfg.Net = &qemu.Net{
+			Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
+			HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
+		}
+		endpoint = net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port))
+	}
+	if spec.Image == api.ImageTiny {
+		img, err := image.Find(a.cfg.ImageDir)
+		if err != nil {
+			return nil, "", "", err
+		}
+		cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
+		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, store.Gateway)
+	}
+	// Start from clean sockets; a stale one would make QEMU fail to bind.
+	os.Remove(cfg.QMPSocket)
+	os.Remove(cfg.ConsoleSocket)
+
+	return cfg, endpoint, tap, nil
 }
 
 // ensureDisk creates the VM's disk on first start: an empty qcow2 of the

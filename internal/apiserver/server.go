@@ -77,6 +77,9 @@ func (s *Server) routes() []route {
 		{"POST /v1/vms/{name}/stop", s.stopVM},
 		{"POST /v1/vms/{name}/restart", s.restartVM},
 		{"GET /v1/vms/{name}/console", s.consoleVM},
+		{"POST /v1/vms/{name}/migrate", s.migrateVM},
+		{"GET /v1/vms/{name}/migration", s.getMigration},
+		{"POST /v1/vms/{name}/migrate/cancel", s.cancelMigration},
 	}
 }
 

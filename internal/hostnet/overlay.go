@@ -19,12 +19,12 @@ const VXLANOverhead = 50
 
 // Overlay is one host's end of the guest overlay network.
 type Overlay struct {
-	Bridge     string         // e.g. ferry0
-	VXLAN      string         // e.g. fvx0
-	VNI        int            // VXLAN network identifier
-	Port       int            // UDP port (4789)
-	Local      net.IP         // this host's underlay address
-	BridgeAddr *net.IPNet     // this host's address on the overlay (for probing guests)
+	Bridge     string     // e.g. ferry0
+	VXLAN      string     // e.g. fvx0
+	VNI        int        // VXLAN network identifier
+	Port       int        // UDP port (4789)
+	Local      net.IP     // this host's underlay address
+	BridgeAddr *net.IPNet // this host's address on the overlay (for probing guests)
 	underMTU   int
 }
 

@@ -102,17 +102,7 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 	if err != nil {
 		return err
 	}
-	free := map[string]int{}
-	for _, n := range nodes {
-		if n.State == "ready" {
-			free[n.Name] = n.MemoryMiB
-		}
-	}
-	for _, vm := range vms {
-		if _, ok := free[vm.Node]; ok {
-			free[vm.Node] -= vm.Spec.MemoryMiB
-		}
-	}
+	free := FreeMemory(nodes, vms)
 	for _, vm := range vms {
 		if vm.Node != "" || vm.Spec.Deleting {
 			continue
@@ -131,6 +121,22 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 		}
 	}
 	return nil
+}
+
+// FreeMemory is each ready node's memory less what the VMs placed on it ask for.
+func FreeMemory(nodes []api.Node, vms []api.VM) map[string]int {
+	free := map[string]int{}
+	for _, n := range nodes {
+		if n.State == "ready" {
+			free[n.Name] = n.MemoryMiB
+		}
+	}
+	for _, vm := range vms {
+		if _, ok := free[vm.Node]; ok {
+			free[vm.Node] -= vm.Spec.MemoryMiB
+		}
+	}
+	return free
 }
 
 // Pick chooses the ready node with the most free memory that fits spec and

@@ -276,6 +276,7 @@ func (s *Store) DeleteVM(ctx context.Context, name string) error {
 	ops := []clientv3.Op{
 		clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
 		clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
+		clientv3.OpDelete(MigrationPrefix + name),
 	}
 	if len(resp.Kvs) > 0 {
 		var spec api.VMSpec

@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/hostnet"
+	"github.com/ferryvm/ferry/internal/migrate"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/revert"
+)
+
+// A live migration between two agents, coordinated only through the VM's
+// migration record in the store (invariant 3):
+//
+//	target: pending      -> start QEMU paused with -incoming, listen      -> target-ready
+//	source: target-ready -> migrate with pause-before-switchover          -> copying
+//	source: QEMU reaches pre-switchover: one transaction moves ownership
+//	        (bound to the target's lease) and placement                  -> switchover
+//	source: migrate-continue; the source QEMU ends paused and is destroyed
+//	target: incoming completed; checks it owns the VM, then cont, announce,
+//	        and a reachability check                                      -> completed
+//
+// Any failure before the transaction leaves the guest running on the source
+// (the target's QEMU is killed); after it, only the target may run the guest.
+
+// stallTimeout ends a migration whose transfer makes no progress.
+const stallTimeout = 20 * time.Second
+
+// migration handles the migration part of a reconcile. It reports whether
+// the migration owns the VM's reconcile right now (then the normal desired
+// state logic must not run).
+func (a *Agent) migration(ctx context.Context, vm *api.VM) (bool, error) {
+	name := vm.Spec.Name
+	m, rev, err := a.st.GetMigration(ctx, name)
+	if err != nil || m == nil {
+		return false, err
+	}
+	a.mu.Lock()
+	inc := a.incoming[name]
+	a.mu.Unlock()
+	if api.MigrationTerminal(m.Phase) {
+		if inc != nil && m.Target == a.cfg.Node && m.Phase != api.MigCompleted {
+			a.dropIncoming(ctx, inc, "migration "+m.Phase)
+		}
+		return false, nil
+	}
+	switch a.cfg.Node {
+	case m.Target:
+		return true, a.migrateTarget(ctx, vm, m, rev, inc)
+	case m.Source:
+		return true, a.migrateSource(ctx, vm, m, rev)
+	}
+	return false, nil
+}
+
+// ---- target side ----
+
+func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration, rev int64, inc *instance) error {
+	if m.Cancel {
+		if inc != nil {
+			a.dropIncoming(ctx, inc, "cancelled")
+		}
+		if m.Phase == api.MigPending {
+			a.finishMigration(ctx, m.VM, api.MigCancelled, "cancelled before the copy started")
+		}
+		return nil
+	}
+	if inc != nil && !inc.alive() {
+		a.dropIncoming(ctx, inc, "target QEMU exited")
+		if m.Phase != api.MigSwitchover {
+			a.finishMigration(ctx, m.VM, api.MigFailed, "the target's QEMU exited during the copy:\n"+a.logTail(m.VM))
+		} else {
+			a.finishMigration(ctx, m.VM, api.MigFailed, "the target's QEMU exited during switchover; the guest must be restarted:\n"+a.logTail(m.VM))
+			a.putStatus(ctx, m.VM, api.VMStatus{Phase: api.PhaseFailed, Node: a.cfg.Node, StartSeq: vm.Spec.StartSeq,
+				Message: "lost during migration switchover", LogTail: a.logTail(m.VM)})
+		}
+		return nil
+	}
+	switch m.Phase {
+	case api.MigPending:
+		if inc != nil {
+			return nil
+		}
+		uri, err := a.prepareIncoming(ctx, vm.Spec, m)
+		if err != nil {
+			a.log.Error("preparing incoming migration", "vm", m.VM, "err", err)
+			a.finishMigration(ctx, m.VM, api.MigFailed, "target "+a.cfg.Node+" could not prepare: "+err.Error())
+			return nil
+		}
+		_, _, err = a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
+			if cur.ID != m.ID || cur.Phase != api.MigPending || cur.Cancel {
+				return errors.New("migration changed")
+			}
+			cur.Phase, cur.TargetURI, cur.TargetLease = api.MigTargetReady, uri, int64(a.sess.Lease())
+			return nil
+		})
+		if err != nil {
+			a.mu.Lock()
+			inc := a.incoming[m.VM]
+			a.mu.Unlock()
+			if inc != nil {
+				a.dropIncoming(ctx, inc, "migration changed while preparing")
+			}
+		}
+		return nil
+	case api.MigTargetReady, api.MigCopying, api.MigSwitchover:
+		if inc == nil {
+			if m.Phase == api.MigSwitchover {
+				a.finishMigration(ctx, m.VM, api.MigFailed, "the target lost its incoming QEMU (agent restart?) during switchover")
+			}
+			return nil
+		}
+		return a.finishIncoming(ctx, vm, m, inc)
+	}
+	return nil
+}
+
+// prepareIncoming starts the target QEMU paused, listening for the stream.
+func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Migration) (string, error) {
+	r := revert.New()
+	defer r.Fail()
+	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, r)
+	if err != nil {
+		return "", err
+	}
+	cfg.Incoming = "defer"
+	pid, err := qemu.Launch(ctx, cfg, filepath.Join(a.vmDir(spec.Name), "qemu.log"))
+	if err != nil {
+		return "", err
+	}
+	r.Add(func() {
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		qemu.Kill(kctx, pid, spec.UUID)
+	})
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := qemu.Dial(dctx, cfg.QMPSocket)
+	cancel()
+	if err != nil {
+		return "", err
+	}
+	r.Add(func() { c.Close() })
+	plan := migrate.PlanFor(m.Options)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.SetMigrationCapabilities(cctx, plan.Both); err != nil {
+		return "", err
+	}
+	if err := c.SetMigrationParameters(cctx, plan.BothParams); err != nil {
+		return "", err
+	}
+	port, err := freePort(a.cfg.Address)
+	if err != nil {
+		return "", err
+	}
+	uri := "tcp:" + net.JoinHostPort(a.cfg.Address, strconv.Itoa(port))
+	if err := c.MigrateIncoming(cctx, uri); err != nil {
+		return "", err
+	}
+	in := &instance{name: spec.Name, memoryMiB: spec.MemoryMiB, qmp: c,
+		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
+			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
+		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID}
+	r.Success()
+	a.mu.Lock()
+	a.incoming[spec.Name] = in
+	a.mu.Unlock()
+	go a.monitor(in)
+	a.log.Info("incoming migration ready", "vm", spec.Name, "from", m.Source, "uri", uri)
+	return uri, nil
+}
+
+// finishIncoming runs the guest on the target once the stream completed and
+// this host owns the VM.
+func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration, inc *instance) error {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := inc.qmp.QueryMigrate(qctx)
+	cancel()
+	if err != nil || info.Status != "completed" {
+		return nil // not yet; the MIGRATION event brings us back
+	}
+	owner, orev, err := a.st.Owner(ctx, m.VM)
+	if err != nil {
+		return err
+	}
+	if owner != a.cfg.Node {
+		// The stream arrived but the handover did not happen: never run it.
+		a.dropIncoming(ctx, inc, "stream completed without ownership")
+		a.finishMigration(ctx, m.VM, api.MigFailed, "the target received the guest without owning it; its copy was destroyed")
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = inc.qmp.Cont(cctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("resuming migrated guest: %w", err)
+	}
+	resumed := time.Now()
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	inc.qmp.AnnounceSelf(actx, 5)
+	cancel()
+	inc.ownerRev = orev
+	inc.rec.Started = resumed.UTC()
+	if err := a.saveRecord(m.VM, inc.rec); err != nil {
+		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
+	}
+	a.mu.Lock()
+	delete(a.incoming, m.VM)
+	a.vms[m.VM] = inc
+	a.mu.Unlock()
+	a.putStatus(ctx, m.VM, a.runningStatus(inc))
+	a.log.Info("migrated guest running", "vm", m.VM, "from", m.Source)
+	// The network follows: check from here that the guest answers, and
+	// announce again if it does not.
+	go a.checkReachable(inc)
+	a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
+		if cur.ID != m.ID {
+			return errors.New("another migration")
+		}
+		cur.Phase = api.MigCompleted
+		cur.Finished = time.Now().UTC()
+		return nil
+	})
+	return nil
+}
+
+// checkReachable probes the migrated guest from this host and re-announces
+// its MAC until it answers (or a few rounds have passed).
+func (a *Agent) checkReachable(in *instance) {
+	if in.rec.Endpoint == "" {
+		return
+	}
+	hc := &http.Client{Timeout: 500 * time.Millisecond}
+	for round := 0; round < 4; round++ {
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			if g := probe(context.Background(), hc, in.rec.Endpoint); g.Healthy {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		a.log.Warn("migrated guest does not answer; announcing again", "vm", in.name, "round", round+1)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		in.qmp.AnnounceSelf(ctx, 3)
+		cancel()
+	}
+}
+
+// dropIncoming destroys a target QEMU that must not run.
+func (a *Agent) dropIncoming(ctx context.Context, inc *instance, why string) {
+	inc.mu.Lock()
+	inc.expectExit = true
+	inc.mu.Unlock()
+	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	qemu.Kill(kctx, inc.rec.PID, inc.rec.UUID)
+	cancel()
+	a.mu.Lock()
+	if a.incoming[inc.name] == inc {
+		delete(a.incoming, inc.name)
+	}
+	a.mu.Unlock()
+	inc.qmp.Close()
+	os.Remove(inc.rec.QMP)
+	os.Remove(inc.rec.Console)
+	if inc.rec.Tap != "" {
+		hostnet.DeleteTap(inc.rec.Tap)
+	}
+	a.log.Info("incoming guest destroyed", "vm", inc.name, "why", why)
+}
+
+// finishMigration ends a migration in a terminal phase (unless it already is).
+func (a *Agent) finishMigration(ctx context.Context, vm, phase, msg string) {
+	a.st.UpdateMigration(ctx, vm, func(cur *api.Migration) error {
+		if api.MigrationTerminal(cur.Phase) {
+			return errors.New("already finished")
+		}
+		cur.Phase, cur.Error, cur.Finished = phase, msg, time.Now().UTC()
+		return nil
+	})
+}

@@ -1,0 +1,169 @@
+package apiserver
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/migrate"
+	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/google/uuid"
+)
+
+// migrateVM starts a live migration: it checks the VM runs, picks or checks
+// the target and records the migration; the two hosts' agents carry it out.
+func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	var req api.MigrateRequest
+	if err := decode(w, r, &req, false); err != nil {
+		writeError(w, err)
+		return
+	}
+	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress}
+	if req.MaxBandwidth != "" {
+		b, err := api.ParseSize(req.MaxBandwidth)
+		if err != nil {
+			writeError(w, errdefs.Invalid("max_bandwidth: "+err.Error()))
+			return
+		}
+		opts.MaxBandwidth = b
+	}
+	if req.MaxDowntime != "" {
+		d, err := time.ParseDuration(req.MaxDowntime)
+		if err != nil || d < time.Millisecond {
+			writeError(w, errdefs.Invalid(fmt.Sprintf("max_downtime %q must be a duration of at least 1ms, such as 300ms", req.MaxDowntime)))
+			return
+		}
+		opts.MaxDowntimeMS = d.Milliseconds()
+	}
+	if err := migrate.Validate(&opts); err != nil {
+		writeError(w, errdefs.Invalid(err.Error()))
+		return
+	}
+	ctx := r.Context()
+	vm, err := s.st.GetVM(ctx, name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if vm.Spec.Deleting || vm.Spec.Power != api.PowerRunning || vm.Status.Phase != api.PhaseRunning || vm.Node == "" {
+		writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("vm %q is not running (state %s); only running guests migrate live", name, dash(vm.Status.Phase))))
+		return
+	}
+	nodes, err := s.st.ListNodes(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	target := req.To
+	switch target {
+	case "":
+		writeError(w, errdefs.Invalid(`"to" is required: a host name, or "auto"`))
+		return
+	case "auto":
+		vms, err := s.st.ListVMs(ctx)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		var cands []api.Node
+		for _, n := range nodes {
+			if n.Name != vm.Node {
+				cands = append(cands, n)
+			}
+		}
+		target = sched.Pick(cands, sched.FreeMemory(cands, vms), vm.Spec)
+		if target == "" {
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "no other ready host has room for this guest"))
+			return
+		}
+	default:
+		if err := api.ValidateName("host", target); err != nil {
+			writeError(w, errdefs.Invalid(err.Error()))
+			return
+		}
+		var found *api.Node
+		for i := range nodes {
+			if nodes[i].Name == target {
+				found = &nodes[i]
+			}
+		}
+		switch {
+		case found == nil:
+			writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", target)))
+			return
+		case target == vm.Node:
+			writeError(w, errdefs.Invalid(fmt.Sprintf("vm %q already runs on %s", name, target)))
+			return
+		case found.State != "ready":
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is %s", target, found.State)))
+			return
+		}
+	}
+	m := &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: target, Phase: api.MigPending,
+		Options: opts, Started: time.Now().UTC()}
+	if err := s.st.StartMigration(ctx, m); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", target, "strategy", opts.Strategy)
+	writeJSON(w, http.StatusAccepted, m)
+}
+
+func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	m, _, err := s.st.GetMigration(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if m == nil {
+		if _, err := s.st.GetVM(r.Context(), name); err != nil {
+			writeError(w, err)
+			return
+		}
+		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q has never migrated", name)))
+		return
+	}
+	writeJSON(w, 200, m)
+}
+
+// cancelMigration stops a migration in flight unless its switchover has
+// already happened; the guest stays on the source.
+func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.vmName(w, r)
+	if !ok {
+		return
+	}
+	m, _, err := s.st.UpdateMigration(r.Context(), name, func(m *api.Migration) error {
+		switch m.Phase {
+		case api.MigPending, api.MigTargetReady, api.MigCopying:
+			m.Cancel = true
+			return nil
+		case api.MigSwitchover:
+			return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is already switching over to %s; too late to cancel", name, m.Target))
+		default:
+			return errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("vm %q has no migration in flight (last: %s)", name, m.Phase))
+		}
+	})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, m)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,99 @@
+package qemu
+
+import "context"
+
+// MigrationInfo is the part of query-migrate Ferry uses.
+type MigrationInfo struct {
+	Status           string `json:"status"`
+	TotalTime        int64  `json:"total-time"`        // ms
+	Downtime         int64  `json:"downtime"`          // ms, once completed
+	ExpectedDowntime int64  `json:"expected-downtime"` // ms, while active
+	SetupTime        int64  `json:"setup-time"`
+	ErrorDesc        string `json:"error-desc"`
+	RAM              *struct {
+		Transferred    int64   `json:"transferred"`
+		Remaining      int64   `json:"remaining"`
+		Total          int64   `json:"total"`
+		Mbps           float64 `json:"mbps"`
+		DirtyPagesRate int64   `json:"dirty-pages-rate"`
+		DirtySyncCount int64   `json:"dirty-sync-count"`
+		PageSize       int64   `json:"page-size"`
+		Postcopy       int64   `json:"postcopy-requests"`
+	} `json:"ram"`
+	CPUThrottle int64 `json:"cpu-throttle-percentage"`
+}
+
+// SetMigrationCapabilities turns migration capabilities on or off.
+func (c *Client) SetMigrationCapabilities(ctx context.Context, caps map[string]bool) error {
+	var list []map[string]any
+	for k, v := range caps {
+		list = append(list, map[string]any{"capability": k, "state": v})
+	}
+	return c.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
+}
+
+// SetMigrationParameters sets migration parameters (QMP names, e.g.
+// "max-bandwidth", "downtime-limit", "multifd-channels").
+func (c *Client) SetMigrationParameters(ctx context.Context, params map[string]any) error {
+	if len(params) == 0 {
+		return nil
+	}
+	return c.Execute(ctx, "migrate-set-parameters", params, nil)
+}
+
+// Migrate starts an outgoing migration to uri (e.g. tcp:198.18.0.12:49152).
+func (c *Client) Migrate(ctx context.Context, uri string) error {
+	return c.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
+}
+
+// MigrateIncoming starts listening for an incoming migration (QEMU started
+// with -incoming defer).
+func (c *Client) MigrateIncoming(ctx context.Context, uri string) error {
+	return c.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
+}
+
+// MigrateContinue lets a migration paused at state (pre-switchover) go on.
+func (c *Client) MigrateContinue(ctx context.Context, state string) error {
+	return c.Execute(ctx, "migrate-continue", map[string]any{"state": state}, nil)
+}
+
+// MigrateCancel cancels an outgoing migration.
+func (c *Client) MigrateCancel(ctx context.Context) error {
+	return c.Execute(ctx, "migrate_cancel", nil, nil)
+}
+
+// MigrateStartPostcopy switches a running migration to post-copy.
+func (c *Client) MigrateStartPostcopy(ctx context.Context) error {
+	return c.Execute(ctx, "migrate-start-postcopy", nil, nil)
+}
+
+// QueryMigrate returns the state of the current or last migration.
+func (c *Client) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
+	var m MigrationInfo
+	err := c.Execute(ctx, "query-migrate", nil, &m)
+	return m, err
+}
+
+// AnnounceSelf makes the guest's NICs send gratuitous announcements (RARP)
+// so switches learn where the guest's MAC now lives.
+func (c *Client) AnnounceSelf(ctx context.Context, rounds int) error {
+	if rounds <= 0 {
+		rounds = 5
+	}
+	return c.Execute(ctx, "announce-self", map[string]any{"initial": 50, "max": 550, "rounds": rounds, "step": 100}, nil)
+}
+
+// Cont resumes the CPUs.
+func (c *Client) Cont(ctx context.Context) error { return c.Execute(ctx, "cont", nil, nil) }
+
+// Stop pauses the CPUs.
+func (c *Client) Stop(ctx context.Context) error { return c.Execute(ctx, "stop", nil, nil) }
+
+// Terminal reports whether a migration status is final.
+func Terminal(status string) bool {
+	switch status {
+	case "completed", "failed", "cancelled":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// MigrationPrefix holds one record per VM: its current or last migration.
+const MigrationPrefix = Prefix + "migrations/"
+
+// GetMigration returns a VM's current or last migration and its revision
+// (nil if it never migrated).
+func (s *Store) GetMigration(ctx context.Context, vm string) (*api.Migration, int64, error) {
+	resp, err := s.cli.Get(ctx, MigrationPrefix+vm)
+	if err != nil {
+		return nil, 0, unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	var m api.Migration
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
+		return nil, 0, fmt.Errorf("%w: decoding migration of %s: %v", errdefs.ErrInternal, vm, err)
+	}
+	return &m, resp.Kvs[0].ModRevision, nil
+}
+
+// StartMigration records a new migration unless one is already under way.
+func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
+	key := MigrationPrefix + m.VM
+	cur, rev, err := s.GetMigration(ctx, m.VM)
+	if err != nil {
+		return err
+	}
+	if cur != nil && !api.MigrationTerminal(cur.Phase) {
+		return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is already migrating (%s -> %s, %s)", m.VM, cur.Source, cur.Target, cur.Phase))
+	}
+	b, _ := json.Marshal(m)
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	resp, err := s.cli.Txn(ctx).
+		If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
+		Then(clientv3.OpPut(key, string(b))).Commit()
+	if err != nil {
+		return unavailable(err)
+	}
+	if !resp.Succeeded {
+		return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q changed while the migration was being started; try again", m.VM))
+	}
+	return nil
+}
+
+// UpdateMigration applies fn to a VM's migration with optimistic concurrency
+// and returns the stored result and its revision. fn returning an error aborts.
+func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Migration) error) (*api.Migration, int64, error) {
+	key := MigrationPrefix + vm
+	for {
+		m, rev, err := s.GetMigration(ctx, vm)
+		if err != nil {
+			return nil, 0, err
+		}
+		if m == nil {
+			return nil, 0, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q has no migration", vm))
+		}
+		if err := fn(m); err != nil {
+			return m, rev, err
+		}
+		b, _ := json.Marshal(m)
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, string(b))).Commit()
+		if err != nil {
+			return nil, 0, unavailable(err)
+		}
+		if resp.Succeeded {
+			return m, resp.Header.Revision, nil
+		}
+	}
+}
+
+// Handover is the switchover of a live migration, in one transaction: if the
+// source still owns the VM and the migration record is exactly as the source
+// last read it (not cancelled meanwhile), ownership (bound to the target's
+// lease) and placement move to the target and the migration enters
+// switchover. It returns the revision of the new ownership key.
+func (s *Store) Handover(ctx context.Context, m *api.Migration, rev int64) (int64, bool, error) {
+	next := *m
+	next.Phase = api.MigSwitchover
+	b, _ := json.Marshal(next)
+	ok := OwnerPrefix + m.VM
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(ok), "=", m.Source),
+			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
+		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(m.TargetLease))),
+			clientv3.OpPut(PlacementPrefix+m.VM, m.Target),
+			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
+	if err != nil {
+		return 0, false, unavailable(err)
+	}
+	if resp.Succeeded {
+		*m = next
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+// Owner returns who owns a VM and the ownership key's revision.
+func (s *Store) Owner(ctx context.Context, vm string) (string, int64, error) {
+	resp, err := s.cli.Get(ctx, OwnerPrefix+vm)
+	if err != nil {
+		return "", 0, unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", 0, nil
+	}
+	return string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision, nil
+}
