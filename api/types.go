@@ -125,7 +125,7 @@ type ClusterInfo struct {
 
 // Migration phases.
 const (
-	MigPending     = "pending"     // accepted; the target prepares
+	MigPending     = "pending"      // accepted; the target prepares
 	MigTargetReady = "target-ready" // the target QEMU listens, paused
 	MigCopying     = "copying"      // memory is being copied
 	MigSwitchover  = "switchover"   // ownership moved to the target in one transaction
