@@ -41,6 +41,10 @@ type instance struct {
 	// migEvents carries MIGRATION event statuses to the migration driver so
 	// it reacts at once (the guest is paused at pre-switchover).
 	migEvents chan string
+	// incoming: this is a migration target not yet resumed; resumed: the
+	// target has been checked for ownership and its CPUs run.
+	incoming bool
+	resumed  bool
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop
@@ -117,6 +121,13 @@ func (a *Agent) monitor(in *instance) {
 			select {
 			case in.migEvents <- d.Status:
 			default:
+			}
+			in.mu.Lock()
+			fast := in.incoming && d.Status == "completed"
+			in.mu.Unlock()
+			if fast {
+				// Resume at once: every millisecond here is guest downtime.
+				go a.resumeIncoming(context.Background(), in)
 			}
 			a.queue.add(in.name)
 		case "WATCHDOG":

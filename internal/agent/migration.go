@@ -169,7 +169,8 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 	in := &instance{name: spec.Name, memoryMiB: spec.MemoryMiB, qmp: c,
 		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
 			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
-		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID}
+		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
+		incoming: true}
 	r.Success()
 	a.mu.Lock()
 	a.incoming[spec.Name] = in
@@ -188,27 +189,17 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	if err != nil || info.Status != "completed" {
 		return nil // not yet; the MIGRATION event brings us back
 	}
-	owner, orev, err := a.st.Owner(ctx, m.VM)
+	ok, err := a.resumeIncoming(ctx, inc)
 	if err != nil {
 		return err
 	}
-	if owner != a.cfg.Node {
+	if !ok {
 		// The stream arrived but the handover did not happen: never run it.
 		a.dropIncoming(ctx, inc, "stream completed without ownership")
 		a.finishMigration(ctx, m.VM, api.MigFailed, "the target received the guest without owning it; its copy was destroyed")
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = inc.qmp.Cont(cctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("resuming migrated guest: %w", err)
-	}
 	resumed := time.Now()
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	inc.qmp.AnnounceSelf(actx, 5)
-	cancel()
-	inc.ownerRev = orev
 	inc.rec.Started = resumed.UTC()
 	if err := a.saveRecord(m.VM, inc.rec); err != nil {
 		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
@@ -231,6 +222,32 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		return nil
 	})
 	return nil
+}
+
+// resumeIncoming runs a migrated guest's CPUs if, and only if, this host
+// now owns the VM (the fencing check before resume). It is called from the
+// QMP event (fast path) and from reconcile, and acts once.
+func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.resumed {
+		return true, nil
+	}
+	owner, orev, err := a.st.Owner(ctx, in.name)
+	if err != nil {
+		return false, err
+	}
+	if owner != a.cfg.Node {
+		return false, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := in.qmp.Cont(cctx); err != nil {
+		return false, fmt.Errorf("resuming migrated guest: %w", err)
+	}
+	in.resumed, in.incoming, in.ownerRev = true, false, orev
+	in.qmp.AnnounceSelf(cctx, 5)
+	return true, nil
 }
 
 // checkReachable probes the migrated guest from this host and re-announces

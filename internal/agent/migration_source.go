@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -19,7 +21,12 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 	in := a.vms[m.VM]
 	a.mu.Unlock()
 	if in == nil || !in.alive() {
-		a.finishMigration(ctx, m.VM, api.MigFailed, "the guest is not running on the source "+a.cfg.Node)
+		why := "the guest is not running on the source " + a.cfg.Node
+		if in != nil {
+			why += " (its QEMU has exited)"
+		}
+		a.log.Warn("migration refused", "vm", m.VM, "why", why, "known", len(a.vms))
+		a.finishMigration(ctx, m.VM, api.MigFailed, why)
 		return nil
 	}
 	if m.Cancel {
@@ -74,6 +81,9 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		}
 		return nil
 	}
+	// QEMU flushes the disk while the guest is paused for switchover; flush
+	// the host's cache of it now so little is left for that moment.
+	syncFile(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
 	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 	err = in.qmp.Migrate(cctx, m.TargetURI)
 	cancel()
@@ -145,6 +155,16 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			}
 			continue
 		case "completed":
+			// QEMU 7.2 reports "completed" a moment before it has computed
+			// the total time and downtime.
+			for i := 0; i < 20 && info.TotalTime == 0; i++ {
+				time.Sleep(10 * time.Millisecond)
+				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				if again, err := in.qmp.QueryMigrate(qctx); err == nil {
+					info = again
+				}
+				cancel()
+			}
 			a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
 				if cur.ID != m.ID {
 					return errors.New("another migration")
@@ -269,4 +289,13 @@ func (a *Agent) sourceLost(ctx context.Context, m *api.Migration) error {
 	a.finishMigration(ctx, m.VM, api.MigFailed, "the source QEMU exited during the migration; the guest must be restarted")
 	a.queue.add(m.VM)
 	return nil
+}
+
+func syncFile(path string) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	f.Sync()
+	f.Close()
 }

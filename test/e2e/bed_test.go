@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/testbed"
+)
+
+var bedSeq int
+
+// newBed builds an n-host testbed for one test and removes it afterwards,
+// whatever happens; on failure it prints the agents' logs.
+func newBed(t *testing.T, n int) (*testbed.Bed, *client.Client) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	bedSeq++
+	name := fmt.Sprintf("fe%d%d", os.Getpid()%1000, bedSeq)
+	testbed.Down(name) // leftovers of an earlier crashed run with the same name
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: n, Bin: ferryBin, ImageDir: imageDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i := range b.Hosts {
+				t.Logf("agent log of %s:\n%s", b.Hosts[i].Name, b.LogTail(i, 40))
+			}
+		}
+		if err := b.Down(); err != nil {
+			t.Errorf("testbed down: %v", err)
+		}
+	})
+	cl, err := b.Client(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, cl
+}
+
+// qemuHosts returns, for a guest uuid, the testbed hosts on which a QEMU
+// process of that guest runs (found by its -uuid and the host's run dir).
+func qemuHosts(b *testbed.Bed, uuid string) []string {
+	var hosts []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmd, []byte("qemu-system")) || !bytes.Contains(cmd, []byte("\x00"+uuid+"\x00")) {
+			continue
+		}
+		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			continue
+		}
+		for _, h := range b.Hosts {
+			if bytes.Contains(cmd, []byte(h.RunDir+"/")) {
+				hosts = append(hosts, h.Name)
+			}
+		}
+	}
+	return hosts
+}
+
+func waitVM(t *testing.T, cl *client.Client, name string, timeout time.Duration, what string, cond func(*api.VM) bool) *api.VM {
+	t.Helper()
+	var last *api.VM
+	vm, err := cl.WaitVM(ctxT(t, timeout), name, func(vm *api.VM) (bool, error) { last = vm; return cond(vm), nil })
+	if err != nil {
+		t.Fatalf("vm %s: waiting for %s: %v; last seen %+v", name, what, err, last)
+	}
+	return vm
+}
