@@ -196,4 +196,13 @@ type Migration struct {
 	Error       string            `json:"error,omitempty"`
 	Started     time.Time         `json:"started"`
 	Finished    time.Time         `json:"finished,omitempty"`
+	// Timeline records when each step happened, for diagnosis.
+	Timeline []MigrationEvent `json:"timeline,omitempty"`
+}
+
+// MigrationEvent is one step of a migration.
+type MigrationEvent struct {
+	Step string    `json:"step"`
+	Host string    `json:"host"`
+	At   time.Time `json:"at"`
 }

@@ -41,10 +41,13 @@ type instance struct {
 	// migEvents carries MIGRATION event statuses to the migration driver so
 	// it reacts at once (the guest is paused at pre-switchover).
 	migEvents chan string
+	steps     []api.MigrationEvent // the source's timeline, written once at the end
 	// incoming: this is a migration target not yet resumed; resumed: the
 	// target has been checked for ownership and its CPUs run.
-	incoming bool
-	resumed  bool
+	incoming  bool
+	resumed   bool
+	mac       string
+	resumedAt time.Time
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop

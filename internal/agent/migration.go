@@ -90,6 +90,7 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 		if inc != nil {
 			return nil
 		}
+		prepStart := time.Now()
 		uri, err := a.prepareIncoming(ctx, vm.Spec, m)
 		if err != nil {
 			a.log.Error("preparing incoming migration", "vm", m.VM, "err", err)
@@ -101,6 +102,7 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 				return errors.New("migration changed")
 			}
 			cur.Phase, cur.TargetURI, cur.TargetLease = api.MigTargetReady, uri, int64(a.sess.Lease())
+			cur.Timeline = append(cur.Timeline, a.step("target QEMU listening", prepStart), a.step("target ready", time.Now()))
 			return nil
 		})
 		if err != nil {
@@ -170,7 +172,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
 			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
-		incoming: true}
+		incoming: true, mac: spec.MAC}
 	r.Success()
 	a.mu.Lock()
 	a.incoming[spec.Name] = in
@@ -199,7 +201,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		a.finishMigration(ctx, m.VM, api.MigFailed, "the target received the guest without owning it; its copy was destroyed")
 		return nil
 	}
-	resumed := time.Now()
+	resumed := inc.resumedAt
 	inc.rec.Started = resumed.UTC()
 	if err := a.saveRecord(m.VM, inc.rec); err != nil {
 		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
@@ -219,6 +221,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		}
 		cur.Phase = api.MigCompleted
 		cur.Finished = time.Now().UTC()
+		cur.Timeline = append(cur.Timeline, a.step("guest resumed on target", resumed), a.step("completed", cur.Finished))
 		return nil
 	})
 	return nil
@@ -245,7 +248,12 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 	if err := in.qmp.Cont(cctx); err != nil {
 		return false, fmt.Errorf("resuming migrated guest: %w", err)
 	}
-	in.resumed, in.incoming, in.ownerRev = true, false, orev
+	in.resumed, in.incoming, in.ownerRev, in.resumedAt = true, false, orev, time.Now()
+	if in.rec.Tap != "" {
+		if err := hostnet.PinMAC(in.rec.Tap, in.mac); err != nil {
+			a.log.Warn("pinning the guest's MAC to its tap", "vm", in.name, "err", err)
+		}
+	}
 	in.qmp.AnnounceSelf(cctx, 5)
 	return true, nil
 }
@@ -303,4 +311,8 @@ func (a *Agent) finishMigration(ctx context.Context, vm, phase, msg string) {
 		cur.Phase, cur.Error, cur.Finished = phase, msg, time.Now().UTC()
 		return nil
 	})
+}
+
+func (a *Agent) step(what string, at time.Time) api.MigrationEvent {
+	return api.MigrationEvent{Step: what, Host: a.cfg.Node, At: at.UTC()}
 }

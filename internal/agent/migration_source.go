@@ -17,6 +17,17 @@ import (
 // this VM's reconcile until the migration ends, so nothing else touches the
 // source QEMU meanwhile.
 func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration, rev int64) error {
+	if m.Phase == api.MigSwitchover {
+		// Ownership has moved: only the target may finish it. Our part ends
+		// when our QEMU completes (followed in the call that started it).
+		a.mu.Lock()
+		in := a.vms[m.VM]
+		a.mu.Unlock()
+		if in != nil && in.alive() && in.migrationID == m.ID {
+			return a.followSource(ctx, in, m, rev)
+		}
+		return nil
+	}
 	a.mu.Lock()
 	in := a.vms[m.VM]
 	a.mu.Unlock()
@@ -34,7 +45,7 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		return nil
 	}
 	if m.Phase != api.MigTargetReady {
-		if m.Phase == api.MigCopying || m.Phase == api.MigSwitchover {
+		if m.Phase == api.MigCopying {
 			// We restarted mid-copy: QEMU's outgoing migration may still
 			// run; follow it to its end.
 			return a.followSource(ctx, in, m, rev)
@@ -72,7 +83,7 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 			return errors.New("migration changed before the copy started")
 		}
 		cur.Phase = api.MigCopying
-		cur.Started = time.Now().UTC()
+		cur.Timeline = append(cur.Timeline, a.step("source configured", time.Now()))
 		return nil
 	})
 	if err != nil {
@@ -92,7 +103,9 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		return nil
 	}
 	in.migrationID = m.ID
+	copyStart := time.Now()
 	a.log.Info("migration started", "vm", m.VM, "to", m.Target, "strategy", m.Options.Strategy)
+	in.steps = append(in.steps, a.step("copy started", copyStart))
 	return a.followSource(ctx, in, m, rev)
 }
 
@@ -130,6 +143,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		}
 		switch info.Status {
 		case "pre-switchover":
+			pausedAt := time.Now()
 			if m.Cancel {
 				a.cancelSource(ctx, in, m, "cancelled at switchover")
 				return nil
@@ -146,6 +160,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 				return nil
 			}
 			_ = orev
+			in.steps = append(in.steps, a.step("paused before switchover", pausedAt), a.step("ownership handed over", time.Now()))
 			a.log.Info("ownership handed over", "vm", m.VM, "to", m.Target)
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err = in.qmp.MigrateContinue(cctx, "pre-switchover")
@@ -155,6 +170,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			}
 			continue
 		case "completed":
+			doneAt := time.Now()
 			// QEMU 7.2 reports "completed" a moment before it has computed
 			// the total time and downtime.
 			for i := 0; i < 20 && info.TotalTime == 0; i++ {
@@ -170,6 +186,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 					return errors.New("another migration")
 				}
 				cur.TotalTimeMS, cur.DowntimeMS = info.TotalTime, info.Downtime
+				cur.Timeline = append(append(cur.Timeline, in.steps...), a.step("source completed", doneAt))
 				cur.Progress = progressOf(info, cur.Progress)
 				return nil
 			})

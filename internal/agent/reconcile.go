@@ -196,6 +196,9 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	if !ok {
 		return errdefs.New(errdefs.ErrConflict, "lost ownership of the vm before it could run")
 	}
+	if tap != "" {
+		hostnet.PinMAC(tap, spec.MAC)
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = c.Execute(cctx, "cont", nil, nil)
 	cancel()

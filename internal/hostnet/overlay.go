@@ -230,3 +230,19 @@ func linkWithAddr(ip net.IP) (netlink.Link, error) {
 	}
 	return nil, fmt.Errorf("no interface holds the underlay address %s", ip)
 }
+
+// PinMAC makes the bridge deliver frames for mac to tap at once, instead of
+// waiting to learn it: after a migration the bridge may still believe the
+// guest lives behind the VXLAN port. The entry goes away with the tap.
+func PinMAC(tap, mac string) error {
+	l, err := netlink.LinkByName(tap)
+	if err != nil {
+		return err
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return err
+	}
+	return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: syscall.AF_BRIDGE,
+		Flags: netlink.NTF_MASTER, State: netlink.NUD_NOARP, HardwareAddr: hw})
+}

@@ -58,6 +58,10 @@ type Config struct {
 	Watchdog bool // an emulated i6300esb
 	Paused   bool // start with the CPUs stopped (-S)
 	Incoming string
+
+	// Prefix runs QEMU through another command, e.g. ip netns exec NS
+	// (benchmarks start baseline guests inside testbed hosts).
+	Prefix []string
 }
 
 // Validate reports a configuration QEMU would reject or that would be unsafe.

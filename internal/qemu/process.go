@@ -31,7 +31,8 @@ func Launch(ctx context.Context, c *Config, logPath string) (int, error) {
 	defer logf.Close()
 	fmt.Fprintf(logf, "%s ferry: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), Binary, strings.Join(c.Args(), " "))
 	os.Remove(c.PidFile)
-	cmd := exec.CommandContext(ctx, Binary, c.Args()...)
+	argv := append(append(append([]string{}, c.Prefix...), Binary), c.Args()...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
