@@ -104,6 +104,15 @@ type Node struct {
 	UsedMiB     int       `json:"used_memory_mib"`
 	Load1       float64   `json:"load1"`
 	Heartbeat   time.Time `json:"heartbeat"`
+	// Maintenance is set by drain: no new guests, running ones move away.
+	Maintenance bool `json:"maintenance,omitempty"`
+}
+
+// NodeMeta is what operators set on a node (kept apart from the record its
+// agent rewrites with every heartbeat).
+type NodeMeta struct {
+	Maintenance bool      `json:"maintenance"`
+	Since       time.Time `json:"since"`
 }
 
 // ErrorBody is the body of every non-2xx API response.
@@ -125,7 +134,8 @@ type ClusterInfo struct {
 
 // Migration phases.
 const (
-	MigPending     = "pending"      // accepted; the target prepares
+	MigQueued      = "queued"       // waiting for a free migration slot
+	MigPending     = "pending"      // admitted; the target prepares
 	MigTargetReady = "target-ready" // the target QEMU listens, paused
 	MigCopying     = "copying"      // memory is being copied
 	MigSwitchover  = "switchover"   // ownership moved to the target in one transaction
@@ -196,6 +206,8 @@ type Migration struct {
 	Error       string            `json:"error,omitempty"`
 	Started     time.Time         `json:"started"`
 	Finished    time.Time         `json:"finished,omitempty"`
+	// Reason says who asked: "operator" or "drain of HOST".
+	Reason string `json:"reason,omitempty"`
 	// Timeline records when each step happened, for diagnosis.
 	Timeline []MigrationEvent `json:"timeline,omitempty"`
 }

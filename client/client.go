@@ -276,3 +276,15 @@ func (c *Client) WaitMigration(ctx context.Context, name, id string, progress fu
 		}
 	}
 }
+
+// DrainNode puts a host in maintenance.
+func (c *Client) DrainNode(ctx context.Context, name string) (*api.Node, error) {
+	var n api.Node
+	return &n, c.do(ctx, "POST", "/v1/nodes/"+url.PathEscape(name)+"/drain", nil, &n)
+}
+
+// UndrainNode takes a host out of maintenance.
+func (c *Client) UndrainNode(ctx context.Context, name string) (*api.Node, error) {
+	var n api.Node
+	return &n, c.do(ctx, "POST", "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, &n)
+}

@@ -22,6 +22,8 @@ import (
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/sched"
@@ -36,6 +38,8 @@ type agentOpts struct {
 	advertise     string
 	overlayPeers  []string
 	vni           int
+	migPerHost    int
+	migPerCluster int
 	listen        string
 	etcdEndpoints []string
 	etcdClientURL string
@@ -73,6 +77,8 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
 	f.IntVar(&o.vni, "vni", 42, "VXLAN network identifier of the guest overlay")
+	f.IntVar(&o.migPerHost, "migrations-per-host", migrate.DefaultPerHost, "live migrations in flight out of one host (when this host leads)")
+	f.IntVar(&o.migPerCluster, "migrations-per-cluster", migrate.DefaultPerCluster, "live migrations in flight in the cluster (when this host leads)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:7443", "API listen address (TLS)")
 	f.StringSliceVar(&o.etcdEndpoints, "etcd-endpoints", nil, "use an external etcd cluster instead of the embedded one")
 	f.StringVar(&o.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
@@ -261,7 +267,9 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}()
 	go func() {
 		defer wg.Done()
-		sched.New(st, o.node, log).Run(ctx)
+		planner := migrate.NewPlanner(st, log)
+		planner.PerHost, planner.PerCluster = o.migPerHost, o.migPerCluster
+		leader.Run(ctx, st, o.node, log, sched.New(st, log), planner)
 	}()
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {

@@ -97,7 +97,7 @@ same link. A client in the client namespace probes each guest over TCP every
 	}
 	c.Flags().Float64SliceVar(&rates, "dirty", []float64{0, 16, 64}, "guest memory dirty rates to measure, MiB/s")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
-	c.Flags().IntVar(&runs, "runs", 3, "runs per dirty rate (medians are reported)")
+	c.Flags().IntVar(&runs, "runs", 5, "runs per dirty rate (medians are reported)")
 	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	c.Flags().StringVar(&strategy, "strategy", "precopy", "Ferry's strategy")
 	return c
@@ -133,15 +133,22 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		sc := migScenario{DirtyMiBs: rate}
 		for run := 0; run < runs; run++ {
 			n++
-			fr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, strategy)
-			if err != nil {
-				return nil, err
+			// Alternate which goes first so that neither always meets a
+			// machine still busy with the other.
+			for _, ferryTurn := range []bool{run%2 == 0, run%2 != 0} {
+				if ferryTurn {
+					fr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, strategy)
+					if err != nil {
+						return nil, err
+					}
+					say("ferry, dirty %.0f MiB/s, run %d: %+v", rate, run+1, fr)
+					sc.FerryRuns = append(sc.FerryRuns, fr)
+				} else {
+					rr := rawMigrate(ctx, b, img, hc, rate, say)
+					say("raw qemu, dirty %.0f MiB/s, run %d: %+v", rate, run+1, rr)
+					sc.RawRuns = append(sc.RawRuns, rr)
+				}
 			}
-			say("ferry, dirty %.0f MiB/s, run %d: %+v", rate, run+1, fr)
-			sc.FerryRuns = append(sc.FerryRuns, fr)
-			rr := rawMigrate(ctx, b, img, hc, rate, say)
-			say("raw qemu, dirty %.0f MiB/s, run %d: %+v", rate, run+1, rr)
-			sc.RawRuns = append(sc.RawRuns, rr)
 		}
 		sc.Ferry, sc.Raw = medianResult(sc.FerryRuns), medianResult(sc.RawRuns)
 		if sc.Raw.TotalMS > 0 {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/spf13/cobra"
@@ -29,7 +32,11 @@ func nodeCmd(g *globals) *cobra.Command {
 			}
 			var rows [][]string
 			for _, n := range nodes {
-				rows = append(rows, []string{n.Name, n.State, n.Address, n.Accel, fmt.Sprint(n.CPUs),
+				state := n.State
+				if n.Maintenance {
+					state += ",maintenance"
+				}
+				rows = append(rows, []string{n.Name, state, n.Address, n.Accel, fmt.Sprint(n.CPUs),
 					api.FormatMiB(n.UsedMiB) + "/" + api.FormatMiB(n.MemoryMiB), fmt.Sprint(n.VMs),
 					fmt.Sprintf("%.2f", n.Load1), n.QEMUVersion, age(n.Heartbeat)})
 			}
@@ -37,5 +44,81 @@ func nodeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
+	c.AddCommand(nodeDrainCmd(g), nodeUndrainCmd(g))
 	return c
+}
+
+func nodeDrainCmd(g *globals) *cobra.Command {
+	var noWait bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "drain HOST",
+		Short: "Put a host in maintenance and live-migrate every guest off it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			host := args[0]
+			if _, err := cl.DrainNode(ctx, host); err != nil {
+				return err
+			}
+			fmt.Printf("host %s is in maintenance; moving its guests away\n", host)
+			if noWait {
+				return nil
+			}
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			last := -1
+			for {
+				vms, err := cl.ListVMs(wctx)
+				if err != nil {
+					return err
+				}
+				var left []string
+				for _, vm := range vms {
+					if vm.Node == host && !vm.Spec.Deleting {
+						left = append(left, vm.Spec.Name)
+					}
+				}
+				if len(left) != last {
+					if len(left) > 0 {
+						fmt.Printf("  %d guests left on %s: %s\n", len(left), host, strings.Join(left, " "))
+					}
+					last = len(left)
+				}
+				if len(left) == 0 {
+					fmt.Printf("host %s is drained\n", host)
+					return nil
+				}
+				select {
+				case <-wctx.Done():
+					return fmt.Errorf("host %s still holds %d guests: %w", host, len(left), wctx.Err())
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+		},
+	}
+	c.Flags().BoolVar(&noWait, "no-wait", false, "return at once")
+	c.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up waiting after this long (the drain goes on)")
+	return c
+}
+
+func nodeUndrainCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "undrain HOST", Short: "Take a host out of maintenance", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			if _, err := cl.UndrainNode(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("host %s takes guests again\n", args[0])
+			return nil
+		},
+	}
 }

@@ -27,6 +27,12 @@ type runtimeRecord struct {
 	MemoryMiB int       `json:"memory_mib"`
 	Accel     string    `json:"accel"`
 	Started   time.Time `json:"started"`
+	// Incoming marks the target QEMU of a migration that has not been
+	// resumed yet: a restarted agent resumes it only if this host owns the
+	// VM and the stream completed, and kills it otherwise.
+	Incoming    bool   `json:"incoming,omitempty"`
+	MigrationID string `json:"migration_id,omitempty"`
+	MAC         string `json:"mac,omitempty"`
 }
 
 // instance is a QEMU process this agent runs (or re-attached to).
@@ -92,12 +98,16 @@ func (a *Agent) reattach(ctx context.Context) {
 			continue
 		}
 		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, gone: make(chan struct{}), detached: make(chan struct{}),
-			migEvents: make(chan string, 16)}
+			migEvents: make(chan string, 16), mac: r.MAC, migrationID: r.MigrationID, incoming: r.Incoming}
 		a.mu.Lock()
-		a.vms[name] = in
+		if r.Incoming {
+			a.incoming[name] = in
+		} else {
+			a.vms[name] = in
+		}
 		a.mu.Unlock()
 		go a.monitor(in)
-		a.log.Info("re-attached to running guest", "vm", name, "pid", r.PID)
+		a.log.Info("re-attached to running guest", "vm", name, "pid", r.PID, "incoming_migration", r.Incoming)
 		a.queue.add(name)
 	}
 }

@@ -47,10 +47,12 @@ func (a *Agent) migration(ctx context.Context, vm *api.VM) (bool, error) {
 	a.mu.Lock()
 	inc := a.incoming[name]
 	a.mu.Unlock()
+	if inc != nil && (inc.migrationID != m.ID || api.MigrationTerminal(m.Phase)) && !inc.isResumed() {
+		// A target QEMU of a migration that ended or was superseded.
+		a.dropIncoming(ctx, inc, "migration "+m.Phase)
+		inc = nil
+	}
 	if api.MigrationTerminal(m.Phase) {
-		if inc != nil && m.Target == a.cfg.Node && m.Phase != api.MigCompleted {
-			a.dropIncoming(ctx, inc, "migration "+m.Phase)
-		}
 		return false, nil
 	}
 	switch a.cfg.Node {
@@ -173,6 +175,10 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
 		incoming: true, mac: spec.MAC}
+	in.rec.Incoming, in.rec.MigrationID, in.rec.MAC = true, m.ID, spec.MAC
+	if err := a.saveRecord(spec.Name, in.rec); err != nil {
+		return "", err
+	}
 	r.Success()
 	a.mu.Lock()
 	a.incoming[spec.Name] = in
@@ -203,6 +209,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	}
 	resumed := inc.resumedAt
 	inc.rec.Started = resumed.UTC()
+	inc.rec.Incoming = false
 	if err := a.saveRecord(m.VM, inc.rec); err != nil {
 		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
 	}
@@ -258,6 +265,12 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 	return true, nil
 }
 
+func (in *instance) isResumed() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.resumed
+}
+
 // checkReachable probes the migrated guest from this host and re-announces
 // its MAC until it answers (or a few rounds have passed).
 func (a *Agent) checkReachable(in *instance) {
@@ -294,6 +307,9 @@ func (a *Agent) dropIncoming(ctx context.Context, inc *instance, why string) {
 	}
 	a.mu.Unlock()
 	inc.qmp.Close()
+	if inc.rec.Incoming {
+		os.Remove(a.recordPath(inc.name))
+	}
 	os.Remove(inc.rec.QMP)
 	os.Remove(inc.rec.Console)
 	if inc.rec.Tap != "" {

@@ -148,6 +148,11 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 				a.cancelSource(ctx, in, m, "cancelled at switchover")
 				return nil
 			}
+			// Hand over only to a host that is alive right now.
+			if age, err := a.heartbeatAge(ctx, m.Target); err != nil || age > targetStale {
+				a.cancelSource(ctx, in, m, fmt.Sprintf("target %s stopped reporting (last heartbeat %s ago)", m.Target, age.Round(time.Millisecond)))
+				return nil
+			}
 			orev, ok, err := a.st.Handover(ctx, m, rev)
 			if err != nil || !ok {
 				// Cancelled or changed at the last moment, or the store is
@@ -315,4 +320,20 @@ func syncFile(path string) {
 	}
 	f.Sync()
 	f.Close()
+}
+
+// targetStale is how old a target's heartbeat may be at switchover.
+const targetStale = 5 * time.Second
+
+func (a *Agent) heartbeatAge(ctx context.Context, node string) (time.Duration, error) {
+	nodes, err := a.st.ListNodes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range nodes {
+		if n.Name == node {
+			return time.Since(n.Heartbeat), nil
+		}
+	}
+	return 1 << 62, nil
 }

@@ -72,7 +72,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var cands []api.Node
-		for _, n := range nodes {
+		for _, n := range sched.Schedulable(nodes) {
 			if n.Name != vm.Node {
 				cands = append(cands, n)
 			}
@@ -103,10 +103,14 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		case found.State != "ready":
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is %s", target, found.State)))
 			return
+		case found.Maintenance:
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is in maintenance (undrain it first)", target)))
+			return
 		}
 	}
-	m := &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: target, Phase: api.MigPending,
-		Options: opts, Started: time.Now().UTC()}
+	// Queued: the leader admits it within the per-host and per-cluster limits.
+	m := &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: target, Phase: api.MigQueued,
+		Options: opts, Started: time.Now().UTC(), Reason: "operator"}
 	if err := s.st.StartMigration(ctx, m); err != nil {
 		writeError(w, err)
 		return
@@ -145,6 +149,9 @@ func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) {
 	}
 	m, _, err := s.st.UpdateMigration(r.Context(), name, func(m *api.Migration) error {
 		switch m.Phase {
+		case api.MigQueued:
+			m.Cancel, m.Phase, m.Error, m.Finished = true, api.MigCancelled, "cancelled while queued", time.Now().UTC()
+			return nil
 		case api.MigPending, api.MigTargetReady, api.MigCopying:
 			m.Cancel = true
 			return nil
@@ -166,4 +173,41 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// drainNode puts a host in maintenance: no new guests, and the leader
+// live-migrates its running guests away within the migration limits.
+func (s *Server) drainNode(w http.ResponseWriter, r *http.Request) { s.setMaintenance(w, r, true) }
+
+// undrainNode takes a host out of maintenance.
+func (s *Server) undrainNode(w http.ResponseWriter, r *http.Request) { s.setMaintenance(w, r, false) }
+
+func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, on bool) {
+	name := r.PathValue("name")
+	if err := api.ValidateName("host", name); err != nil {
+		writeError(w, errdefs.Invalid(err.Error()))
+		return
+	}
+	nodes, err := s.st.ListNodes(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var node *api.Node
+	for i := range nodes {
+		if nodes[i].Name == name {
+			node = &nodes[i]
+		}
+	}
+	if node == nil {
+		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", name)))
+		return
+	}
+	if err := s.st.SetMaintenance(r.Context(), name, on); err != nil {
+		writeError(w, err)
+		return
+	}
+	node.Maintenance = on
+	s.log.Info("maintenance", "node", name, "on", on)
+	writeJSON(w, http.StatusAccepted, node)
 }

@@ -69,6 +69,8 @@ func (s *Server) routes() []route {
 		{"GET /v1/openapi.json", s.openapi},
 		{"GET /v1/cluster", s.cluster},
 		{"GET /v1/nodes", s.listNodes},
+		{"POST /v1/nodes/{name}/drain", s.drainNode},
+		{"POST /v1/nodes/{name}/undrain", s.undrainNode},
 		{"GET /v1/vms", s.listVMs},
 		{"POST /v1/vms", s.createVM},
 		{"GET /v1/vms/{name}", s.getVM},

@@ -8,89 +8,32 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// Scheduler assigns unplaced VMs to ready nodes.
+// Scheduler assigns unplaced VMs to ready nodes; it runs as a leader
+// controller (see package leader).
 type Scheduler struct {
-	st   *store.Store
-	log  *slog.Logger
-	name string // candidate name in the election (the node)
+	st  *store.Store
+	log *slog.Logger
 }
 
-// New returns a scheduler that campaigns as name.
-func New(st *store.Store, name string, log *slog.Logger) *Scheduler {
+// New returns a scheduler.
+func New(st *store.Store, log *slog.Logger) *Scheduler {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Scheduler{st: st, log: log.With("controller", "scheduler"), name: name}
+	return &Scheduler{st: st, log: log.With("controller", "scheduler")}
 }
 
-// Run campaigns for leadership and schedules while leader, until ctx ends.
-func (s *Scheduler) Run(ctx context.Context) error {
-	for ctx.Err() == nil {
-		if err := s.lead(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("leadership ended", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}
-	return nil
-}
+// Name implements leader.Controller.
+func (s *Scheduler) Name() string { return "scheduler" }
 
-func (s *Scheduler) lead(ctx context.Context) error {
-	sess, err := concurrency.NewSession(s.st.Client(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// Give up leadership at once on the way out (sess.Close would use
-		// the already-cancelled ctx), so a successor need not wait for the TTL.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		s.st.Client().Revoke(rctx, sess.Lease())
-		cancel()
-		sess.Orphan()
-	}()
-	el := concurrency.NewElection(sess, store.LeaderPrefix)
-	if err := el.Campaign(ctx, s.name); err != nil {
-		return err
-	}
-	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
-	s.log.Info("became leader", "rev", el.Rev())
-
-	wc := s.st.Client().Watch(clientv3.WithRequireLeader(ctx), store.VMPrefix, clientv3.WithPrefix())
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		if err := s.pass(ctx, &guard); err != nil {
-			s.log.Warn("scheduling pass", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-sess.Done():
-			return errLostLease
-		case <-tick.C:
-		case _, ok := <-wc:
-			if !ok {
-				wc = s.st.Client().Watch(clientv3.WithRequireLeader(ctx), store.VMPrefix, clientv3.WithPrefix())
-			}
-		}
-	}
-}
-
-type schedErr string
-
-func (e schedErr) Error() string { return string(e) }
-
-const errLostLease = schedErr("leader lease lost")
+// Pass implements leader.Controller.
+func (s *Scheduler) Pass(ctx context.Context, guard clientv3.Cmp) error { return s.pass(ctx, &guard) }
 
 // pass places every unplaced VM.
 func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
@@ -102,6 +45,7 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 	if err != nil {
 		return err
 	}
+	nodes = Schedulable(nodes)
 	free := FreeMemory(nodes, vms)
 	for _, vm := range vms {
 		if vm.Node != "" || vm.Spec.Deleting {
@@ -121,6 +65,17 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 		}
 	}
 	return nil
+}
+
+// Schedulable is the nodes that may receive guests: ready and not in maintenance.
+func Schedulable(nodes []api.Node) []api.Node {
+	var out []api.Node
+	for _, n := range nodes {
+		if n.State == "ready" && !n.Maintenance {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // FreeMemory is each ready node's memory less what the VMs placed on it ask for.
@@ -144,7 +99,7 @@ func FreeMemory(nodes []api.Node, vms []api.VM) map[string]int {
 func Pick(nodes []api.Node, free map[string]int, spec api.VMSpec) string {
 	cands := []api.Node{}
 	for _, n := range nodes {
-		if n.State != "ready" || free[n.Name] < spec.MemoryMiB {
+		if n.State != "ready" || n.Maintenance || free[n.Name] < spec.MemoryMiB {
 			continue
 		}
 		if spec.Image == api.ImageTiny && !has(n.Images, api.ImageTiny) {

@@ -117,3 +117,52 @@ func (s *Store) Owner(ctx context.Context, vm string) (string, int64, error) {
 	}
 	return string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision, nil
 }
+
+// MigrationRev is a migration with the revision it was read at.
+type MigrationRev struct {
+	api.Migration
+	Rev int64
+}
+
+// ListMigrations returns every VM's current or last migration.
+func (s *Store) ListMigrations(ctx context.Context) ([]MigrationRev, error) {
+	resp, err := s.cli.Get(ctx, MigrationPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var out []MigrationRev
+	for _, kv := range resp.Kvs {
+		var m api.Migration
+		if json.Unmarshal(kv.Value, &m) == nil {
+			out = append(out, MigrationRev{Migration: m, Rev: kv.ModRevision})
+		}
+	}
+	return out, nil
+}
+
+// PutMigrationGuarded writes a migration if it is still at rev (0: absent)
+// and the leader guard holds.
+func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard clientv3.Cmp) (bool, error) {
+	b, _ := json.Marshal(m)
+	key := MigrationPrefix + m.VM
+	resp, err := s.cli.Txn(ctx).
+		If(guard, clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
+		Then(clientv3.OpPut(key, string(b))).Commit()
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return resp.Succeeded, nil
+}
+
+// MovePlacement moves a VM that runs nowhere (no ownership key) from one
+// node to another, under the leader guard.
+func (s *Store) MovePlacement(ctx context.Context, vm, from, to string, guard clientv3.Cmp) (bool, error) {
+	resp, err := s.cli.Txn(ctx).
+		If(guard, clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
+			clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0)).
+		Then(clientv3.OpPut(PlacementPrefix+vm, to)).Commit()
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return resp.Succeeded, nil
+}

@@ -26,6 +26,7 @@ const (
 	OwnerPrefix     = Prefix + "owners/"
 	NodePrefix      = Prefix + "nodes/"
 	IPPrefix        = Prefix + "ips/"
+	NodeMetaPrefix  = Prefix + "nodemeta/"
 	LeaderPrefix    = Prefix + "leader"
 )
 
@@ -345,20 +346,42 @@ func (s *Store) PutNode(ctx context.Context, n api.Node, lease clientv3.LeaseID)
 	return unavailable(err)
 }
 
-// ListNodes returns every registered node, sorted by name.
+// ListNodes returns every registered node, sorted by name, with the
+// operator's maintenance flag merged in.
 func (s *Store) ListNodes(ctx context.Context) ([]api.Node, error) {
-	resp, err := s.cli.Get(ctx, NodePrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(NodePrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+		clientv3.OpGet(NodeMetaPrefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	meta := map[string]api.NodeMeta{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		var m api.NodeMeta
+		if json.Unmarshal(kv.Value, &m) == nil {
+			meta[NameFromKey(kv.Key)] = m
+		}
+	}
 	out := []api.Node{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 		var n api.Node
 		if json.Unmarshal(kv.Value, &n) == nil {
+			n.Maintenance = meta[n.Name].Maintenance
 			out = append(out, n)
 		}
 	}
 	return out, nil
+}
+
+// SetMaintenance puts a node into maintenance (drain) or takes it out.
+func (s *Store) SetMaintenance(ctx context.Context, node string, on bool) error {
+	if !on {
+		_, err := s.cli.Delete(ctx, NodeMetaPrefix+node)
+		return unavailable(err)
+	}
+	b, _ := json.Marshal(api.NodeMeta{Maintenance: true, Since: time.Now().UTC()})
+	_, err := s.cli.Put(ctx, NodeMetaPrefix+node, string(b))
+	return unavailable(err)
 }
 
 // NameFromKey returns the last path element of a key.

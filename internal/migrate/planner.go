@@ -1,0 +1,186 @@
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Default limits on migrations in flight.
+const (
+	DefaultPerHost    = 2 // outbound migrations per source host
+	DefaultPerCluster = 5
+)
+
+// Planner is the leader controller that admits queued migrations within the
+// per-host and per-cluster limits (oldest first) and drains hosts in
+// maintenance: running guests are live-migrated away, stopped ones are
+// re-placed.
+type Planner struct {
+	st         *store.Store
+	log        *slog.Logger
+	PerHost    int
+	PerCluster int
+}
+
+// NewPlanner returns a planner with the default limits.
+func NewPlanner(st *store.Store, log *slog.Logger) *Planner {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Planner{st: st, log: log.With("controller", "migration-planner"), PerHost: DefaultPerHost, PerCluster: DefaultPerCluster}
+}
+
+// Name implements leader.Controller.
+func (p *Planner) Name() string { return "migration-planner" }
+
+// Active reports whether a migration holds a slot (admitted, not finished).
+func Active(phase string) bool {
+	return phase != api.MigQueued && !api.MigrationTerminal(phase)
+}
+
+// Pass implements leader.Controller.
+func (p *Planner) Pass(ctx context.Context, guard clientv3.Cmp) error {
+	migs, err := p.st.ListMigrations(ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.drain(ctx, guard, migs); err != nil {
+		return err
+	}
+	if migs, err = p.st.ListMigrations(ctx); err != nil {
+		return err
+	}
+	return p.admit(ctx, guard, migs)
+}
+
+// admit promotes queued migrations, oldest first, while slots are free.
+func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.MigrationRev) error {
+	perHost := map[string]int{}
+	total := 0
+	var queued []store.MigrationRev
+	for _, m := range migs {
+		switch {
+		case Active(m.Phase):
+			perHost[m.Source]++
+			total++
+		case m.Phase == api.MigQueued:
+			queued = append(queued, m)
+		}
+	}
+	sort.Slice(queued, func(i, j int) bool { return queued[i].Started.Before(queued[j].Started) })
+	for _, q := range queued {
+		if total >= p.PerCluster {
+			return nil
+		}
+		if perHost[q.Source] >= p.PerHost {
+			continue
+		}
+		m := q.Migration
+		if m.Cancel {
+			m.Phase, m.Error, m.Finished = api.MigCancelled, "cancelled while queued", time.Now().UTC()
+		} else {
+			m.Phase = api.MigPending
+			m.Timeline = append(m.Timeline, api.MigrationEvent{Step: "admitted", Host: "leader", At: time.Now().UTC()})
+		}
+		ok, err := p.st.PutMigrationGuarded(ctx, &m, q.Rev, guard)
+		if err != nil {
+			return err
+		}
+		if ok && m.Phase == api.MigPending {
+			perHost[m.Source]++
+			total++
+			p.log.Info("migration admitted", "vm", m.VM, "from", m.Source, "to", m.Target)
+		}
+	}
+	return nil
+}
+
+// drain moves every guest off hosts in maintenance.
+func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.MigrationRev) error {
+	nodes, err := p.st.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	draining := map[string]bool{}
+	for _, n := range nodes {
+		if n.Maintenance {
+			draining[n.Name] = true
+		}
+	}
+	if len(draining) == 0 {
+		return nil
+	}
+	vms, err := p.st.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	byVM := map[string]store.MigrationRev{}
+	for _, m := range migs {
+		byVM[m.VM] = m
+	}
+	targets := sched.Schedulable(nodes)
+	free := sched.FreeMemory(targets, vms)
+	for _, m := range migs { // reserve room for guests already on their way
+		if !api.MigrationTerminal(m.Phase) {
+			for _, vm := range vms {
+				if vm.Spec.Name == m.VM {
+					free[m.Target] -= vm.Spec.MemoryMiB
+				}
+			}
+		}
+	}
+	for _, vm := range vms {
+		if !draining[vm.Node] || vm.Spec.Deleting {
+			continue
+		}
+		cur, hasMig := byVM[vm.Spec.Name]
+		if hasMig && !api.MigrationTerminal(cur.Phase) {
+			continue // already moving
+		}
+		to := sched.Pick(targets, free, vm.Spec)
+		if to == "" {
+			continue // nowhere to go yet; try again on the next pass
+		}
+		running := vm.Spec.Power == api.PowerRunning && vm.Status.Phase == api.PhaseRunning
+		if !running {
+			if vm.Status.Phase == api.PhaseStarting || vm.Status.Phase == api.PhaseStopping {
+				continue // wait until it settles
+			}
+			ok, err := p.st.MovePlacement(ctx, vm.Spec.Name, vm.Node, to, guard)
+			if err != nil {
+				return err
+			}
+			if ok {
+				free[to] -= vm.Spec.MemoryMiB
+				p.log.Info("drain: re-placed a stopped guest", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+			}
+			continue
+		}
+		opts := api.MigrationOptions{}
+		Validate(&opts)
+		m := &api.Migration{ID: uuid.NewString(), VM: vm.Spec.Name, Source: vm.Node, Target: to, Phase: api.MigQueued,
+			Options: opts, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
+		rev := int64(0)
+		if hasMig {
+			rev = cur.Rev
+		}
+		ok, err := p.st.PutMigrationGuarded(ctx, m, rev, guard)
+		if err != nil {
+			return err
+		}
+		if ok {
+			free[to] -= vm.Spec.MemoryMiB
+			p.log.Info("drain: migration queued", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+		}
+	}
+	return nil
+}
