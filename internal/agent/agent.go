@@ -54,6 +54,7 @@ type Agent struct {
 	cfg  Config
 	st   *store.Store
 	log  *slog.Logger
+	smu  sync.Mutex
 	sess *concurrency.Session
 
 	mu       sync.Mutex
@@ -89,10 +90,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: lease: %w", err)
 	}
-	a.sess = sess
+	a.setSession(sess)
 	// Do not revoke the lease on the way out: ownership keys bound to it must
 	// outlive a graceful agent restart.
-	defer sess.Orphan()
+	defer func() { a.session().Orphan() }()
 
 	if a.cfg.Overlay != nil {
 		if err := a.cfg.Overlay.Ensure(); err != nil {
@@ -218,9 +219,15 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.sess.Done():
-			a.log.Error("lost the node lease; guests keep running until fencing arrives (see issue: high availability)")
-			return
+		case <-a.session().Done():
+			// The lease expired (cut off from etcd for longer than its TTL).
+			// Self-fencing arrives with the high-availability work; for now
+			// take a new lease and re-take ownership of our guests under it:
+			// where another host took a guest over meanwhile, ours stops.
+			a.log.Error("lost the node lease; taking a new one")
+			if err := a.renewSession(ctx); err != nil {
+				return
+			}
 		case <-t.C:
 			if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 				a.log.Warn("heartbeat", "err", err)
@@ -251,7 +258,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		n.UsedMiB += in.memoryMiB
 	}
 	a.mu.Unlock()
-	return a.st.PutNode(ctx, n, a.sess.Lease())
+	return a.st.PutNode(ctx, n, a.session().Lease())
 }
 
 func memTotalMiB() int {
@@ -312,6 +319,50 @@ func (a *Agent) overlayLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) session() *concurrency.Session {
+	a.smu.Lock()
+	defer a.smu.Unlock()
+	return a.sess
+}
+
+func (a *Agent) setSession(s *concurrency.Session) {
+	a.smu.Lock()
+	a.sess = s
+	a.smu.Unlock()
+}
+
+// lease is this host's current etcd lease.
+func (a *Agent) lease() clientv3.LeaseID { return a.session().Lease() }
+
+// renewSession takes a new lease after the old one expired, re-registers the
+// node and has every guest's ownership re-taken under the new lease.
+func (a *Agent) renewSession(ctx context.Context) error {
+	for {
+		sess, err := concurrency.NewSession(a.st.Client(), concurrency.WithTTL(a.cfg.LeaseTTL), concurrency.WithContext(ctx))
+		if err == nil {
+			a.setSession(sess)
+			a.mu.Lock()
+			for _, in := range a.vms {
+				in.mu.Lock()
+				in.ownerRev = 0
+				in.mu.Unlock()
+				a.queue.add(in.name)
+			}
+			a.mu.Unlock()
+			if err := a.heartbeat(ctx); err != nil {
+				a.log.Warn("heartbeat", "err", err)
+			}
+			a.log.Info("new node lease", "lease", sess.Lease())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -67,13 +67,14 @@ func (a *Agent) migration(ctx context.Context, vm *api.VM) (bool, error) {
 // ---- target side ----
 
 func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration, rev int64, inc *instance) error {
-	if m.Cancel {
+	if m.Cancel && m.Phase == api.MigPending {
+		// Nothing was sent yet: the target ends it. Later, the source
+		// cancels its QEMU's migration and ends it; the target then drops
+		// its copy (killing it first would turn a cancel into a failure).
 		if inc != nil {
 			a.dropIncoming(ctx, inc, "cancelled")
 		}
-		if m.Phase == api.MigPending {
-			a.finishMigration(ctx, m.VM, api.MigCancelled, "cancelled before the copy started")
-		}
+		a.finishMigration(ctx, m.VM, api.MigCancelled, "cancelled before the copy started")
 		return nil
 	}
 	if inc != nil && !inc.alive() {
@@ -103,7 +104,7 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 			if cur.ID != m.ID || cur.Phase != api.MigPending || cur.Cancel {
 				return errors.New("migration changed")
 			}
-			cur.Phase, cur.TargetURI, cur.TargetLease = api.MigTargetReady, uri, int64(a.sess.Lease())
+			cur.Phase, cur.TargetURI, cur.TargetLease = api.MigTargetReady, uri, int64(a.lease())
 			cur.Timeline = append(cur.Timeline, a.step("target QEMU listening", prepStart), a.step("target ready", time.Now()))
 			return nil
 		})

@@ -269,9 +269,16 @@ func (a *Agent) cancelSource(ctx context.Context, in *instance, m *api.Migration
 		time.Sleep(50 * time.Millisecond)
 	}
 	a.resumeSource(ctx, in)
+	// A cancel may have landed after our last read (it is what made the
+	// handover transaction fail): read again to name the outcome right.
+	if cur, _, err := a.st.GetMigration(ctx, m.VM); err == nil && cur != nil && cur.ID == m.ID {
+		m = cur
+	}
 	phase := api.MigCancelled
 	if !m.Cancel {
 		phase = api.MigFailed
+	} else {
+		why = "cancelled"
 	}
 	a.finishMigration(ctx, m.VM, phase, why+"; the guest keeps running on "+a.cfg.Node)
 	a.log.Info("migration ended on the source", "vm", m.VM, "phase", phase, "why", why)

@@ -104,8 +104,11 @@ func grace(spec api.VMSpec) time.Duration {
 
 // keep makes sure a running guest is owned by this host and reported.
 func (a *Agent) keep(ctx context.Context, in *instance, vm *api.VM) error {
-	if in.ownerRev == 0 { // re-attached: rebind ownership to our lease
-		rev, err := a.st.AcquireOwner(ctx, in.name, a.cfg.Node, a.sess.Lease())
+	in.mu.Lock()
+	needOwner := in.ownerRev == 0
+	in.mu.Unlock()
+	if needOwner { // re-attached, or a new lease: rebind ownership to it
+		rev, err := a.st.AcquireOwner(ctx, in.name, a.cfg.Node, a.lease())
 		if errors.Is(err, errdefs.ErrConflict) {
 			a.log.Error("another host owns this guest; stopping our copy", "vm", in.name, "err", err)
 			return a.stop(ctx, in, true, 0, "")
@@ -113,7 +116,9 @@ func (a *Agent) keep(ctx context.Context, in *instance, vm *api.VM) error {
 		if err != nil {
 			return err
 		}
+		in.mu.Lock()
 		in.ownerRev = rev
+		in.mu.Unlock()
 	}
 	if vm.Status.Phase != api.PhaseRunning || vm.Status.PID != in.rec.PID {
 		a.putStatus(ctx, in.name, a.runningStatus(in))
@@ -152,7 +157,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	r := revert.New()
 	defer r.Fail()
 
-	rev, err := a.st.AcquireOwner(ctx, name, a.cfg.Node, a.sess.Lease())
+	rev, err := a.st.AcquireOwner(ctx, name, a.cfg.Node, a.lease())
 	if err != nil {
 		return err
 	}

@@ -54,9 +54,34 @@ func newBed(t *testing.T, n int) (*testbed.Bed, *client.Client) {
 // process of that guest runs (found by its -uuid and the host's run dir).
 func qemuHosts(b *testbed.Bed, uuid string) []string {
 	var hosts []string
+	for _, p := range qemuProcs(b, uuid) {
+		hosts = append(hosts, p.host)
+	}
+	return hosts
+}
+
+// qemuPids returns the pids of the guest's QEMU processes on one host.
+func qemuPids(b *testbed.Bed, uuid, host string) []int {
+	var pids []int
+	for _, p := range qemuProcs(b, uuid) {
+		if p.host == host {
+			pids = append(pids, p.pid)
+		}
+	}
+	return pids
+}
+
+type qemuProc struct {
+	pid  int
+	host string
+}
+
+func qemuProcs(b *testbed.Bed, uuid string) []qemuProc {
+	var procs []qemuProc
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
 		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
@@ -69,11 +94,11 @@ func qemuHosts(b *testbed.Bed, uuid string) []string {
 		}
 		for _, h := range b.Hosts {
 			if bytes.Contains(cmd, []byte(h.RunDir+"/")) {
-				hosts = append(hosts, h.Name)
+				procs = append(procs, qemuProc{pid, h.Name})
 			}
 		}
 	}
-	return hosts
+	return procs
 }
 
 func waitVM(t *testing.T, cl *client.Client, name string, timeout time.Duration, what string, cond func(*api.VM) bool) *api.VM {

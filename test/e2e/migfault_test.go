@@ -1,0 +1,251 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/testbed"
+)
+
+// Faults during live migration. Each case starts a bandwidth-limited
+// migration (about 5 s of copying), injects a fault mid-copy, and audits
+// afterwards that the guest runs on exactly one host — or on none, marked
+// failed, where its only copy died — that it did not reboot, and that the
+// API says what happened.
+func TestMigrationFaults(t *testing.T) {
+	b, cl := newBed(t, 3)
+	ctx := ctxT(t, 15*time.Minute)
+	seq := 0
+	// newGuest creates a guest on h2 or h3 (h1 runs the API we talk to) and
+	// returns it running, with the host to migrate it to.
+	newGuest := func(t *testing.T) (*api.VM, string) {
+		t.Helper()
+		seq++
+		name := fmt.Sprintf("f%d", seq)
+		if _, err := cl.DrainNode(ctx, "h1"); err != nil { // keep guests off h1
+			t.Fatal(err)
+		}
+		defer cl.UndrainNode(ctx, "h1")
+		if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: name, Memory: "256M"}); err != nil {
+			t.Fatal(err)
+		}
+		vm := waitVM(t, cl, name, 3*time.Minute, "running and healthy", healthyRunning)
+		to := "h2"
+		if vm.Node == "h2" {
+			to = "h3"
+		}
+		return vm, to
+	}
+	slowMigrate := func(t *testing.T, vm *api.VM, to string) *api.Migration {
+		t.Helper()
+		m, err := cl.MigrateVM(ctx, vm.Spec.Name, api.MigrateRequest{To: to, MaxBandwidth: "16M"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitMigPhase(t, cl, vm.Spec.Name, m.ID, api.MigCopying)
+		time.Sleep(time.Second) // well into the copy
+		return m
+	}
+	hostIndex := func(name string) int { i, _ := strconv.Atoi(strings.TrimPrefix(name, "h")); return i - 1 }
+
+	t.Run("target QEMU dies mid-copy", func(t *testing.T) {
+		vm, to := newGuest(t)
+		m := slowMigrate(t, vm, to)
+		killQEMUOn(t, b, vm.Spec.UUID, to)
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		if m.Phase != api.MigFailed {
+			t.Fatalf("phase %s, want failed", m.Phase)
+		}
+		auditOne(t, b, cl, vm, vm.Node)
+	})
+
+	t.Run("target agent dies mid-copy", func(t *testing.T) {
+		vm, to := newGuest(t)
+		m := slowMigrate(t, vm, to)
+		i := hostIndex(to)
+		b.StopAgent(i, syscall.SIGKILL)
+		time.Sleep(2 * time.Second)
+		if err := b.StartAgent(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		// Either outcome is right, as long as exactly one copy runs where
+		// the record says.
+		where := vm.Node
+		if m.Phase == api.MigCompleted {
+			where = to
+		}
+		t.Logf("migration %s (%s)", m.Phase, m.Error)
+		auditOne(t, b, cl, vm, where)
+	})
+
+	t.Run("source QEMU dies mid-copy", func(t *testing.T) {
+		vm, to := newGuest(t)
+		m := slowMigrate(t, vm, to)
+		killQEMUOn(t, b, vm.Spec.UUID, vm.Node)
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		if m.Phase != api.MigFailed {
+			t.Fatalf("phase %s, want failed", m.Phase)
+		}
+		// The only running copy died: nothing runs, and the VM says failed.
+		got := waitVM(t, cl, vm.Spec.Name, 30*time.Second, "failed", func(v *api.VM) bool { return v.Status.Phase == api.PhaseFailed })
+		if hosts := waitQEMUCount(t, b, vm.Spec.UUID, 0); len(hosts) != 0 {
+			t.Fatalf("QEMU left on %v", hosts)
+		}
+		t.Logf("status: %s", got.Status.Message)
+	})
+
+	t.Run("link to the target drops mid-copy", func(t *testing.T) {
+		vm, to := newGuest(t)
+		m := slowMigrate(t, vm, to)
+		link(t, b, to, "down")
+		defer link(t, b, to, "up")
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		link(t, b, to, "up")
+		if m.Phase != api.MigFailed || !strings.Contains(m.Error, "no progress") {
+			t.Fatalf("phase %s (%s), want failed for lack of progress", m.Phase, m.Error)
+		}
+		auditOne(t, b, cl, vm, vm.Node)
+	})
+
+	t.Run("leader and API host restarts mid-migration", func(t *testing.T) {
+		vm, to := newGuest(t)
+		m := slowMigrate(t, vm, to)
+		// h1 holds the API we talk to, the leader and the embedded etcd.
+		b.StopAgent(0, syscall.SIGKILL)
+		time.Sleep(time.Second)
+		if err := b.StartAgent(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WaitNodes(ctx, 3); err != nil {
+			t.Fatal(err)
+		}
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		where := vm.Node
+		if m.Phase == api.MigCompleted {
+			where = to
+		}
+		t.Logf("migration %s (%s)", m.Phase, m.Error)
+		auditOne(t, b, cl, vm, where)
+	})
+
+	t.Run("cancel races switchover", func(t *testing.T) {
+		vm, to := newGuest(t)
+		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+		outcomes := map[string]int{}
+		for round := 0; round < 6; round++ {
+			m, err := cl.MigrateVM(ctx, vm.Spec.Name, api.MigrateRequest{To: to})
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(rng.Intn(700)) * time.Millisecond)
+			_, cerr := cl.CancelMigration(ctx, vm.Spec.Name)
+			m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+			outcomes[m.Phase]++
+			where := vm.Node
+			switch m.Phase {
+			case api.MigCompleted:
+				where = to
+			case api.MigCancelled, api.MigFailed:
+			default:
+				t.Fatalf("round %d: phase %s", round, m.Phase)
+			}
+			if m.Phase == api.MigCompleted && cerr == nil {
+				t.Fatalf("round %d: the cancel was accepted but the migration completed", round)
+			}
+			auditOne(t, b, cl, vm, where)
+			if where == to {
+				to, vm.Node = vm.Node, to
+			}
+		}
+		t.Logf("outcomes: %v", outcomes)
+	})
+}
+
+func waitMigPhase(t *testing.T, cl *client.Client, vm, id, phase string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		m, err := cl.GetMigration(context.Background(), vm)
+		if err == nil && m.ID == id {
+			if m.Phase == phase {
+				return
+			}
+			if api.MigrationTerminal(m.Phase) {
+				t.Fatalf("migration ended (%s: %s) before reaching %s", m.Phase, m.Error, phase)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration never reached %s", phase)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitMigEnd(t *testing.T, cl *client.Client, vm, id string) *api.Migration {
+	t.Helper()
+	m, err := cl.WaitMigration(ctxT(t, 3*time.Minute), vm, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// auditOne checks the guest runs on exactly host, healthy, with its boot id,
+// and that the store agrees.
+func auditOne(t *testing.T, b *testbed.Bed, cl *client.Client, vm *api.VM, host string) {
+	t.Helper()
+	got := waitVM(t, cl, vm.Spec.Name, time.Minute, "running and healthy on "+host, func(v *api.VM) bool {
+		return healthyRunning(v) && v.Node == host && v.Status.Node == host
+	})
+	if got.Status.Guest.BootID != vm.Status.Guest.BootID {
+		t.Fatalf("the guest rebooted: boot id %s, was %s", got.Status.Guest.BootID, vm.Status.Guest.BootID)
+	}
+	waitOneQEMU(t, b, vm.Spec.UUID, host)
+	// And stays so for a moment (no late second copy).
+	for i := 0; i < 20; i++ {
+		if hosts := qemuHosts(b, vm.Spec.UUID); len(hosts) != 1 || hosts[0] != host {
+			t.Fatalf("QEMU of the guest on %v, want only %s", hosts, host)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitQEMUCount(t *testing.T, b *testbed.Bed, uuid string, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		hosts := qemuHosts(b, uuid)
+		if len(hosts) == n || time.Now().After(deadline) {
+			return hosts
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// killQEMUOn kills the guest's QEMU on one host, as a crash would.
+func killQEMUOn(t *testing.T, b *testbed.Bed, uuid, host string) {
+	t.Helper()
+	for _, pid := range qemuPids(b, uuid, host) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		return
+	}
+	t.Fatalf("no QEMU of %s on %s", uuid, host)
+}
+
+// link sets a host's underlay port in the fabric up or down.
+func link(t *testing.T, b *testbed.Bed, host, state string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "-n", b.FabricNS, "link", "set", host, state).CombinedOutput(); err != nil {
+		t.Fatalf("link %s %s: %v %s", host, state, err, out)
+	}
+}
