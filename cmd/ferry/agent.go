@@ -101,13 +101,13 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
 	modes := 0
-	for _, m := range []bool{o.dev, o.server, o.join != ""} {
+	for _, m := range []bool{o.dev, o.server || o.join != ""} {
 		if m {
 			modes++
 		}
 	}
 	if modes > 1 || (modes == 0 && len(o.etcdEndpoints) == 0) {
-		return errors.New("say exactly one of --dev (single host), --server (first host of a cluster), --join ADDR (another host), or give --etcd-endpoints")
+		return errors.New("say --dev (single host), --server (the first server), --server --join ADDR (another etcd server), --join ADDR (another host), or give --etcd-endpoints")
 	}
 	var adv net.IP
 	if o.server || o.join != "" {
@@ -173,6 +173,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 
 	endpoints := o.etcdEndpoints
+	var initialCluster string
 	if o.join != "" && len(endpoints) == 0 {
 		info, err := fetchCluster(ctx, pkiDir, o.join)
 		if err != nil {
@@ -180,15 +181,24 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		}
 		endpoints = info.EtcdEndpoints
 		o.vni = info.VNI
+		etcdDir := filepath.Join(dataDir, "etcd")
+		if o.server && !store.HasMemberData(etcdDir) {
+			// Another etcd server: become a member of the cluster's etcd.
+			if initialCluster, err = store.AddMember(ctx, endpoints, o.node, o.etcdPeerURL); err != nil {
+				return err
+			}
+			log.Info("joining the cluster's etcd", "initial_cluster", initialCluster)
+		}
 	}
-	if len(endpoints) == 0 {
+	if o.server || len(endpoints) == 0 {
 		emb, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: filepath.Join(dataDir, "etcd"), Name: o.node,
-			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log})
+			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log,
+			InitialCluster: initialCluster, Existing: initialCluster != ""})
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
-		endpoints = []string{emb.ClientURL()}
+		endpoints = append([]string{emb.ClientURL()}, endpoints...)
 	}
 	st, err := store.Open(ctx, endpoints)
 	if err != nil {
@@ -237,6 +247,9 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return ag.ConsoleLog(vm.Spec.Name), nil
 	}, log)
 	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
+	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
+		apiSrv.Cluster.EtcdEndpoints = urls
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("API listener: %w", err)

@@ -28,15 +28,19 @@ type migResult struct {
 	DowntimeMS  int64   `json:"downtime_ms"`   // QEMU-reported downtime
 	BytesSent   int64   `json:"bytes_sent"`
 	GapMS       float64 `json:"client_gap_ms"` // longest gap between successful TCP probes every 10 ms
-	Error       string  `json:"error,omitempty"`
+	// GuestAlive: the guest still answered HTTP 2 s after the move.
+	GuestAlive bool   `json:"guest_alive_after"`
+	Error      string `json:"error,omitempty"`
 }
 
 type migScenario struct {
-	DirtyMiBs float64     `json:"dirty_rate_mib_s"`
-	RawRuns   []migResult `json:"raw_qemu_runs"`
-	FerryRuns []migResult `json:"ferry_runs"`
-	Raw       migResult   `json:"raw_qemu_median"`
-	Ferry     migResult   `json:"ferry_median"`
+	DirtyMiBs    float64     `json:"dirty_rate_mib_s"`
+	RawCrashes   int         `json:"raw_guests_crashed_after"`
+	FerryCrashes int         `json:"ferry_guests_crashed_after"`
+	RawRuns      []migResult `json:"raw_qemu_runs"`
+	FerryRuns    []migResult `json:"ferry_runs"`
+	Raw          migResult   `json:"raw_qemu_median"`
+	Ferry        migResult   `json:"ferry_median"`
 	// RatioTotal is Ferry's median total time over the baseline's.
 	RatioTotal float64 `json:"ratio_total_ferry_to_raw"`
 }
@@ -151,6 +155,16 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 			}
 		}
 		sc.Ferry, sc.Raw = medianResult(sc.FerryRuns), medianResult(sc.RawRuns)
+		for _, r := range sc.FerryRuns {
+			if r.Error == "" && !r.GuestAlive {
+				sc.FerryCrashes++
+			}
+		}
+		for _, r := range sc.RawRuns {
+			if r.Error == "" && !r.GuestAlive {
+				sc.RawCrashes++
+			}
+		}
 		if sc.Raw.TotalMS > 0 {
 			sc.RatioTotal = sc.Ferry.TotalMS / sc.Raw.TotalMS
 		}
@@ -376,7 +390,8 @@ func rawMigrate(ctx context.Context, b *testbed.Bed, img *image.Tiny, hc *http.C
 	time.Sleep(300 * time.Millisecond)
 	gap := pr.stop()
 	gapDone = true
-	r := migResult{TotalMS: float64(total.Microseconds()) / 1000, QEMUTotalMS: info.TotalTime, DowntimeMS: info.Downtime, GapMS: gap}
+	r := migResult{TotalMS: float64(total.Microseconds()) / 1000, QEMUTotalMS: info.TotalTime, DowntimeMS: info.Downtime, GapMS: gap,
+		GuestAlive: aliveAfter(hc, ip)}
 	if info.RAM != nil {
 		r.BytesSent = info.RAM.Transferred
 	}
@@ -431,9 +446,21 @@ func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc
 		}
 	}
 	r := migResult{TotalMS: float64(end.Sub(m.Started).Microseconds()) / 1000, QEMUTotalMS: m.TotalTimeMS,
-		DowntimeMS: m.DowntimeMS, BytesSent: m.Progress.TransferredBytes, GapMS: gap}
+		DowntimeMS: m.DowntimeMS, BytesSent: m.Progress.TransferredBytes, GapMS: gap, GuestAlive: aliveAfter(hc, ip)}
 	if m.Phase != api.MigCompleted {
 		r.Error = m.Phase + ": " + m.Error
 	}
 	return r, nil
+}
+
+// aliveAfter waits 2 s and checks the guest still answers: a guest whose
+// memory arrived damaged crashes within moments of the move.
+func aliveAfter(hc *http.Client, ip string) bool {
+	time.Sleep(2 * time.Second)
+	resp, err := hc.Get("http://" + ip + "/health")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }

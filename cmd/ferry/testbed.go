@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/testbed"
@@ -54,6 +59,58 @@ func testbedCmd() *cobra.Command {
 		},
 	}
 	down.Flags().StringVar(&name, "name", "fbed", "testbed name")
-	c.AddCommand(up, down)
+	c.AddCommand(up, down, testbedStreamCmd())
+	return c
+}
+
+func testbedStreamCmd() *cobra.Command {
+	var name, ip string
+	var dur time.Duration
+	c := &cobra.Command{
+		Use:   "stream",
+		Short: "From the testbed's client namespace, hold one TCP stream to a guest and report its longest gap",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := testbed.Load(name)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), dur)
+			defer cancel()
+			hc := b.HTTPClient(b.ClientNS, 0)
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+ip+"/stream?interval=10ms", nil)
+			resp, err := hc.Do(req)
+			if err != nil {
+				return fmt.Errorf("connecting to the guest: %w", err)
+			}
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			var lines int
+			var last time.Time
+			var gap time.Duration
+			boots := map[string]bool{}
+			for sc.Scan() {
+				now := time.Now()
+				if !last.IsZero() && now.Sub(last) > gap {
+					gap = now.Sub(last)
+				}
+				last = now
+				lines++
+				if f := strings.Fields(sc.Text()); len(f) == 2 {
+					boots[f[1]] = true
+				}
+			}
+			intact := ctx.Err() != nil // the stream ran until we ended it
+			fmt.Printf("client stream: %d lines over %s, longest gap %dms, connection intact: %v, guest boots seen: %d\n",
+				lines, dur, gap.Milliseconds(), intact, len(boots))
+			if !intact {
+				return exitError{code: 1, msg: fmt.Sprintf("the connection ended early: %v", sc.Err())}
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&name, "name", "fbed", "testbed name")
+	c.Flags().StringVar(&ip, "to", "", "guest address")
+	c.Flags().DurationVar(&dur, "for", 10*time.Second, "how long to stream")
 	return c
 }

@@ -45,7 +45,7 @@ type instance struct {
 	// migrationID is the migration this QEMU is the target (or source) of.
 	migrationID string
 	// migEvents carries MIGRATION event statuses to the migration driver so
-	// it reacts at once (the guest is paused at pre-switchover).
+	// it reacts at once.
 	migEvents chan string
 	steps     []api.MigrationEvent // the source's timeline, written once at the end
 	// incoming: this is a migration target not yet resumed; resumed: the
@@ -136,7 +136,10 @@ func (a *Agent) monitor(in *instance) {
 			default:
 			}
 			in.mu.Lock()
-			fast := in.incoming && d.Status == "completed"
+			// Post-copy: the guest runs on the target while its pages
+			// still arrive, as soon as the device state has (ownership
+			// moves when the target takes it over).
+			fast := in.incoming && (d.Status == "completed" || d.Status == "postcopy-active")
 			in.mu.Unlock()
 			if fast {
 				// Resume at once: every millisecond here is guest downtime.

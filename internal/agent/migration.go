@@ -21,16 +21,23 @@ import (
 // A live migration between two agents, coordinated only through the VM's
 // migration record in the store (invariant 3):
 //
-//	target: pending      -> start QEMU paused with -incoming, listen      -> target-ready
-//	source: target-ready -> migrate with pause-before-switchover          -> copying
-//	source: QEMU reaches pre-switchover: one transaction moves ownership
-//	        (bound to the target's lease) and placement                  -> switchover
-//	source: migrate-continue; the source QEMU ends paused and is destroyed
-//	target: incoming completed; checks it owns the VM, then cont, announce,
-//	        and a reachability check                                      -> completed
+//	leader: queued         -> admitted within the limits                  -> pending
+//	target: pending        -> start QEMU paused (-S) with -incoming       -> target-ready
+//	source: target-ready   -> migrate                                     -> copying
+//	source: QEMU completes and stops its copy (postmigrate)
+//	target: the stream arrived, its QEMU still paused: one transaction
+//	        moves ownership (bound to the target's lease) and placement,
+//	        if the source still owns the VM and nobody cancelled          -> switchover
+//	target: cont, pin the MAC, announce, check the guest answers          -> completed
+//	source: sees switchover and destroys its stopped copy
 //
-// Any failure before the transaction leaves the guest running on the source
-// (the target's QEMU is killed); after it, only the target may run the guest.
+// Before that transaction the guest runs only on the source; a cancel, a
+// failure, or a target that does not take over in time ends the migration
+// with a compare-and-swap on the same record (which excludes the target's
+// transaction) and only then is the source resumed. After it, only the
+// target may run the guest. (QEMU's pause-before-switchover would give an
+// earlier cancel point, but QEMU 7.2 corrupts guest memory with it under
+// TCG; see internal/migrate.)
 
 // stallTimeout ends a migration whose transfer makes no progress.
 const stallTimeout = 20 * time.Second
@@ -195,7 +202,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	info, err := inc.qmp.QueryMigrate(qctx)
 	cancel()
-	if err != nil || info.Status != "completed" {
+	if err != nil || (info.Status != "completed" && info.Status != "postcopy-active") {
 		return nil // not yet; the MIGRATION event brings us back
 	}
 	ok, err := a.resumeIncoming(ctx, inc)
@@ -203,9 +210,18 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		return err
 	}
 	if !ok {
-		// The stream arrived but the handover did not happen: never run it.
-		a.dropIncoming(ctx, inc, "stream completed without ownership")
-		a.finishMigration(ctx, m.VM, api.MigFailed, "the target received the guest without owning it; its copy was destroyed")
+		// Not ours to run (cancelled, or the source took it back): the
+		// source resumes its copy once the record says so.
+		if m.Cancel && m.Phase == api.MigCopying {
+			a.st.UpdateMigration(ctx, m.VM, func(c *api.Migration) error {
+				if c.ID != m.ID || c.Phase != api.MigCopying {
+					return errors.New("moved on")
+				}
+				c.Phase, c.Error, c.Finished = api.MigCancelled, "cancelled after the copy; the guest keeps running on "+m.Source, time.Now().UTC()
+				return nil
+			})
+		}
+		a.dropIncoming(ctx, inc, "not taken over")
 		return nil
 	}
 	resumed := inc.resumedAt
@@ -235,9 +251,12 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	return nil
 }
 
-// resumeIncoming runs a migrated guest's CPUs if, and only if, this host
-// now owns the VM (the fencing check before resume). It is called from the
-// QMP event (fast path) and from reconcile, and acts once.
+// resumeIncoming takes a migrated guest over and runs it: once its stream
+// has arrived (the QEMU is still paused), one transaction moves ownership and
+// placement here — only if the source still owns the VM and the migration is
+// still copying and not cancelled — and only then do the CPUs run. It is
+// called from the QMP event (fast path) and from reconcile, and acts once.
+// It reports false when the guest is not this host's to run.
 func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -249,7 +268,27 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 		return false, err
 	}
 	if owner != a.cfg.Node {
-		return false, nil
+		// The source may write the record meanwhile (progress): retry the
+		// compare-and-swap while the migration is still ours to take.
+		for attempt := 0; ; attempt++ {
+			m, rev, err := a.st.GetMigration(ctx, in.name)
+			if err != nil {
+				return false, err
+			}
+			if m == nil || m.ID != in.migrationID || m.Phase != api.MigCopying || m.Cancel || attempt == 20 {
+				return false, nil
+			}
+			ok, err := a.st.Takeover(ctx, m, rev, a.lease())
+			if err != nil {
+				return false, err
+			}
+			if ok {
+				break
+			}
+		}
+		if owner, orev, err = a.st.Owner(ctx, in.name); err != nil || owner != a.cfg.Node {
+			return false, err
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

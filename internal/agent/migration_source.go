@@ -26,6 +26,10 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		if in != nil && in.alive() && in.migrationID == m.ID {
 			return a.followSource(ctx, in, m, rev)
 		}
+		if in != nil && in.alive() {
+			// We restarted after the takeover: our copy must go.
+			return a.stop(ctx, in, true, 0, "")
+		}
 		return nil
 	}
 	a.mu.Lock()
@@ -110,7 +114,7 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 }
 
 // followSource polls the outgoing migration, reports progress, honours a
-// cancel, performs the handover at pre-switchover and cleans up at the end.
+// cancel, and once QEMU completes waits for the target's takeover.
 func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration, rev int64) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -142,38 +146,6 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			m, rev = cur, crev
 		}
 		switch info.Status {
-		case "pre-switchover":
-			pausedAt := time.Now()
-			if m.Cancel {
-				a.cancelSource(ctx, in, m, "cancelled at switchover")
-				return nil
-			}
-			// Hand over only to a host that is alive right now.
-			if age, err := a.heartbeatAge(ctx, m.Target); err != nil || age > targetStale {
-				a.cancelSource(ctx, in, m, fmt.Sprintf("target %s stopped reporting (last heartbeat %s ago)", m.Target, age.Round(time.Millisecond)))
-				return nil
-			}
-			orev, ok, err := a.st.Handover(ctx, m, rev)
-			if err != nil || !ok {
-				// Cancelled or changed at the last moment, or the store is
-				// unreachable: we still own the guest, so it stays here.
-				why := "the handover transaction did not commit"
-				if err != nil {
-					why += ": " + err.Error()
-				}
-				a.cancelSource(ctx, in, m, why)
-				return nil
-			}
-			_ = orev
-			in.steps = append(in.steps, a.step("paused before switchover", pausedAt), a.step("ownership handed over", time.Now()))
-			a.log.Info("ownership handed over", "vm", m.VM, "to", m.Target)
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = in.qmp.MigrateContinue(cctx, "pre-switchover")
-			cancel()
-			if err != nil {
-				a.log.Error("migrate-continue failed after the handover", "vm", m.VM, "err", err)
-			}
-			continue
 		case "completed":
 			doneAt := time.Now()
 			// QEMU 7.2 reports "completed" a moment before it has computed
@@ -186,18 +158,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 				}
 				cancel()
 			}
-			a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
-				if cur.ID != m.ID {
-					return errors.New("another migration")
-				}
-				cur.TotalTimeMS, cur.DowntimeMS = info.TotalTime, info.Downtime
-				cur.Timeline = append(append(cur.Timeline, in.steps...), a.step("source completed", doneAt))
-				cur.Progress = progressOf(info, cur.Progress)
-				return nil
-			})
-			// The guest now belongs to the target: destroy our copy.
-			a.log.Info("migration completed on the source", "vm", m.VM, "total_ms", info.TotalTime, "downtime_ms", info.Downtime)
-			return a.stop(ctx, in, true, 0, "")
+			return a.awaitTakeover(ctx, in, m, info, doneAt)
 		case "failed", "cancelled":
 			a.sourceFailed(ctx, in, m, info)
 			return nil
@@ -329,18 +290,60 @@ func syncFile(path string) {
 	f.Close()
 }
 
-// targetStale is how old a target's heartbeat may be at switchover.
-const targetStale = 5 * time.Second
+// takeoverTimeout is how long a source whose stream completed waits for the
+// target to take the guest over before it takes it back.
+const takeoverTimeout = 10 * time.Second
 
-func (a *Agent) heartbeatAge(ctx context.Context, node string) (time.Duration, error) {
-	nodes, err := a.st.ListNodes(ctx)
-	if err != nil {
-		return 0, err
-	}
-	for _, n := range nodes {
-		if n.Name == node {
-			return time.Since(n.Heartbeat), nil
+// awaitTakeover runs once the source's QEMU has sent everything and stopped
+// (postmigrate). The target takes ownership in one transaction and runs the
+// guest; then the source destroys its copy. If the target does not, the
+// source ends the migration with a compare-and-swap that excludes the
+// target's transaction, and only then resumes its copy.
+func (a *Agent) awaitTakeover(ctx context.Context, in *instance, m *api.Migration, info qemu.MigrationInfo, doneAt time.Time) error {
+	deadline := time.Now().Add(takeoverTimeout)
+	for {
+		cur, _, err := a.st.GetMigration(ctx, m.VM)
+		if err == nil && cur != nil && cur.ID == m.ID {
+			switch {
+			case cur.Phase == api.MigSwitchover || cur.Phase == api.MigCompleted:
+				a.st.UpdateMigration(ctx, m.VM, func(c *api.Migration) error {
+					if c.ID != m.ID {
+						return errors.New("another migration")
+					}
+					c.TotalTimeMS, c.DowntimeMS = info.TotalTime, info.Downtime
+					c.Progress = progressOf(info, c.Progress)
+					c.Timeline = append(append(c.Timeline, in.steps...), a.step("source completed", doneAt))
+					return nil
+				})
+				a.log.Info("guest taken over by the target; destroying the source copy", "vm", m.VM,
+					"total_ms", info.TotalTime, "downtime_ms", info.Downtime)
+				return a.stop(ctx, in, true, 0, "")
+			case api.MigrationTerminal(cur.Phase):
+				a.resumeSource(ctx, in)
+				return nil
+			case cur.Cancel || time.Now().After(deadline):
+				phase, why := api.MigCancelled, "cancelled after the copy"
+				if !cur.Cancel {
+					phase, why = api.MigFailed, fmt.Sprintf("the target did not take the guest over within %s", takeoverTimeout)
+				}
+				_, _, err := a.st.UpdateMigration(ctx, m.VM, func(c *api.Migration) error {
+					if c.ID != m.ID || c.Phase != api.MigCopying {
+						return errors.New("the target took over")
+					}
+					c.Phase, c.Error, c.Finished = phase, why+"; the guest keeps running on "+a.cfg.Node, time.Now().UTC()
+					return nil
+				})
+				if err == nil {
+					a.resumeSource(ctx, in)
+					a.log.Info("migration ended after the copy; the guest stays here", "vm", m.VM, "phase", phase)
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return 1 << 62, nil
 }

@@ -436,5 +436,10 @@ func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, 200, s.Cluster)
+	info := s.Cluster
+	// Every etcd member now, not only those known at start.
+	if urls, err := s.st.ClientURLs(r.Context()); err == nil && len(urls) > 0 {
+		info.EtcdEndpoints = urls
+	}
+	writeJSON(w, 200, info)
 }

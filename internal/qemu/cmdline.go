@@ -64,6 +64,9 @@ type Config struct {
 	Prefix []string
 }
 
+// accelArg is the -accel value.
+func (c *Config) accelArg() string { return c.Accel }
+
 // Validate reports a configuration QEMU would reject or that would be unsafe.
 func (c *Config) Validate() error {
 	switch {
@@ -97,7 +100,8 @@ func (c *Config) Args() []string {
 	a := []string{
 		"-name", "guest=" + c.Name + ",debug-threads=on",
 		"-uuid", c.UUID,
-		"-machine", "pc,accel=" + c.Accel,
+		"-machine", "pc",
+		"-accel", c.accelArg(),
 		"-m", strconv.Itoa(c.MemoryMiB),
 		"-smp", strconv.Itoa(c.CPUs),
 		"-nodefaults", "-no-user-config",

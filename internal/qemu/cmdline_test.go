@@ -18,7 +18,7 @@ func baseConfig() *Config {
 func TestArgs(t *testing.T) {
 	a := strings.Join(baseConfig().Args(), " ")
 	for _, want := range []string{
-		"-uuid u-1", "-machine pc,accel=tcg", "-m 256", "-smp 2", "-daemonize -pidfile /d/web.pid", "-no-reboot",
+		"-uuid u-1", "-machine pc -accel tcg", "-m 256", "-smp 2", "-daemonize -pidfile /d/web.pid", "-no-reboot",
 		"socket,id=qmp,path=/run/f/web.qmp,server=on,wait=off",
 		"logfile=/d/console.log", "-kernel /i/vmlinuz", "-initrd /i/initrd",
 		"driver=qcow2,node-name=disk0,file=disk0-file", "virtio-blk-pci,drive=disk0",

@@ -18,6 +18,10 @@ type EmbedConfig struct {
 	ClientURL string // e.g. http://127.0.0.1:2379
 	PeerURL   string // e.g. http://127.0.0.1:2380
 	Log       *slog.Logger
+	// InitialCluster lists name=peerURL of every member when this member
+	// joins an existing cluster (then Existing is true); empty for the first.
+	InitialCluster string
+	Existing       bool
 }
 
 // Embedded is a running embedded etcd server.
@@ -44,6 +48,12 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = fmt.Sprintf("%s=%s", c.Name, c.PeerURL)
+	if c.InitialCluster != "" {
+		cfg.InitialCluster = c.InitialCluster
+	}
+	if c.Existing {
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	}
 	// etcd's own zap logging is silenced (it reports routine shutdown as
 	// errors); its serving errors arrive on e.Err() and are logged by Ferry.
 	cfg.Logger = "zap"

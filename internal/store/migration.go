@@ -16,6 +16,8 @@ const MigrationPrefix = Prefix + "migrations/"
 // GetMigration returns a VM's current or last migration and its revision
 // (nil if it never migrated).
 func (s *Store) GetMigration(ctx context.Context, vm string) (*api.Migration, int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, MigrationPrefix+vm)
 	if err != nil {
 		return nil, 0, unavailable(err)
@@ -32,6 +34,8 @@ func (s *Store) GetMigration(ctx context.Context, vm string) (*api.Migration, in
 
 // StartMigration records a new migration unless one is already under way.
 func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	key := MigrationPrefix + m.VM
 	cur, rev, err := s.GetMigration(ctx, m.VM)
 	if err != nil {
@@ -57,6 +61,8 @@ func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
 // UpdateMigration applies fn to a VM's migration with optimistic concurrency
 // and returns the stored result and its revision. fn returning an error aborts.
 func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Migration) error) (*api.Migration, int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	key := MigrationPrefix + vm
 	for {
 		m, rev, err := s.GetMigration(ctx, vm)
@@ -81,12 +87,15 @@ func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Mig
 	}
 }
 
-// Handover is the switchover of a live migration, in one transaction: if the
-// source still owns the VM and the migration record is exactly as the source
-// last read it (not cancelled meanwhile), ownership (bound to the target's
+// Takeover is the switchover of a live migration, in one transaction made
+// by the target once the stream has arrived (its QEMU still paused): if the
+// source still owns the VM and the migration record is exactly as the target
+// read it (still copying, not cancelled), ownership (bound to the target's
 // lease) and placement move to the target and the migration enters
-// switchover. It returns the revision of the new ownership key.
-func (s *Store) Handover(ctx context.Context, m *api.Migration, rev int64) (int64, bool, error) {
+// switchover. Only then may the target run the guest.
+func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease clientv3.LeaseID) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	next := *m
 	next.Phase = api.MigSwitchover
 	b, _ := json.Marshal(next)
@@ -94,20 +103,22 @@ func (s *Store) Handover(ctx context.Context, m *api.Migration, rev int64) (int6
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(ok), "=", m.Source),
 			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
-		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(m.TargetLease))),
+		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(lease)),
 			clientv3.OpPut(PlacementPrefix+m.VM, m.Target),
 			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
-		return 0, false, unavailable(err)
+		return false, unavailable(err)
 	}
 	if resp.Succeeded {
 		*m = next
 	}
-	return resp.Header.Revision, resp.Succeeded, nil
+	return resp.Succeeded, nil
 }
 
 // Owner returns who owns a VM and the ownership key's revision.
 func (s *Store) Owner(ctx context.Context, vm string) (string, int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, OwnerPrefix+vm)
 	if err != nil {
 		return "", 0, unavailable(err)
@@ -126,6 +137,8 @@ type MigrationRev struct {
 
 // ListMigrations returns every VM's current or last migration.
 func (s *Store) ListMigrations(ctx context.Context) ([]MigrationRev, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, MigrationPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, unavailable(err)
@@ -143,6 +156,8 @@ func (s *Store) ListMigrations(ctx context.Context) ([]MigrationRev, error) {
 // PutMigrationGuarded writes a migration if it is still at rev (0: absent)
 // and the leader guard holds.
 func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard clientv3.Cmp) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	b, _ := json.Marshal(m)
 	key := MigrationPrefix + m.VM
 	resp, err := s.cli.Txn(ctx).
@@ -157,6 +172,8 @@ func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev i
 // MovePlacement moves a VM that runs nowhere (no ownership key) from one
 // node to another, under the leader guard.
 func (s *Store) MovePlacement(ctx context.Context, vm, from, to string, guard clientv3.Cmp) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Txn(ctx).
 		If(guard, clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
 			clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0)).

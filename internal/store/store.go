@@ -40,7 +40,11 @@ func Open(ctx context.Context, endpoints []string) (*Store, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
-		Logger:      nopZap(),
+		// Notice a member that stopped answering (a host cut off) and move
+		// to another, instead of waiting for TCP to give up.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		Logger:               nopZap(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", endpoints, err)
@@ -93,6 +97,8 @@ func MACFor(ip netip.Addr) string {
 // CreateVM stores a new VM spec with a freshly allocated address. It fails
 // with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	for attempt := 0; attempt < 64; attempt++ {
 		// Concurrent creators race for the lowest free address; on each
 		// retry take one further along so they spread out.
@@ -152,6 +158,8 @@ func (s *Store) freeAddress(ctx context.Context, skip int) (netip.Addr, error) {
 
 // GetVM returns spec, placement and status of one VM.
 func (s *Store) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(VMPrefix+name), clientv3.OpGet(PlacementPrefix+name), clientv3.OpGet(StatusPrefix+name),
 	).Commit()
@@ -177,6 +185,8 @@ func (s *Store) GetVM(ctx context.Context, name string) (*api.VM, error) {
 
 // ListVMs returns every VM, sorted by name.
 func (s *Store) ListVMs(ctx context.Context) ([]api.VM, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(VMPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
 		clientv3.OpGet(PlacementPrefix, clientv3.WithPrefix()),
@@ -211,6 +221,8 @@ func (s *Store) ListVMs(ctx context.Context) ([]api.VM, error) {
 // UpdateSpec applies fn to a VM's spec with optimistic concurrency, retrying
 // if someone else changed it meanwhile. fn may return an error to abort.
 func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec) error) (*api.VMSpec, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	key := VMPrefix + name
 	for {
 		resp, err := s.cli.Get(ctx, key)
@@ -242,6 +254,8 @@ func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec
 
 // PutStatus records a VM's observed status, unless the VM has been removed.
 func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	st.UpdatedAt = time.Now().UTC()
 	b, _ := json.Marshal(st)
 	_, err := s.cli.Txn(ctx).
@@ -253,6 +267,8 @@ func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) err
 // Place assigns an unplaced VM to a node. guard, if non-nil, is the leader's
 // fencing compare: a deposed leader's write fails.
 func (s *Store) Place(ctx context.Context, name, node string, guard *clientv3.Cmp) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	cmps := []clientv3.Cmp{
 		clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
 		clientv3.Compare(clientv3.Version(PlacementPrefix+name), "=", 0),
@@ -270,6 +286,8 @@ func (s *Store) Place(ctx context.Context, name, node string, guard *clientv3.Cm
 // DeleteVM removes every key of a VM, its address claim included. The
 // hosting agent calls it once the guest is gone and its files are removed.
 func (s *Store) DeleteVM(ctx context.Context, name string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, VMPrefix+name)
 	if err != nil {
 		return unavailable(err)
@@ -295,6 +313,8 @@ func (s *Store) DeleteVM(ctx context.Context, name string) error {
 // node owns it. It returns the ownership key's mod revision: the fencing
 // token a host checks before it starts or resumes the guest.
 func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clientv3.LeaseID) (int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	key := OwnerPrefix + name
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Version(key), "=", 0)).
@@ -325,6 +345,8 @@ func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clien
 
 // CheckOwner reports whether node still owns the VM at exactly revision rev.
 func (s *Store) CheckOwner(ctx context.Context, name, node string, rev int64) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, OwnerPrefix+name)
 	if err != nil {
 		return false, unavailable(err)
@@ -334,6 +356,8 @@ func (s *Store) CheckOwner(ctx context.Context, name, node string, rev int64) (b
 
 // ReleaseOwner drops node's ownership of a VM (if it holds it).
 func (s *Store) ReleaseOwner(ctx context.Context, name, node string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	key := OwnerPrefix + name
 	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", node)).Then(clientv3.OpDelete(key)).Commit()
 	return unavailable(err)
@@ -341,6 +365,8 @@ func (s *Store) ReleaseOwner(ctx context.Context, name, node string) error {
 
 // PutNode records a node, bound to its lease so it vanishes when the node dies.
 func (s *Store) PutNode(ctx context.Context, n api.Node, lease clientv3.LeaseID) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	b, _ := json.Marshal(n)
 	_, err := s.cli.Put(ctx, NodePrefix+n.Name, string(b), clientv3.WithLease(lease))
 	return unavailable(err)
@@ -349,6 +375,8 @@ func (s *Store) PutNode(ctx context.Context, n api.Node, lease clientv3.LeaseID)
 // ListNodes returns every registered node, sorted by name, with the
 // operator's maintenance flag merged in.
 func (s *Store) ListNodes(ctx context.Context) ([]api.Node, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(NodePrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
 		clientv3.OpGet(NodeMetaPrefix, clientv3.WithPrefix())).Commit()
@@ -367,14 +395,25 @@ func (s *Store) ListNodes(ctx context.Context) ([]api.Node, error) {
 		var n api.Node
 		if json.Unmarshal(kv.Value, &n) == nil {
 			n.Maintenance = meta[n.Name].Maintenance
+			// A node that stopped reporting is not ready, even while its
+			// lease (and so its record) has not expired yet.
+			if time.Since(n.Heartbeat) > StaleHeartbeat {
+				n.State = "not-ready"
+			}
 			out = append(out, n)
 		}
 	}
 	return out, nil
 }
 
+// StaleHeartbeat is how old a node's last heartbeat may be for it to count
+// as ready (agents report every 2 s).
+const StaleHeartbeat = 6 * time.Second
+
 // SetMaintenance puts a node into maintenance (drain) or takes it out.
 func (s *Store) SetMaintenance(ctx context.Context, node string, on bool) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	if !on {
 		_, err := s.cli.Delete(ctx, NodeMetaPrefix+node)
 		return unavailable(err)
@@ -388,4 +427,16 @@ func (s *Store) SetMaintenance(ctx context.Context, node string, on bool) error 
 func NameFromKey(key []byte) string {
 	k := string(key)
 	return k[strings.LastIndexByte(k, '/')+1:]
+}
+
+// OpTimeout bounds a store operation whose context has no deadline, so that
+// a request sent to an etcd member that was cut off fails (and is retried
+// by the caller's loop) instead of hanging.
+const OpTimeout = 5 * time.Second
+
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, OpTimeout)
 }

@@ -101,7 +101,9 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i))})
 	}
 	defer func() {
-		if err != nil {
+		// FERRY_TESTBED_KEEP=1 keeps a testbed that failed to come up, to
+		// read its agents' logs; remove it with ferry testbed down.
+		if err != nil && os.Getenv("FERRY_TESTBED_KEEP") == "" {
 			b.Down()
 			b = nil
 		}
@@ -121,9 +123,16 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
 		return b, err
 	}
+	// etcd members join one at a time (etcd adds one learner-free member
+	// at a time safely); the other hosts can start together.
 	for i := range b.Hosts {
 		if err := b.StartAgent(ctx, i); err != nil {
 			return b, err
+		}
+		if i < Servers(len(b.Hosts)) {
+			if err := b.WaitNodes(ctx, i+1); err != nil {
+				return b, err
+			}
 		}
 	}
 	return b, b.WaitNodes(ctx, len(b.Hosts))
@@ -195,7 +204,20 @@ func (b *Bed) AgentArgs(i int) []string {
 	if i == 0 {
 		return append(a, "--server")
 	}
-	return append(a, "--join", b.Hosts[0].Addr+":7443")
+	a = append(a, "--join", b.Hosts[0].Addr+":7443")
+	if i < Servers(len(b.Hosts)) {
+		a = append(a, "--server") // an etcd member too
+	}
+	return a
+}
+
+// Servers is how many of n hosts run an etcd member: three when there are
+// three or more (so the store survives a host), else one.
+func Servers(n int) int {
+	if n >= 3 {
+		return 3
+	}
+	return 1
 }
 
 // StartAgent starts host i's agent inside its namespace.

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ClientURLs lists the client URLs of every etcd member.
+func (s *Store) ClientURLs(ctx context.Context) ([]string, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.MemberList(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var urls []string
+	for _, m := range resp.Members {
+		urls = append(urls, m.ClientURLs...)
+	}
+	return urls, nil
+}
+
+// HasMemberData reports whether dataDir already holds an etcd member (a
+// restart, not a first join).
+func HasMemberData(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, "member"))
+	return err == nil
+}
+
+// AddMember adds a new etcd member (name, peerURL) to the cluster behind
+// endpoints and returns the --initial-cluster string the new member must
+// start with.
+func AddMember(ctx context.Context, endpoints []string, name, peerURL string) (string, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: nopZap()})
+	if err != nil {
+		return "", err
+	}
+	defer cli.Close()
+	list, err := cli.MemberList(ctx)
+	if err != nil {
+		return "", fmt.Errorf("listing etcd members: %w", err)
+	}
+	var parts []string
+	for _, m := range list.Members {
+		for _, u := range m.PeerURLs {
+			if u == peerURL {
+				// Added before (a join that failed half-way): remove and re-add.
+				if _, err := cli.MemberRemove(ctx, m.ID); err != nil {
+					return "", fmt.Errorf("removing stale member %s: %w", u, err)
+				}
+			}
+		}
+	}
+	// etcd refuses a new member until the previous one has been connected
+	// for a while ("unhealthy cluster"): retry for a minute.
+	var resp *clientv3.MemberAddResponse
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err = cli.MemberAdd(ctx, []string{peerURL})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || !strings.Contains(err.Error(), "unhealthy cluster") {
+			return "", fmt.Errorf("adding etcd member %s: %w", peerURL, err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	for _, m := range resp.Members {
+		n := m.Name
+		if m.ID == resp.Member.ID {
+			n = name
+		}
+		if n == "" || len(m.PeerURLs) == 0 {
+			continue
+		}
+		parts = append(parts, n+"="+m.PeerURLs[0])
+	}
+	return strings.Join(parts, ","), nil
+}
