@@ -265,7 +265,9 @@ func (c *Client) WaitMigration(ctx context.Context, name, id string, progress fu
 			if progress != nil {
 				progress(m)
 			}
-			if api.MigrationTerminal(m.Phase) {
+			// The target marks completion; the source adds QEMU's figures a
+			// moment later: wait for them (briefly).
+			if api.MigrationTerminal(m.Phase) && (m.Phase != api.MigCompleted || m.TotalTimeMS > 0 || time.Since(m.Finished) > 3*time.Second) {
 				return m, nil
 			}
 		}
