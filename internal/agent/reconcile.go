@@ -39,7 +39,10 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 	// A guest that exited: record why, and let go of it.
 	if in != nil && !in.alive() {
 		a.forget(ctx, in)
-		if !in.expectExit && vm != nil && vm.Node == a.cfg.Node {
+		in.mu.Lock()
+		expected := in.expectExit
+		in.mu.Unlock()
+		if !expected && vm != nil && vm.Node == a.cfg.Node {
 			phase, msg := in.exitSummary()
 			a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
 			a.putStatus(ctx, name, api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,

@@ -357,13 +357,8 @@ func (s *Server) startVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restartVM(w http.ResponseWriter, r *http.Request) {
-	var req api.VMStopRequest
-	if err := decode(w, r, &req, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := validGrace(req.Timeout); err != nil {
-		writeError(w, err)
+	req, ok := decodeStop(w, r)
+	if !ok {
 		return
 	}
 	s.update(w, r, func(sp *api.VMSpec) error {
@@ -375,13 +370,8 @@ func (s *Server) restartVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) stopVM(w http.ResponseWriter, r *http.Request) {
-	var req api.VMStopRequest
-	if err := decode(w, r, &req, true); err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := validGrace(req.Timeout); err != nil {
-		writeError(w, err)
+	req, ok := decodeStop(w, r)
+	if !ok {
 		return
 	}
 	s.update(w, r, func(sp *api.VMSpec) error {
@@ -389,6 +379,20 @@ func (s *Server) stopVM(w http.ResponseWriter, r *http.Request) {
 		sp.StopForce, sp.StopGrace = req.Force, req.Timeout
 		return nil
 	})
+}
+
+// decodeStop reads an optional stop/restart body and validates its timeout.
+func decodeStop(w http.ResponseWriter, r *http.Request) (api.VMStopRequest, bool) {
+	var req api.VMStopRequest
+	if err := decode(w, r, &req, true); err != nil {
+		writeError(w, err)
+		return req, false
+	}
+	if err := validGrace(req.Timeout); err != nil {
+		writeError(w, err)
+		return req, false
+	}
+	return req, true
 }
 
 func validGrace(t string) error {
