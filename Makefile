@@ -7,7 +7,7 @@ IMAGE_DIR  ?= /var/cache/ferry/images
 BIN        := $(CURDIR)/bin
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build image demo test unit e2e bench vet clean
+.PHONY: all deps build image demo test unit e2e bench vet fuzz clean
 
 all: build
 
@@ -37,6 +37,12 @@ unit: deps
 
 e2e: image
 	FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
+
+# Short fuzz runs of the QMP reader and the API's body decoding.
+FUZZTIME ?= 15s
+fuzz: deps
+	$(GO) test -run '^$$' -fuzz FuzzQMPReader -fuzztime $(FUZZTIME) ./internal/qemu/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeBodies -fuzztime $(FUZZTIME) ./internal/apiserver/
 
 bench: image
 	$(BIN)/ferry bench startup --json --image-dir $(IMAGE_DIR)
