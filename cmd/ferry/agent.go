@@ -40,6 +40,8 @@ type agentOpts struct {
 	vni           int
 	migPerHost    int
 	migPerCluster int
+	// changed reports whether a flag was set explicitly.
+	changed       func(name string) bool
 	listen        string
 	etcdEndpoints []string
 	etcdClientURL string
@@ -67,7 +69,8 @@ and admin credentials in --data-dir, where the CLI finds them.
 Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runAgent(context.WithValue(cmd.Context(), cmdKey{}, cmd), g, o)
+			o.changed = cmd.Flags().Changed
+			return runAgent(cmd.Context(), g, o)
 		},
 	}
 	f := c.Flags()
@@ -114,13 +117,13 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		if adv = net.ParseIP(o.advertise).To4(); adv == nil {
 			return fmt.Errorf("--advertise must be this host's IPv4 underlay address, not %q", o.advertise)
 		}
-		if !flagChanged(ctx, "listen") {
+		if !o.changed("listen") {
 			o.listen = net.JoinHostPort(adv.String(), "7443")
 		}
-		if !flagChanged(ctx, "etcd-client-url") {
+		if !o.changed("etcd-client-url") {
 			o.etcdClientURL = "http://" + net.JoinHostPort(adv.String(), "2379")
 		}
-		if !flagChanged(ctx, "etcd-peer-url") {
+		if !o.changed("etcd-peer-url") {
 			o.etcdPeerURL = "http://" + net.JoinHostPort(adv.String(), "2380")
 		}
 	}
@@ -343,13 +346,3 @@ func fetchCluster(ctx context.Context, pkiDir, addr string) (*api.ClusterInfo, e
 	}
 	return nil, fmt.Errorf("--join %s: cannot reach the cluster API: %w", addr, last)
 }
-
-// flagChanged reports whether the agent command's flag was set explicitly.
-func flagChanged(ctx context.Context, name string) bool {
-	if c, ok := ctx.Value(cmdKey{}).(*cobra.Command); ok {
-		return c.Flags().Changed(name)
-	}
-	return false
-}
-
-type cmdKey struct{}

@@ -25,6 +25,15 @@ func (g *globals) client() (*client.Client, error) {
 	return client.FromDataDir(g.dataDir, g.server)
 }
 
+// outputClient checks --output and returns a client: what every command
+// that prints a table or JSON does first.
+func (g *globals) outputClient() (*client.Client, error) {
+	if err := checkOutput(g); err != nil {
+		return nil, err
+	}
+	return g.client()
+}
+
 func envOr(k, d string) string {
 	if v := os.Getenv(k); v != "" {
 		return v

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -19,10 +20,7 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 		Short: "Live-migrate a running VM to another host, with a progress bar",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -56,7 +54,7 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 			if g.output == "table" {
 				fmt.Fprintf(os.Stderr, "migrating %s from %s to %s (%s, max downtime %dms)\n", name, m.Source, m.Target, m.Options.Strategy, m.Options.MaxDowntimeMS)
 			}
-			wctx, cancel := ctxTimeout(ctx, timeout)
+			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			m, err = cl.WaitMigration(wctx, name, m.ID, func(m *api.Migration) {
 				if tty {

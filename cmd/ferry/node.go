@@ -16,10 +16,7 @@ func nodeCmd(g *globals) *cobra.Command {
 	c.AddCommand(&cobra.Command{
 		Use: "list", Short: "List hosts with state, capacity and load", Args: cobra.NoArgs, Aliases: []string{"ls"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}

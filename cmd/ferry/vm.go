@@ -28,10 +28,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 		Short: "Create a VM and start it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -97,10 +94,7 @@ func vmListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use: "list", Short: "List VMs", Args: cobra.NoArgs, Aliases: []string{"ls"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -145,10 +139,7 @@ func vmShowCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use: "show NAME", Short: "Show a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -202,10 +193,7 @@ func vmStartCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use: "start NAME", Short: "Start a stopped or failed VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -233,10 +221,7 @@ func vmStopCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use: "stop NAME", Short: "Stop a VM (ACPI shutdown, then power off after --timeout)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
@@ -274,10 +259,7 @@ func vmRestartCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use: "restart NAME", Short: "Restart a VM: stop it, then start a fresh QEMU", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(g); err != nil {
-				return err
-			}
-			cl, err := g.client()
+			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}

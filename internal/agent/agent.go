@@ -5,7 +5,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -291,8 +290,6 @@ func (a *Agent) ConsoleLog(name string) string {
 func (a *Agent) Node() string { return a.cfg.Node }
 
 func (a *Agent) vmDir(name string) string { return filepath.Join(a.cfg.DataDir, "vms", name) }
-
-var errGone = errors.New("guest is gone")
 
 // overlayLoop keeps the VXLAN flood list equal to the cluster's hosts (plus
 // static peers): new hosts join the overlay, gone hosts leave it.

@@ -278,16 +278,14 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 			if m == nil || m.ID != in.migrationID || m.Phase != api.MigCopying || m.Cancel || attempt == 20 {
 				return false, nil
 			}
-			ok, err := a.st.Takeover(ctx, m, rev, a.lease())
+			trev, ok, err := a.st.Takeover(ctx, m, rev, a.lease())
 			if err != nil {
 				return false, err
 			}
 			if ok {
+				orev = trev
 				break
 			}
-		}
-		if owner, orev, err = a.st.Owner(ctx, in.name); err != nil || owner != a.cfg.Node {
-			return false, err
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -138,25 +138,6 @@ func (o *Overlay) SyncPeers(peers []net.IP) error {
 	return nil
 }
 
-// Peers returns the current flood destinations.
-func (o *Overlay) Peers() ([]net.IP, error) {
-	vx, err := netlink.LinkByName(o.VXLAN)
-	if err != nil {
-		return nil, err
-	}
-	neighs, err := netlink.NeighList(vx.Attrs().Index, syscall.AF_BRIDGE)
-	if err != nil {
-		return nil, err
-	}
-	var out []net.IP
-	for _, n := range neighs {
-		if n.IP != nil && n.HardwareAddr.String() == "00:00:00:00:00:00" {
-			out = append(out, n.IP)
-		}
-	}
-	return out, nil
-}
-
 // CreateTap makes a persistent tap device for a guest and attaches it to the bridge.
 func CreateTap(name, bridge string, mtu int) error {
 	br, err := netlink.LinkByName(bridge)

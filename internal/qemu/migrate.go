@@ -52,11 +52,6 @@ func (c *Client) MigrateIncoming(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
 }
 
-// MigrateContinue lets a migration paused at state (pre-switchover) go on.
-func (c *Client) MigrateContinue(ctx context.Context, state string) error {
-	return c.Execute(ctx, "migrate-continue", map[string]any{"state": state}, nil)
-}
-
 // MigrateCancel cancels an outgoing migration.
 func (c *Client) MigrateCancel(ctx context.Context) error {
 	return c.Execute(ctx, "migrate_cancel", nil, nil)
@@ -85,9 +80,6 @@ func (c *Client) AnnounceSelf(ctx context.Context, rounds int) error {
 
 // Cont resumes the CPUs.
 func (c *Client) Cont(ctx context.Context) error { return c.Execute(ctx, "cont", nil, nil) }
-
-// Stop pauses the CPUs.
-func (c *Client) Stop(ctx context.Context) error { return c.Execute(ctx, "stop", nil, nil) }
 
 // Terminal reports whether a migration status is final.
 func Terminal(status string) bool {

@@ -62,18 +62,12 @@ func ReadPidFile(path string) (int, error) {
 // IsGuest reports whether pid is a live QEMU process running the guest with
 // this uuid. Checking the command line guards against pid reuse.
 func IsGuest(pid int, uuid string) bool {
-	if pid <= 0 {
+	if pid <= 0 || !Running(pid) {
 		return false
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return false
-	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie has exited; it only waits to be reaped.
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			return false
-		}
 	}
 	args := bytes.Split(b, []byte{0})
 	for i := 0; i+1 < len(args); i++ {
@@ -82,6 +76,17 @@ func IsGuest(pid int, uuid string) bool {
 		}
 	}
 	return false
+}
+
+// Running reports whether process pid exists and has not exited (a zombie
+// has exited; it only waits to be reaped).
+func Running(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(st, ')')
+	return i > 0 && i+2 < len(st) && st[i+2] != 'Z'
 }
 
 // Kill sends SIGKILL to the guest's QEMU and waits until it is gone.

@@ -145,13 +145,6 @@ func (c *Client) Events() <-chan Event { return c.events }
 // Done is closed when the connection has ended.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection ended, once Done is closed.
-func (c *Client) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
 // Close ends the connection.
 func (c *Client) Close() error {
 	err := c.conn.Close()

@@ -92,8 +92,9 @@ func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Mig
 // source still owns the VM and the migration record is exactly as the target
 // read it (still copying, not cancelled), ownership (bound to the target's
 // lease) and placement move to the target and the migration enters
-// switchover. Only then may the target run the guest.
-func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease clientv3.LeaseID) (bool, error) {
+// switchover. Only then may the target run the guest. It returns the new
+// ownership key's revision: the target's fencing token.
+func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease clientv3.LeaseID) (int64, bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	next := *m
@@ -107,12 +108,13 @@ func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease
 			clientv3.OpPut(PlacementPrefix+m.VM, m.Target),
 			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
-		return false, unavailable(err)
+		return 0, false, unavailable(err)
 	}
-	if resp.Succeeded {
-		*m = next
+	if !resp.Succeeded {
+		return 0, false, nil
 	}
-	return resp.Succeeded, nil
+	*m = next
+	return resp.Header.Revision, true, nil
 }
 
 // Owner returns who owns a VM and the ownership key's revision.

@@ -190,3 +190,46 @@ func TestUpdateSpecAndStatus(t *testing.T) {
 		t.Fatalf("update of deleted vm: %v", err)
 	}
 }
+
+func TestTakeover(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := st.Client().Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := st.Client().Grant(ctx, 30)
+	if _, err := st.AcquireOwner(ctx, "m", "h1", src.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartMigration(ctx, &api.Migration{ID: "x", VM: "m", Source: "h1", Target: "h2", Phase: api.MigCopying}); err != nil {
+		t.Fatal(err)
+	}
+	m, rev, _ := st.GetMigration(ctx, "m")
+	// A record changed since it was read (a cancel, say) blocks the takeover.
+	if _, _, err := st.UpdateMigration(ctx, "m", func(c *api.Migration) error { c.Cancel = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := st.Takeover(ctx, m, rev, dst.ID); err != nil || ok {
+		t.Fatalf("takeover over a changed record: ok=%v err=%v", ok, err)
+	}
+	if owner, _, _ := st.Owner(ctx, "m"); owner != "h1" {
+		t.Fatalf("owner %q after a refused takeover", owner)
+	}
+	m, rev, _ = st.GetMigration(ctx, "m")
+	orev, ok, err := st.Takeover(ctx, m, rev, dst.ID)
+	if err != nil || !ok {
+		t.Fatalf("takeover: %v %v", ok, err)
+	}
+	if good, _ := st.CheckOwner(ctx, "m", "h2", orev); !good {
+		t.Fatal("the returned revision is not the target's fencing token")
+	}
+	vm, _ := st.GetVM(ctx, "m")
+	m, _, _ = st.GetMigration(ctx, "m")
+	if vm.Node != "h2" || m.Phase != api.MigSwitchover {
+		t.Fatalf("placement %q, phase %q after takeover", vm.Node, m.Phase)
+	}
+}

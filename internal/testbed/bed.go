@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/vishvananda/netns"
 )
 
@@ -259,23 +260,14 @@ func (b *Bed) StopAgent(i int, sig syscall.Signal) error {
 	}
 	syscall.Kill(h.PID, sig)
 	deadline := time.Now().Add(20 * time.Second)
-	for alive(h.PID) && time.Now().Before(deadline) {
+	for qemu.Running(h.PID) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if alive(h.PID) {
+	if qemu.Running(h.PID) {
 		syscall.Kill(h.PID, syscall.SIGKILL)
 	}
 	h.PID = 0
 	return b.save()
-}
-
-func alive(pid int) bool {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(st, ')')
-	return i > 0 && i+2 < len(st) && st[i+2] != 'Z'
 }
 
 // WaitNodes waits until n hosts are registered and ready.
@@ -445,7 +437,7 @@ func pidsInNetns(ns string) []int {
 		if syscall.Stat(filepath.Join("/proc", e.Name(), "ns", "net"), &st) != nil {
 			continue
 		}
-		if st.Ino == want.Ino && st.Dev == want.Dev && alive(pid) {
+		if st.Ino == want.Ino && st.Dev == want.Dev && qemu.Running(pid) {
 			pids = append(pids, pid)
 		}
 	}

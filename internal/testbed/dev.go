@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -232,12 +233,9 @@ func pidsWithArg(comm, needle string) []int {
 		if err != nil || !bytes.Contains(b, []byte(comm)) || !bytes.Contains(b, []byte(needle)) {
 			continue
 		}
-		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-				continue
-			}
+		if qemu.Running(pid) {
+			pids = append(pids, pid)
 		}
-		pids = append(pids, pid)
 	}
 	return pids
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
 
@@ -88,8 +89,7 @@ func qemuProcs(b *testbed.Bed, uuid string) []qemuProc {
 		if err != nil || !bytes.Contains(cmd, []byte("qemu-system")) || !bytes.Contains(cmd, []byte("\x00"+uuid+"\x00")) {
 			continue
 		}
-		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+		if !qemu.Running(pid) {
 			continue
 		}
 		for _, h := range b.Hosts {

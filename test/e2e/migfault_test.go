@@ -52,7 +52,7 @@ func TestMigrationFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitMigPhase(t, cl, vm.Spec.Name, m.ID, api.MigCopying)
-		time.Sleep(time.Second) // well into the copy
+		waitCopied(t, cl, vm.Spec.Name, m.ID, 16<<20) // well into the copy
 		return m
 	}
 	hostIndex := func(name string) int { i, _ := strconv.Atoi(strings.TrimPrefix(name, "h")); return i - 1 }
@@ -77,15 +77,9 @@ func TestMigrationFaults(t *testing.T) {
 		if err := b.StartAgent(ctx, i); err != nil {
 			t.Fatal(err)
 		}
-		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
 		// Either outcome is right, as long as exactly one copy runs where
 		// the record says.
-		where := vm.Node
-		if m.Phase == api.MigCompleted {
-			where = to
-		}
-		t.Logf("migration %s (%s)", m.Phase, m.Error)
-		auditOne(t, b, cl, vm, where)
+		auditOutcome(t, b, cl, vm, waitMigEnd(t, cl, vm.Spec.Name, m.ID))
 	})
 
 	t.Run("source QEMU dies mid-copy", func(t *testing.T) {
@@ -129,13 +123,7 @@ func TestMigrationFaults(t *testing.T) {
 		if err := b.WaitNodes(ctx, 3); err != nil {
 			t.Fatal(err)
 		}
-		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
-		where := vm.Node
-		if m.Phase == api.MigCompleted {
-			where = to
-		}
-		t.Logf("migration %s (%s)", m.Phase, m.Error)
-		auditOne(t, b, cl, vm, where)
+		auditOutcome(t, b, cl, vm, waitMigEnd(t, cl, vm.Spec.Name, m.ID))
 	})
 
 	t.Run("cancel races switchover", func(t *testing.T) {
@@ -189,6 +177,39 @@ func waitMigPhase(t *testing.T, cl *client.Client, vm, id, phase string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// waitCopied waits until the source reports at least n bytes sent.
+func waitCopied(t *testing.T, cl *client.Client, vm, id string, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		m, err := cl.GetMigration(context.Background(), vm)
+		if err == nil && m.ID == id {
+			if m.Progress.TransferredBytes >= n {
+				return
+			}
+			if m.Phase != api.MigCopying {
+				t.Fatalf("migration left copying (%s: %s) before %d bytes were sent", m.Phase, m.Error, n)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d bytes sent after a minute", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// auditOutcome checks the guest runs on exactly the host the migration's
+// outcome names: the target if it completed, else the source.
+func auditOutcome(t *testing.T, b *testbed.Bed, cl *client.Client, vm *api.VM, m *api.Migration) {
+	t.Helper()
+	where := m.Source
+	if m.Phase == api.MigCompleted {
+		where = m.Target
+	}
+	t.Logf("migration %s (%s)", m.Phase, m.Error)
+	auditOne(t, b, cl, vm, where)
 }
 
 func waitMigEnd(t *testing.T, cl *client.Client, vm, id string) *api.Migration {

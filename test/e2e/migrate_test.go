@@ -77,7 +77,18 @@ func TestMigrationKeepsConnection(t *testing.T) {
 		}
 		w.mu.Unlock()
 	}()
-	time.Sleep(500 * time.Millisecond) // a baseline of lines before moving
+	// A baseline of lines before moving.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		w.mu.Lock()
+		n := w.lines
+		w.mu.Unlock()
+		if n >= 50 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream gave only %d lines in 30 s", n)
+		}
+	}
 
 	var other string
 	for _, h := range b.Hosts {
