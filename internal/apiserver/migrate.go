@@ -9,6 +9,7 @@ import (
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/store"
 	"github.com/google/uuid"
 )
 
@@ -60,24 +61,31 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	vms, err := s.st.ListVMs(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	migs, err := s.st.ListMigrations(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	// Room counts guests already on their way to a host (see sched.FreeMemory).
+	free := sched.FreeMemory(nodes, vms, store.Migrations(migs))
 	target := req.To
 	switch target {
 	case "":
 		writeError(w, errdefs.Invalid(`"to" is required: a host name, or "auto"`))
 		return
 	case "auto":
-		vms, err := s.st.ListVMs(ctx)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
 		var cands []api.Node
 		for _, n := range sched.Schedulable(nodes) {
 			if n.Name != vm.Node {
 				cands = append(cands, n)
 			}
 		}
-		target = sched.Pick(cands, sched.FreeMemory(cands, vms), vm.Spec)
+		target = sched.Pick(cands, free, vm.Spec)
 		if target == "" {
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "no other ready host has room for this guest"))
 			return
@@ -105,6 +113,9 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 			return
 		case found.Maintenance:
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is in maintenance (undrain it first)", target)))
+			return
+		case free[target] < vm.Spec.MemoryMiB:
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s has no room: %d MiB free (guests placed there and on their way counted), the guest needs %d MiB", target, free[target], vm.Spec.MemoryMiB)))
 			return
 		}
 	}

@@ -76,7 +76,33 @@ func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 			queued = append(queued, m)
 		}
 	}
+	if len(queued) == 0 {
+		return nil
+	}
 	sort.Slice(queued, func(i, j int) bool { return queued[i].Started.Before(queued[j].Started) })
+	// Room on the targets counts only migrations already admitted: the
+	// queue is re-checked here, in the one place that admits, so two
+	// requests that raced each other cannot both fill the same host.
+	nodes, err := p.st.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	vms, err := p.st.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var admitted []api.Migration
+	mem := map[string]int{}
+	for _, vm := range vms {
+		mem[vm.Spec.Name] = vm.Spec.MemoryMiB
+	}
+	for _, m := range migs {
+		if Active(m.Phase) {
+			admitted = append(admitted, m.Migration)
+		}
+	}
+	targets := sched.Schedulable(nodes)
+	free := sched.FreeMemory(targets, vms, admitted)
 	for _, q := range queued {
 		if total >= p.PerCluster {
 			return nil
@@ -85,9 +111,17 @@ func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 			continue
 		}
 		m := q.Migration
-		if m.Cancel {
+		room, ready := free[m.Target]
+		switch {
+		case m.Cancel:
 			m.Phase, m.Error, m.Finished = api.MigCancelled, "cancelled while queued", time.Now().UTC()
-		} else {
+		case !ready:
+			m.Phase, m.Finished = api.MigFailed, time.Now().UTC()
+			m.Error = fmt.Sprintf("target host %s is no longer ready or is in maintenance; the guest stays on %s", m.Target, m.Source)
+		case room < mem[m.VM]:
+			m.Phase, m.Finished = api.MigFailed, time.Now().UTC()
+			m.Error = fmt.Sprintf("target host %s has no room: %d MiB free, the guest needs %d MiB; it stays on %s", m.Target, room, mem[m.VM], m.Source)
+		default:
 			m.Phase = api.MigPending
 			m.Timeline = append(m.Timeline, api.MigrationEvent{Step: "admitted", Host: "leader", At: time.Now().UTC()})
 		}
@@ -98,6 +132,7 @@ func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		if ok && m.Phase == api.MigPending {
 			perHost[m.Source]++
 			total++
+			free[m.Target] -= mem[m.VM]
 			p.log.Info("migration admitted", "vm", m.VM, "from", m.Source, "to", m.Target)
 		}
 	}
@@ -128,16 +163,7 @@ func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		byVM[m.VM] = m
 	}
 	targets := sched.Schedulable(nodes)
-	free := sched.FreeMemory(targets, vms)
-	for _, m := range migs { // reserve room for guests already on their way
-		if !api.MigrationTerminal(m.Phase) {
-			for _, vm := range vms {
-				if vm.Spec.Name == m.VM {
-					free[m.Target] -= vm.Spec.MemoryMiB
-				}
-			}
-		}
-	}
+	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
 	for _, vm := range vms {
 		if !draining[vm.Node] || vm.Spec.Deleting {
 			continue

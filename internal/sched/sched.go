@@ -46,7 +46,11 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 		return err
 	}
 	nodes = Schedulable(nodes)
-	free := FreeMemory(nodes, vms)
+	migs, err := s.st.ListMigrations(ctx)
+	if err != nil {
+		return err
+	}
+	free := FreeMemory(nodes, vms, store.Migrations(migs))
 	for _, vm := range vms {
 		if vm.Node != "" || vm.Spec.Deleting {
 			continue
@@ -78,17 +82,34 @@ func Schedulable(nodes []api.Node) []api.Node {
 	return out
 }
 
-// FreeMemory is each ready node's memory less what the VMs placed on it ask for.
-func FreeMemory(nodes []api.Node, vms []api.VM) map[string]int {
+// FreeMemory is each ready node's memory less what the VMs placed on it ask
+// for, and less what guests on their way to it (migrations not yet ended,
+// queued ones included) will need: two requests that each see room for one
+// more guest must not both send it to the same host.
+func FreeMemory(nodes []api.Node, vms []api.VM, migs []api.Migration) map[string]int {
 	free := map[string]int{}
 	for _, n := range nodes {
 		if n.State == "ready" {
 			free[n.Name] = n.MemoryMiB
 		}
 	}
+	mem := map[string]int{}
 	for _, vm := range vms {
+		mem[vm.Spec.Name] = vm.Spec.MemoryMiB
 		if _, ok := free[vm.Node]; ok {
 			free[vm.Node] -= vm.Spec.MemoryMiB
+		}
+	}
+	placed := map[string]string{}
+	for _, vm := range vms {
+		placed[vm.Spec.Name] = vm.Node
+	}
+	for _, m := range migs {
+		if api.MigrationTerminal(m.Phase) || placed[m.VM] == m.Target {
+			continue // ended, or already counted where it is placed
+		}
+		if _, ok := free[m.Target]; ok {
+			free[m.Target] -= mem[m.VM]
 		}
 	}
 	return free

@@ -29,3 +29,21 @@ func TestPick(t *testing.T) {
 		}
 	}
 }
+
+func TestFreeMemoryCountsGuestsOnTheirWay(t *testing.T) {
+	nodes := []api.Node{{Name: "a", State: "ready", MemoryMiB: 2048}, {Name: "b", State: "ready", MemoryMiB: 2048}}
+	vms := []api.VM{
+		{Spec: api.VMSpec{Name: "x", MemoryMiB: 512}, Node: "a"},
+		{Spec: api.VMSpec{Name: "y", MemoryMiB: 256}, Node: "a"},
+		{Spec: api.VMSpec{Name: "z", MemoryMiB: 128}, Node: "b"},
+	}
+	migs := []api.Migration{
+		{VM: "x", Source: "a", Target: "b", Phase: api.MigQueued},    // counts on b
+		{VM: "y", Source: "a", Target: "b", Phase: api.MigCompleted}, // ended: not counted
+		{VM: "z", Source: "a", Target: "b", Phase: api.MigCopying},   // already placed on b: counted once
+	}
+	free := FreeMemory(nodes, vms, migs)
+	if free["a"] != 2048-512-256 || free["b"] != 2048-128-512 {
+		t.Fatalf("free = %v", free)
+	}
+}

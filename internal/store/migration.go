@@ -155,6 +155,15 @@ func (s *Store) ListMigrations(ctx context.Context) ([]MigrationRev, error) {
 	return out, nil
 }
 
+// Migrations strips the revisions from a listing.
+func Migrations(l []MigrationRev) []api.Migration {
+	out := make([]api.Migration, len(l))
+	for i, m := range l {
+		out[i] = m.Migration
+	}
+	return out
+}
+
 // PutMigrationGuarded writes a migration if it is still at rev (0: absent)
 // and the leader guard holds.
 func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard clientv3.Cmp) (bool, error) {

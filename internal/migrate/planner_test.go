@@ -1,0 +1,67 @@
+package migrate
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/store/storetest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestAdmitChecksRoomOnTarget queues two migrations that each fit the target
+// alone but not together (as two racing `--to auto` requests could); the
+// planner admits the older one and fails the other with a clear error, and
+// both guests stay placed where they were.
+func TestAdmitChecksRoomOnTarget(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	lease, err := st.Client().Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []api.Node{
+		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now()},
+		{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now()},
+	} {
+		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"a", "b"} {
+		if err := st.CreateVM(ctx, &api.VMSpec{Name: name, MemoryMiB: 768, Image: "/img/x.qcow2", Power: api.PowerRunning}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := st.Place(ctx, name, "h1", nil); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+	}
+	start := time.Now().UTC()
+	for i, name := range []string{"a", "b"} {
+		m := &api.Migration{ID: name, VM: name, Source: "h1", Target: "h2", Phase: api.MigQueued, Started: start.Add(time.Duration(i) * time.Millisecond)}
+		if err := st.StartMigration(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	guard := clientv3.Compare(clientv3.Version("/ferry/test/no-such-key"), "=", 0)
+	p := NewPlanner(st, nil)
+	if err := p.Pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	a, _, _ := st.GetMigration(ctx, "a")
+	b, _, _ := st.GetMigration(ctx, "b")
+	if a.Phase != api.MigPending {
+		t.Errorf("older migration: phase %s (%s), want pending", a.Phase, a.Error)
+	}
+	if b.Phase != api.MigFailed || !strings.Contains(b.Error, "no room") {
+		t.Errorf("younger migration: phase %s error %q, want failed for lack of room", b.Phase, b.Error)
+	}
+	for _, name := range []string{"a", "b"} {
+		vm, err := st.GetVM(ctx, name)
+		if err != nil || vm.Node != "h1" {
+			t.Errorf("%s: placed on %q (%v), want still h1", name, vm.Node, err)
+		}
+	}
+}

@@ -1,0 +1,42 @@
+// Package storetest starts a real embedded etcd for unit tests of packages
+// that work through the store.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// New starts an embedded single-member etcd on loopback for one test and
+// returns a store opened on it; both are closed when the test ends.
+func New(t testing.TB) *store.Store {
+	t.Helper()
+	ports := make([]int, 2)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: t.TempDir(), Name: "t",
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	st, err := store.Open(ctx, []string{e.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
