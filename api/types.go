@@ -21,6 +21,9 @@ const (
 	PhaseDeleting = "deleting" // being removed
 )
 
+// MaxHAPriority is the highest restart priority an HA guest can have.
+const MaxHAPriority = 1000
+
 // Image names built into Ferry; anything else must be an absolute path.
 const ImageTiny = "tiny"
 
@@ -41,6 +44,12 @@ type VMSpec struct {
 	StopGrace string    `json:"stop_grace,omitempty"` // duration to wait for a graceful shutdown
 	Deleting  bool      `json:"deleting,omitempty"`
 	Created   time.Time `json:"created"`
+	// HA guests are fenced with their host's lease and restarted on a
+	// surviving host when it dies; HAPriority orders restarts (higher first)
+	// and guests sharing an AntiAffinity group never share a host.
+	HA           bool   `json:"ha,omitempty"`
+	HAPriority   int    `json:"ha_priority,omitempty"`
+	AntiAffinity string `json:"anti_affinity,omitempty"`
 }
 
 // VMStatus is what the hosting agent observed, written by the agent.
@@ -56,6 +65,9 @@ type VMStatus struct {
 	Guest     *Guest    `json:"guest,omitempty"`
 	Since     time.Time `json:"since"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Restarts counts how often the agent restarted an HA guest that exited
+	// on its own (reset after it has run for a while).
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // Guest is what the agent's probe learned from the guest itself.
@@ -82,6 +94,10 @@ type VMCreateRequest struct {
 	Image  string `json:"image,omitempty"`
 	Disk   string `json:"disk,omitempty"`
 	Start  *bool  `json:"start,omitempty"`
+	// HA, HAPriority (0-1000) and AntiAffinity (a group name) as in VMSpec.
+	HA           bool   `json:"ha,omitempty"`
+	HAPriority   int    `json:"ha_priority,omitempty"`
+	AntiAffinity string `json:"anti_affinity,omitempty"`
 }
 
 // VMStopRequest is the body of POST /v1/vms/{name}/stop.
@@ -217,4 +233,28 @@ type MigrationEvent struct {
 	Step string    `json:"step"`
 	Host string    `json:"host"`
 	At   time.Time `json:"at"`
+}
+
+// HAState is the cluster-wide high-availability switch.
+type HAState struct {
+	// Paused stops the HA manager from restarting guests of dead hosts (for
+	// planned work on the network or storage); fencing stays on.
+	Paused bool      `json:"paused"`
+	Reason string    `json:"reason,omitempty"`
+	Since  time.Time `json:"since,omitempty"`
+}
+
+// HAStateRequest is the body of PUT /v1/cluster/ha.
+type HAStateRequest struct {
+	Paused bool   `json:"paused"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Event is something the cluster did or saw, for operators.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // e.g. host-lost, ha-restart, ha-waiting, self-fenced, drain
+	Node    string    `json:"node,omitempty"`
+	VM      string    `json:"vm,omitempty"`
+	Message string    `json:"message"`
 }

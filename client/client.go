@@ -290,3 +290,21 @@ func (c *Client) UndrainNode(ctx context.Context, name string) (*api.Node, error
 	var n api.Node
 	return &n, c.do(ctx, "POST", "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, &n)
 }
+
+// Events returns the newest limit cluster events, oldest first.
+func (c *Client) Events(ctx context.Context, limit int) ([]api.Event, error) {
+	var evs []api.Event
+	return evs, c.do(ctx, "GET", fmt.Sprintf("/v1/events?limit=%d", limit), nil, &evs)
+}
+
+// HAState returns the cluster's HA switch.
+func (c *Client) HAState(ctx context.Context) (*api.HAState, error) {
+	var st api.HAState
+	return &st, c.do(ctx, "GET", "/v1/cluster/ha", nil, &st)
+}
+
+// SetHAPaused pauses or resumes HA restarts cluster-wide.
+func (c *Client) SetHAPaused(ctx context.Context, paused bool, reason string) (*api.HAState, error) {
+	var st api.HAState
+	return &st, c.do(ctx, "PUT", "/v1/cluster/ha", api.HAStateRequest{Paused: paused, Reason: reason}, &st)
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/apiserver"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/leader"
@@ -53,6 +54,7 @@ type agentOpts struct {
 	imageDir      string
 	storageDir    string
 	logLevel      string
+	haTiming      ha.Timing
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -93,10 +95,19 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.imageDir, "image-dir", image.DefaultDir, "where built-in images are kept")
 	f.StringVar(&o.storageDir, "storage-dir", "", "where VM disks live (default: DATA-DIR/storage)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.haTiming = ha.DefaultTiming()
+	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); see docs/HA.md for the timing it must satisfy")
+	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
+	f.DurationVar(&o.haTiming.FenceAfter, "self-fence-after", o.haTiming.FenceAfter, "kill HA guests after this long without a lease renewal")
+	f.DurationVar(&o.haTiming.WatchdogAfter, "watchdog-after", o.haTiming.WatchdogAfter, "the watchdog kills HA guests after this long without a renewal if the agent does not")
+	f.DurationVar(&o.haTiming.Margin, "ha-margin", o.haTiming.Margin, "the HA manager waits this long after a host's lease expired before restarting its guests")
 	return c
 }
 
 func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
+	if err := o.haTiming.Check(); err != nil {
+		return fmt.Errorf("unsafe HA timing: %w", err)
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -221,9 +232,14 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 	log.Info("accelerator chosen", "accel", accel, "reason", why)
 
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	acfg := agent.Config{
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
 		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
+		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"},
 	}
 	if adv != nil {
 		local, _ := netip.AddrFromSlice(adv)
@@ -285,7 +301,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		defer wg.Done()
 		planner := migrate.NewPlanner(st, log)
 		planner.PerHost, planner.PerCluster = o.migPerHost, o.migPerCluster
-		leader.Run(ctx, st, o.node, log, sched.New(st, log), planner)
+		leader.Run(ctx, st, o.node, o.haTiming.LeaseTTL, log, sched.New(st, log), planner, ha.NewManager(st, o.haTiming, log))
 	}()
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {

@@ -52,7 +52,7 @@ func main() {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", envOr("FERRY_DATA_DIR", "/var/lib/ferry"), "agent state directory; the CLI finds its credentials and the API address there ($FERRY_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.server, "server", os.Getenv("FERRY_SERVER"), "API address, e.g. https://127.0.0.1:7443 (default: the one recorded in --data-dir) ($FERRY_SERVER)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(agentCmd(g), vmCmd(g), nodeCmd(g), imageCmd(), benchCmd(g), testbedCmd(), versionCmd())
+	root.AddCommand(agentCmd(g), vmCmd(g), nodeCmd(g), imageCmd(), benchCmd(g), testbedCmd(), watchdogCmd(), clusterCmd(g), eventsCmd(g), versionCmd())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -56,6 +56,9 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Image, "image", api.ImageTiny, "\"tiny\" (the built-in image) or an absolute path to a qcow2 or raw image")
 	f.StringVar(&req.Disk, "disk", "", "size of the VM's own disk for the tiny image (default 256M)")
 	f.BoolVar(&noStart, "no-start", false, "create the VM stopped")
+	f.BoolVar(&req.HA, "ha", false, "high availability: fenced with its host's lease and restarted on a surviving host when the host dies")
+	f.IntVar(&req.HAPriority, "ha-priority", 0, "with --ha: restart order after a failure, 0-1000, higher first")
+	f.StringVar(&req.AntiAffinity, "anti-affinity", "", "with --ha: a group name; guests of one group never share a host")
 	f.BoolVar(&noWait, "no-wait", false, "return once the VM is accepted instead of waiting until it runs")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the VM to run")
 	return c

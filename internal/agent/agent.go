@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Config is the agent's view of its host.
@@ -38,8 +38,13 @@ type Config struct {
 	// GuestHostAddr is the host address on which user-mode guests' port 80 is
 	// forwarded (loopback).
 	GuestHostAddr string
-	LeaseTTL      int // seconds
-	Log           *slog.Logger
+	// HA is the fencing timing (lease, renewals, self-fence and watchdog
+	// deadlines); zero means ha.DefaultTiming. New refuses unsafe timing.
+	HA ha.Timing
+	// WatchdogCmd starts this host's watchdog process (see ha.Watchdog);
+	// the agent appends "--socket PATH". Empty: HA guests cannot start.
+	WatchdogCmd []string
+	Log         *slog.Logger
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay
@@ -53,8 +58,12 @@ type Agent struct {
 	cfg  Config
 	st   *store.Store
 	log  *slog.Logger
-	smu  sync.Mutex
-	sess *concurrency.Session
+	lk   *leaseKeeper
+	wd   *ha.WatchdogClient
+
+	fmu    sync.Mutex
+	fenced   bool   // HA guests were fenced in the current outage
+	fenceWhy string // what to record as an event once etcd answers again
 
 	mu       sync.Mutex
 	vms      map[string]*instance
@@ -68,8 +77,11 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 10
+	if cfg.HA == (ha.Timing{}) {
+		cfg.HA = ha.DefaultTiming()
+	}
+	if err := cfg.HA.Check(); err != nil {
+		return nil, fmt.Errorf("agent: unsafe HA timing: %w", err)
 	}
 	if cfg.GuestHostAddr == "" {
 		cfg.GuestHostAddr = "127.0.0.1"
@@ -79,20 +91,29 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 			return nil, err
 		}
 	}
-	return &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue()}, nil
+	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue()}
+	a.lk = newLeaseKeeper(st.Client(), cfg.HA, cfg.DataDir)
+	if len(cfg.WatchdogCmd) > 0 {
+		sock := filepath.Join(cfg.RunDir, "watchdog.sock")
+		a.wd = ha.NewWatchdogClient(sock, filepath.Join(cfg.DataDir, "watchdog.log"),
+			append(append([]string(nil), cfg.WatchdogCmd...), "--socket", sock), a.log)
+	}
+	return a, nil
 }
 
 // Run reconciles until ctx ends. Guests keep running when it returns: the
 // next agent re-attaches to them.
 func (a *Agent) Run(ctx context.Context) error {
-	sess, err := concurrency.NewSession(a.st.Client(), concurrency.WithTTL(a.cfg.LeaseTTL), concurrency.WithContext(ctx))
+	// The lease is not revoked on the way out: ownership keys bound to it
+	// must outlive a quick agent restart, and the next agent adopts it.
+	adopted, err := a.lk.acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: lease: %w", err)
 	}
-	a.setSession(sess)
-	// Do not revoke the lease on the way out: ownership keys bound to it must
-	// outlive a graceful agent restart.
-	defer func() { a.session().Orphan() }()
+	a.log.Info("node lease", "lease", fmt.Sprintf("%x", a.lk.ID()), "adopted", adopted, "ttl", a.cfg.HA.LeaseTTL)
+	if a.wd != nil {
+		defer a.wd.Close() // the watchdog stays armed: a next agent feeds it
+	}
 
 	if a.cfg.Overlay != nil {
 		if err := a.cfg.Overlay.Ensure(); err != nil {
@@ -112,12 +133,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
 	}
-	wg.Add(4)
+	wg.Add(6)
+	go func() { defer wg.Done(); a.leaseLoop(ctx) }()
+	go func() { defer wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
 	go func() { defer wg.Done(); a.probeLoop(ctx) }()
 	go func() { defer wg.Done(); a.watch(ctx) }()
-	a.log.Info("agent running", "accel", a.cfg.Accel, "lease_ttl_s", a.cfg.LeaseTTL)
+	a.log.Info("agent running", "accel", a.cfg.Accel)
 	<-ctx.Done()
 	a.queue.close()
 	wg.Wait()
@@ -218,15 +241,6 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.session().Done():
-			// The lease expired (cut off from etcd for longer than its TTL).
-			// Self-fencing arrives with the high-availability work; for now
-			// take a new lease and re-take ownership of our guests under it:
-			// where another host took a guest over meanwhile, ours stops.
-			a.log.Error("lost the node lease; taking a new one")
-			if err := a.renewSession(ctx); err != nil {
-				return
-			}
 		case <-t.C:
 			if err := a.heartbeat(ctx); err != nil && ctx.Err() == nil {
 				a.log.Warn("heartbeat", "err", err)
@@ -257,7 +271,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		n.UsedMiB += in.memoryMiB
 	}
 	a.mu.Unlock()
-	return a.st.PutNode(ctx, n, a.session().Lease())
+	return a.st.PutNode(ctx, n, a.lk.ID())
 }
 
 func memTotalMiB() int {
@@ -316,50 +330,6 @@ func (a *Agent) overlayLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-	}
-}
-
-func (a *Agent) session() *concurrency.Session {
-	a.smu.Lock()
-	defer a.smu.Unlock()
-	return a.sess
-}
-
-func (a *Agent) setSession(s *concurrency.Session) {
-	a.smu.Lock()
-	a.sess = s
-	a.smu.Unlock()
-}
-
-// lease is this host's current etcd lease.
-func (a *Agent) lease() clientv3.LeaseID { return a.session().Lease() }
-
-// renewSession takes a new lease after the old one expired, re-registers the
-// node and has every guest's ownership re-taken under the new lease.
-func (a *Agent) renewSession(ctx context.Context) error {
-	for {
-		sess, err := concurrency.NewSession(a.st.Client(), concurrency.WithTTL(a.cfg.LeaseTTL), concurrency.WithContext(ctx))
-		if err == nil {
-			a.setSession(sess)
-			a.mu.Lock()
-			for _, in := range a.vms {
-				in.mu.Lock()
-				in.ownerRev = 0
-				in.mu.Unlock()
-				a.queue.add(in.name)
-			}
-			a.mu.Unlock()
-			if err := a.heartbeat(ctx); err != nil {
-				a.log.Warn("heartbeat", "err", err)
-			}
-			a.log.Info("new node lease", "lease", sess.Lease())
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
 		}
 	}
 }

@@ -33,6 +33,11 @@ type runtimeRecord struct {
 	Incoming    bool   `json:"incoming,omitempty"`
 	MigrationID string `json:"migration_id,omitempty"`
 	MAC         string `json:"mac,omitempty"`
+	// HA marks a guest that is fenced when this host loses its lease.
+	HA bool `json:"ha,omitempty"`
+	// Restarts is how often this guest was restarted here after exiting
+	// on its own (HA self-healing).
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // instance is a QEMU process this agent runs (or re-attached to).
@@ -54,11 +59,13 @@ type instance struct {
 	resumed   bool
 	mac       string
 	resumedAt time.Time
+	ha        bool // fenced with the host's lease; restarted elsewhere by the HA manager
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop
 	exitReason string // from the SHUTDOWN event
 	watchdog   bool   // a WATCHDOG event was seen
+	fenced     bool   // killed by self-fencing
 	guest      *api.Guest
 	gone       chan struct{} // closed once QEMU has exited
 	detached   chan struct{} // closed when the agent lets go without stopping it
@@ -97,7 +104,7 @@ func (a *Agent) reattach(ctx context.Context) {
 			a.log.Error("cannot re-attach to running guest", "vm", name, "pid", r.PID, "err", err)
 			continue
 		}
-		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, gone: make(chan struct{}), detached: make(chan struct{}),
+		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, ha: r.HA, gone: make(chan struct{}), detached: make(chan struct{}),
 			migEvents: make(chan string, 16), mac: r.MAC, migrationID: r.MigrationID, incoming: r.Incoming}
 		a.mu.Lock()
 		if r.Incoming {

@@ -182,8 +182,8 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
 			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
-		incoming: true, mac: spec.MAC}
-	in.rec.Incoming, in.rec.MigrationID, in.rec.MAC = true, m.ID, spec.MAC
+		incoming: true, mac: spec.MAC, ha: spec.HA}
+	in.rec.Incoming, in.rec.MigrationID, in.rec.MAC, in.rec.HA = true, m.ID, spec.MAC, spec.HA
 	if err := a.saveRecord(spec.Name, in.rec); err != nil {
 		return "", err
 	}
@@ -263,6 +263,9 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 	if in.resumed {
 		return true, nil
 	}
+	if err := a.mayRun(in); err != nil {
+		return false, err
+	}
 	owner, orev, err := a.st.Owner(ctx, in.name)
 	if err != nil {
 		return false, err
@@ -287,6 +290,9 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 				break
 			}
 		}
+	}
+	if err := a.mayRun(in); err != nil { // the takeover may have taken a while
+		return false, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -268,6 +268,10 @@ func (a *Agent) resumeSource(ctx context.Context, in *instance) {
 	defer cancel()
 	st, err := in.qmp.QueryStatus(qctx)
 	if err == nil && !st.Running {
+		if err := a.mayRun(in); err != nil {
+			a.log.Error("not resuming the source guest", "vm", in.name, "err", err)
+			return
+		}
 		if err := in.qmp.Cont(qctx); err != nil {
 			a.log.Error("resuming the source guest", "vm", in.name, "err", err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -24,6 +25,10 @@ import (
 
 // DefaultStopGrace is how long a graceful stop waits for the guest to power off.
 const DefaultStopGrace = 30 * time.Second
+
+// restartResetAfter is how long an HA guest must have run for its count of
+// local restarts to start again from zero.
+const restartResetAfter = 10 * time.Minute
 
 // reconcile drives one VM on this host towards its desired state.
 func (a *Agent) reconcile(ctx context.Context, name string) error {
@@ -45,8 +50,24 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 		if !expected && vm != nil && vm.Node == a.cfg.Node {
 			phase, msg := in.exitSummary()
 			a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
-			a.putStatus(ctx, name, api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
-				Message: msg, LogTail: a.logTail(name)})
+			st := api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
+				Message: msg, LogTail: a.logTail(name), Restarts: in.rec.Restarts}
+			if vm.Spec.HA && phase == api.PhaseFailed && vm.Spec.Power == api.PowerRunning && vm.Spec.StartSeq == in.rec.StartSeq {
+				// Self-healing: restart here a few times, then let the HA
+				// manager move it. A guest that ran a while starts afresh.
+				if time.Since(in.rec.Started) > restartResetAfter {
+					st.Restarts = 0
+				}
+				st.Restarts++
+				if st.Restarts <= ha.MaxLocalRestarts {
+					st.Phase = api.PhasePending
+					st.Message = fmt.Sprintf("%s; restarting it here (%d of %d)", msg, st.Restarts, ha.MaxLocalRestarts)
+				} else {
+					st.Message = fmt.Sprintf("%s; gave up after %d restarts here, the HA manager moves it", msg, ha.MaxLocalRestarts)
+				}
+				a.event(ctx, api.Event{Kind: "guest-exited", VM: name, Node: a.cfg.Node, Message: st.Message})
+			}
+			a.putStatus(ctx, name, st)
 		}
 		in = nil
 		if vm != nil {
@@ -134,7 +155,7 @@ func (a *Agent) runningStatus(in *instance) api.VMStatus {
 	g := in.guest
 	in.mu.Unlock()
 	return api.VMStatus{Phase: api.PhaseRunning, Node: a.cfg.Node, PID: in.rec.PID, StartSeq: in.rec.StartSeq,
-		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started}
+		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started, Restarts: in.rec.Restarts}
 }
 
 // start launches the guest: ownership first, then QEMU paused, a fencing
@@ -143,7 +164,11 @@ func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 	spec := vm.Spec
 	name := spec.Name
 	a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStarting, Node: a.cfg.Node, StartSeq: spec.StartSeq})
-	err := a.launch(ctx, spec)
+	restarts := 0
+	if vm.Status.Phase == api.PhasePending {
+		restarts = vm.Status.Restarts
+	}
+	err := a.launch(ctx, spec, restarts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -155,7 +180,7 @@ func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 	return nil
 }
 
-func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
+func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error {
 	name := spec.Name
 	r := revert.New()
 	defer r.Fail()
@@ -182,7 +207,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	})
 	rec := runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket,
 		Endpoint: endpoint, Tap: tap, StartSeq: spec.StartSeq,
-		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC()}
+		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC(), HA: spec.HA, Restarts: restarts}
 	if err := a.saveRecord(name, rec); err != nil {
 		return err
 	}
@@ -207,19 +232,31 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec) error {
 	if tap != "" {
 		hostnet.PinMAC(tap, spec.MAC)
 	}
+	in := &instance{name: name, rec: rec, memoryMiB: spec.MemoryMiB, qmp: c, ownerRev: rev, ha: spec.HA,
+		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16)}
+	// Known to the agent (and so to the watchdog and the self-fence) before
+	// its CPUs run.
+	a.mu.Lock()
+	a.vms[name] = in
+	a.mu.Unlock()
+	r.Add(func() {
+		a.mu.Lock()
+		if a.vms[name] == in {
+			delete(a.vms, name)
+		}
+		a.mu.Unlock()
+	})
+	go a.monitor(in)
+	if err := a.mayRun(in); err != nil {
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = c.Execute(cctx, "cont", nil, nil)
 	cancel()
 	if err != nil {
 		return err
 	}
-	in := &instance{name: name, rec: rec, memoryMiB: spec.MemoryMiB, qmp: c, ownerRev: rev,
-		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16)}
 	r.Success()
-	a.mu.Lock()
-	a.vms[name] = in
-	a.mu.Unlock()
-	go a.monitor(in)
 	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint)
 	a.putStatus(ctx, name, a.runningStatus(in))
 	return nil
@@ -398,6 +435,13 @@ func (a *Agent) delete(ctx context.Context, name string, in *instance) error {
 	}
 	a.log.Info("vm deleted", "vm", name)
 	return a.st.DeleteVM(ctx, name)
+}
+
+// event records something operators should see; failures only log.
+func (a *Agent) event(ctx context.Context, ev api.Event) {
+	if err := a.st.PutEvent(ctx, ev); err != nil {
+		a.log.Warn("recording event", "kind", ev.Kind, "err", err)
+	}
 }
 
 func (a *Agent) putStatus(ctx context.Context, name string, st api.VMStatus) {

@@ -220,5 +220,10 @@ func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, on bool)
 	}
 	node.Maintenance = on
 	s.log.Info("maintenance", "node", name, "on", on)
+	if on {
+		s.event(r, api.Event{Kind: "drain", Node: name, Message: fmt.Sprintf("host %s in maintenance: its guests move away", name)})
+	} else {
+		s.event(r, api.Event{Kind: "undrain", Node: name, Message: fmt.Sprintf("host %s out of maintenance", name)})
+	}
 	writeJSON(w, http.StatusAccepted, node)
 }

@@ -82,6 +82,9 @@ func (s *Server) routes() []route {
 		{"POST /v1/vms/{name}/migrate", s.migrateVM},
 		{"GET /v1/vms/{name}/migration", s.getMigration},
 		{"POST /v1/vms/{name}/migrate/cancel", s.cancelMigration},
+		{"GET /v1/events", s.listEvents},
+		{"GET /v1/cluster/ha", s.getHA},
+		{"PUT /v1/cluster/ha", s.putHA},
 	}
 }
 
@@ -238,6 +241,18 @@ func (s *Server) specFor(ctx context.Context, req api.VMCreateRequest) (*api.VMS
 		return nil, errdefs.Invalid(fmt.Sprintf("memory must be between %s and %s", api.FormatMiB(api.MinMemoryMiB), api.FormatMiB(api.MaxMemoryMiB)))
 	}
 	spec.MemoryMiB = mem
+	if req.HAPriority < 0 || req.HAPriority > api.MaxHAPriority {
+		return nil, errdefs.Invalid(fmt.Sprintf("ha_priority must be between 0 and %d", api.MaxHAPriority))
+	}
+	if (req.HAPriority != 0 || req.AntiAffinity != "") && !req.HA {
+		return nil, errdefs.Invalid("ha_priority and anti_affinity apply to HA guests: set ha too")
+	}
+	if req.AntiAffinity != "" {
+		if err := api.ValidateName("anti-affinity group", req.AntiAffinity); err != nil {
+			return nil, errdefs.Invalid(err.Error())
+		}
+	}
+	spec.HA, spec.HAPriority, spec.AntiAffinity = req.HA, req.HAPriority, req.AntiAffinity
 	if spec.CPUs == 0 {
 		spec.CPUs = 1
 	}

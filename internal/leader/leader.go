@@ -23,14 +23,23 @@ type Controller interface {
 	Pass(ctx context.Context, guard clientv3.Cmp) error
 }
 
-// Run campaigns as name and runs the controllers while leader, until ctx ends.
-func Run(ctx context.Context, st *store.Store, name string, log *slog.Logger, ctrls ...Controller) {
+// Waker is a controller that wants its next pass sooner than the periodic
+// tick (for example when a deadline it waits for falls between changes).
+type Waker interface {
+	// NextPass is how soon the next pass is wanted; 0 means no need.
+	NextPass() time.Duration
+}
+
+// Run campaigns as name and runs the controllers while leader, until ctx
+// ends. ttl is the leader lease: when the leader's host dies another host
+// takes over within it.
+func Run(ctx context.Context, st *store.Store, name string, ttl time.Duration, log *slog.Logger, ctrls ...Controller) {
 	if log == nil {
 		log = slog.Default()
 	}
 	log = log.With("component", "leader")
 	for ctx.Err() == nil {
-		if err := lead(ctx, st, name, log, ctrls); err != nil && ctx.Err() == nil {
+		if err := lead(ctx, st, name, ttl, log, ctrls); err != nil && ctx.Err() == nil {
 			log.Warn("leadership ended", "err", err)
 			select {
 			case <-ctx.Done():
@@ -44,8 +53,12 @@ type errString string
 
 func (e errString) Error() string { return string(e) }
 
-func lead(ctx context.Context, st *store.Store, name string, log *slog.Logger, ctrls []Controller) error {
-	sess, err := concurrency.NewSession(st.Client(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
+func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, log *slog.Logger, ctrls []Controller) error {
+	secs := int(ttl / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	sess, err := concurrency.NewSession(st.Client(), concurrency.WithTTL(secs), concurrency.WithContext(ctx))
 	if err != nil {
 		return err
 	}
@@ -69,17 +82,36 @@ func lead(ctx context.Context, st *store.Store, name string, log *slog.Logger, c
 	wc := st.Client().Watch(wctx, store.Prefix, clientv3.WithPrefix())
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
 	for {
+		soon := time.Duration(0)
 		for _, c := range ctrls {
 			if err := c.Pass(ctx, guard); err != nil && ctx.Err() == nil {
 				log.Warn("controller pass", "controller", c.Name(), "err", err)
 			}
+			if w, ok := c.(Waker); ok {
+				if d := w.NextPass(); d > 0 && (soon == 0 || d < soon) {
+					soon = d
+				}
+			}
 		}
+		if soon == 0 {
+			soon = time.Hour
+		}
+		if !wake.Stop() {
+			select {
+			case <-wake.C:
+			default:
+			}
+		}
+		wake.Reset(soon)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-sess.Done():
 			return errString("leader lease lost")
+		case <-wake.C:
 		case <-tick.C:
 		case _, ok := <-wc:
 			if !ok {

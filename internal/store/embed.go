@@ -58,6 +58,12 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	// errors); its serving errors arrive on e.Err() and are logged by Ferry.
 	cfg.Logger = "zap"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(nopZap())
+	// A leader election must finish well inside the agents' self-fence
+	// deadline (ha.Timing.FenceAfter, 1.4 s): heartbeats every 50 ms and an
+	// election timeout of 500 ms (randomised up to 1 s) instead of etcd's
+	// 100 ms / 1 s. See docs/HA.md.
+	cfg.TickMs = 50
+	cfg.ElectionMs = 500
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
 	e, err := embed.StartEtcd(cfg)

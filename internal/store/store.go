@@ -28,6 +28,8 @@ const (
 	IPPrefix        = Prefix + "ips/"
 	NodeMetaPrefix  = Prefix + "nodemeta/"
 	LeaderPrefix    = Prefix + "leader"
+	EventPrefix     = Prefix + "events/"
+	HAStateKey      = Prefix + "cluster/ha"
 )
 
 // Store wraps an etcd client.
@@ -42,8 +44,8 @@ func Open(ctx context.Context, endpoints []string) (*Store, error) {
 		DialTimeout: 5 * time.Second,
 		// Notice a member that stopped answering (a host cut off) and move
 		// to another, instead of waiting for TCP to give up.
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
+		DialKeepAliveTime:    time.Second,
+		DialKeepAliveTimeout: time.Second,
 		Logger:               nopZap(),
 	})
 	if err != nil {
@@ -316,15 +318,21 @@ func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clien
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	key := OwnerPrefix + name
+	// Only the host the VM is placed on may take it: a host coming back
+	// from an outage cannot grab a guest the HA manager has just moved.
+	placedHere := clientv3.Compare(clientv3.Value(PlacementPrefix+name), "=", node)
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+		If(clientv3.Compare(clientv3.Version(key), "=", 0), placedHere).
 		Then(clientv3.OpPut(key, node, clientv3.WithLease(lease))).
-		Else(clientv3.OpGet(key)).Commit()
+		Else(clientv3.OpGet(key), clientv3.OpGet(PlacementPrefix+name)).Commit()
 	if err != nil {
 		return 0, unavailable(err)
 	}
 	if resp.Succeeded {
 		return resp.Header.Revision, nil
+	}
+	if pk := resp.Responses[1].GetResponseRange().Kvs; len(pk) == 0 || string(pk[0].Value) != node {
+		return 0, errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is not placed on node %s", name, node))
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(kvs) > 0 && string(kvs[0].Value) != node {

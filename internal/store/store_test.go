@@ -93,6 +93,9 @@ func TestOwnershipFencing(t *testing.T) {
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "g"}); err != nil {
 		t.Fatal(err)
 	}
+	if ok, err := st.Place(ctx, "g", "a", nil); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
 	lease := func() clientv3.LeaseID {
 		l, err := st.Client().Grant(ctx, 30)
 		if err != nil {
@@ -121,17 +124,24 @@ func TestOwnershipFencing(t *testing.T) {
 	if ok, _ := st.CheckOwner(ctx, "g", "a", rev); ok {
 		t.Fatal("a stale fencing token still passes")
 	}
-	// The lease ending frees the VM for another host.
+	// The lease ending frees the VM, but only for the host it is placed on.
 	if _, err := st.Client().Revoke(ctx, la2); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := st.AcquireOwner(ctx, "g", "b", lb); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("a host the VM is not placed on took it: %v", err)
+	}
+	always := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
+	if ok, err := st.MovePlacement(ctx, "g", "a", "b", always); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
 	if _, err := st.AcquireOwner(ctx, "g", "b", lb); err != nil {
-		t.Fatalf("after the owner's lease ended: %v", err)
+		t.Fatalf("after the owner's lease ended and the VM moved: %v", err)
 	}
 	// Release by a non-owner does nothing.
 	st.ReleaseOwner(ctx, "g", "a")
-	if _, err := st.AcquireOwner(ctx, "g", "a", la); !errors.Is(err, errdefs.ErrConflict) {
-		t.Fatal("a non-owner released the key")
+	if owner, _, _ := st.Owner(ctx, "g"); owner != "b" {
+		t.Fatalf("a non-owner released the key: owner now %q", owner)
 	}
 }
 
@@ -196,6 +206,9 @@ func TestTakeover(t *testing.T) {
 	ctx := context.Background()
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "m"}); err != nil {
 		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, "m", "h1", nil); !ok || err != nil {
+		t.Fatal(ok, err)
 	}
 	src, err := st.Client().Grant(ctx, 30)
 	if err != nil {

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/spf13/cobra"
+)
+
+func clusterCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "cluster", Short: "Cluster-wide switches"}
+	ha := &cobra.Command{Use: "ha", Short: "Pause, resume or show HA restarts (fencing always stays on)"}
+	show := func(st *api.HAState) error {
+		if g.output == "json" {
+			return printJSON(os.Stdout, st)
+		}
+		if st.Paused {
+			fmt.Printf("HA restarts: PAUSED since %s", st.Since.Local().Format("2006-01-02 15:04:05"))
+			if st.Reason != "" {
+				fmt.Printf(" (%s)", st.Reason)
+			}
+			fmt.Println()
+		} else {
+			fmt.Println("HA restarts: active")
+		}
+		return nil
+	}
+	var reason string
+	pause := &cobra.Command{
+		Use: "pause", Short: "Stop restarting guests of dead hosts (for planned network or storage work)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			st, err := cl.SetHAPaused(cmd.Context(), true, reason)
+			if err != nil {
+				return err
+			}
+			return show(st)
+		},
+	}
+	pause.Flags().StringVar(&reason, "reason", "", "why, recorded in the event")
+	resume := &cobra.Command{
+		Use: "resume", Short: "Restart guests of dead hosts again", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			st, err := cl.SetHAPaused(cmd.Context(), false, "")
+			if err != nil {
+				return err
+			}
+			return show(st)
+		},
+	}
+	status := &cobra.Command{
+		Use: "status", Short: "Show whether HA restarts are paused", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			st, err := cl.HAState(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return show(st)
+		},
+	}
+	ha.AddCommand(pause, resume, status)
+	c.AddCommand(ha)
+	return c
+}
+
+func eventsCmd(g *globals) *cobra.Command {
+	var limit int
+	c := &cobra.Command{
+		Use: "events", Short: "Show recent cluster events: hosts lost, HA restarts, fencing, drains", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			evs, err := cl.Events(cmd.Context(), limit)
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printJSON(os.Stdout, evs)
+			}
+			var rows [][]string
+			for _, e := range evs {
+				rows = append(rows, []string{e.Time.Local().Format("15:04:05.000"), e.Kind, dash(e.Node), dash(e.VM), strings.TrimSpace(e.Message)})
+			}
+			table(os.Stdout, []string{"TIME", "KIND", "HOST", "VM", "MESSAGE"}, rows)
+			return nil
+		},
+	}
+	c.Flags().IntVarP(&limit, "limit", "n", 50, "how many of the newest events")
+	return c
+}

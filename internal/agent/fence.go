@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/ha"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// leaseLoop renews the host's lease every HA.Renew and feeds the watchdog
+// after each renewal etcd accepted. When etcd says the lease is gone, the
+// HA guests are fenced (if the deadline has not done it already) and a new
+// lease is taken; ownership is re-taken under it where no other host took
+// a guest over meanwhile.
+func (a *Agent) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.HA.Renew)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ok, expired := a.lk.renew(ctx)
+		switch {
+		case ok:
+			a.fmu.Lock()
+			was, why := a.fenced, a.fenceWhy
+			a.fenced, a.fenceWhy = false, ""
+			a.fmu.Unlock()
+			if was {
+				a.log.Warn("lease renewed again after an outage")
+				if why != "" {
+					go a.event(context.WithoutCancel(ctx), api.Event{Kind: "self-fenced", Node: a.cfg.Node, Message: why})
+				}
+			}
+			a.feedWatchdog()
+		case expired && ctx.Err() == nil:
+			a.fence("the node lease expired")
+			a.log.Error("lost the node lease; taking a new one")
+			if err := a.newLease(ctx); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// fenceLoop kills the HA guests once no renewal has succeeded for
+// HA.FenceAfter: before etcd can expire the lease and the HA manager can
+// start them elsewhere.
+func (a *Agent) fenceLoop(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if d := a.lk.sinceOK(); d > a.cfg.HA.FenceAfter {
+			a.fence(fmt.Sprintf("no lease renewal for %s (self-fence deadline %s)", d.Round(time.Millisecond), a.cfg.HA.FenceAfter))
+		}
+	}
+}
+
+// fence kills every HA guest of this host at once (SIGKILL: nothing a hung
+// guest or QEMU does can delay it), once per outage.
+func (a *Agent) fence(why string) {
+	a.fmu.Lock()
+	if a.fenced {
+		a.fmu.Unlock()
+		return
+	}
+	a.fenced = true
+	a.fmu.Unlock()
+	record := func(msg string) {
+		a.fmu.Lock()
+		a.fenceWhy = msg
+		a.fmu.Unlock()
+	}
+	a.mu.Lock()
+	var victims []*instance
+	for _, in := range a.vms {
+		if in.ha {
+			victims = append(victims, in)
+		}
+	}
+	for _, in := range a.incoming {
+		if in.ha {
+			victims = append(victims, in)
+		}
+	}
+	a.mu.Unlock()
+	if len(victims) == 0 {
+		a.log.Warn("self-fence deadline passed; no HA guests here", "why", why)
+		return
+	}
+	start := time.Now()
+	for _, in := range victims {
+		in.mu.Lock()
+		in.expectExit, in.fenced = true, true
+		in.mu.Unlock()
+		syscall.Kill(in.rec.PID, syscall.SIGKILL)
+	}
+	for _, in := range victims {
+		select {
+		case <-in.gone:
+		case <-time.After(a.cfg.HA.KillBudget):
+			a.log.Error("fenced guest still running after the kill budget", "vm", in.name, "pid", in.rec.PID)
+		}
+		a.queue.add(in.name)
+	}
+	a.log.Error("self-fenced: HA guests killed", "why", why, "guests", len(victims), "took", time.Since(start).Round(time.Millisecond))
+	names := make([]string, len(victims))
+	for i, in := range victims {
+		names[i] = in.name
+	}
+	record(fmt.Sprintf("host %s fenced itself (%s): killed HA guests %v", a.cfg.Node, why, names))
+}
+
+// haGuests is what the watchdog must kill if the agent stops feeding it.
+func (a *Agent) haGuests() []ha.WatchGuest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []ha.WatchGuest
+	for _, m := range []map[string]*instance{a.vms, a.incoming} {
+		for _, in := range m {
+			if in.ha && in.alive() {
+				out = append(out, ha.WatchGuest{Name: in.name, PID: in.rec.PID, UUID: in.rec.UUID})
+			}
+		}
+	}
+	return out
+}
+
+// feedWatchdog moves the watchdog's deadline to HA.WatchdogAfter after the
+// send time of the last accepted renewal. With no HA guests it only keeps an
+// already running watchdog disarmed (none is started for nothing).
+func (a *Agent) feedWatchdog() error {
+	if a.wd == nil {
+		return nil
+	}
+	guests := a.haGuests()
+	if len(guests) == 0 && !a.wd.Connected() {
+		return nil
+	}
+	deadline := ha.MonoNow() - int64(a.lk.sinceOK()) + int64(a.cfg.HA.WatchdogAfter)
+	if err := a.wd.Feed(ha.Feed{Deadline: deadline, Guests: guests}); err != nil {
+		a.log.Error("feeding the watchdog", "err", err)
+		return err
+	}
+	return nil
+}
+
+// mayRun is checked right before a guest's CPUs start or resume: the host's
+// lease must be fresh (not near the self-fence deadline), and for HA guests
+// the watchdog must be armed with it.
+func (a *Agent) mayRun(in *instance) error {
+	if !a.lk.valid() {
+		return errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("this host's lease was last renewed %s ago; not running guests until it is renewed", a.lk.sinceOK().Round(time.Millisecond)))
+	}
+	if in != nil && in.ha {
+		if a.wd == nil {
+			return errdefs.New(errdefs.ErrFailedPrecondition, "this agent runs without a watchdog; it cannot run HA guests")
+		}
+		if err := a.feedWatchdog(); err != nil {
+			return errdefs.New(errdefs.ErrUnavailable, "the watchdog cannot be armed: "+err.Error())
+		}
+	}
+	return nil
+}
+
+// newLease takes a new lease after the old one expired, re-registers the
+// node and has every guest's ownership re-taken under the new lease.
+func (a *Agent) newLease(ctx context.Context) error {
+	for {
+		err := a.lk.grant(ctx)
+		if err == nil {
+			a.mu.Lock()
+			for _, in := range a.vms {
+				in.mu.Lock()
+				in.ownerRev = 0
+				in.mu.Unlock()
+				a.queue.add(in.name)
+			}
+			a.mu.Unlock()
+			if err := a.heartbeat(ctx); err != nil {
+				a.log.Warn("heartbeat", "err", err)
+			}
+			a.log.Info("new node lease", "lease", fmt.Sprintf("%x", a.lk.ID()))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(a.cfg.HA.Renew):
+		}
+	}
+}
+
+// lease is this host's current etcd lease.
+func (a *Agent) lease() clientv3.LeaseID { return a.lk.ID() }

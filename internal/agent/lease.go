@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/ha"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// leaseKeeper holds this host's etcd lease and renews it on the HA timing
+// (not clientv3's keep-alive stream, whose schedule is TTL/3 and whose
+// failures are silent): the agent must know, to the millisecond, when its
+// last renewal that etcd accepted was sent, because that bounds when etcd
+// can expire the lease.
+type leaseKeeper struct {
+	cli  *clientv3.Client
+	t    ha.Timing
+	path string // remembers the lease ID so a restarted agent can adopt it
+
+	mu     sync.Mutex
+	id     clientv3.LeaseID
+	lastOK time.Time // send time of the last renewal etcd accepted (monotonic)
+}
+
+func newLeaseKeeper(cli *clientv3.Client, t ha.Timing, dataDir string) *leaseKeeper {
+	return &leaseKeeper{cli: cli, t: t, path: filepath.Join(dataDir, "lease")}
+}
+
+// acquire adopts the lease a previous agent on this host left behind if it
+// is still alive (so ownership bound to it stays valid across a quick agent
+// restart), and otherwise grants a new one.
+func (k *leaseKeeper) acquire(ctx context.Context) (adopted bool, err error) {
+	if b, err := os.ReadFile(k.path); err == nil {
+		if id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64); err == nil {
+			k.mu.Lock()
+			k.id = clientv3.LeaseID(id)
+			k.mu.Unlock()
+			if ok, _ := k.renew(ctx); ok {
+				return true, nil
+			}
+		}
+	}
+	return false, k.grant(ctx)
+}
+
+// grant takes a new lease and remembers it.
+func (k *leaseKeeper) grant(ctx context.Context) error {
+	send := time.Now()
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := k.cli.Grant(gctx, int64(k.t.LeaseTTL/time.Second))
+	cancel()
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	k.id, k.lastOK = resp.ID, send
+	k.mu.Unlock()
+	return os.WriteFile(k.path, []byte(strconv.FormatInt(int64(resp.ID), 16)+"\n"), 0o600)
+}
+
+// renew sends one keep-alive. expired is true when etcd says the lease is
+// gone (as opposed to etcd not answering in time).
+func (k *leaseKeeper) renew(ctx context.Context) (ok, expired bool) {
+	id := k.ID()
+	send := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, k.t.RenewTimeout)
+	resp, err := k.cli.KeepAliveOnce(rctx, id)
+	cancel()
+	if err != nil {
+		return false, errors.Is(err, rpctypes.ErrLeaseNotFound)
+	}
+	if resp.TTL <= 0 {
+		return false, true
+	}
+	k.mu.Lock()
+	if k.id == id && send.After(k.lastOK) {
+		k.lastOK = send
+	}
+	k.mu.Unlock()
+	return true, false
+}
+
+// ID is the current lease.
+func (k *leaseKeeper) ID() clientv3.LeaseID {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.id
+}
+
+// sinceOK is how long ago the last accepted renewal was sent.
+func (k *leaseKeeper) sinceOK() time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return time.Since(k.lastOK)
+}
+
+// valid reports whether this host may still start or resume guests: its
+// last renewal is recent enough that the self-fence deadline is not near.
+// Starting a guest needs at least half the fence deadline in hand.
+func (k *leaseKeeper) valid() bool { return k.sinceOK() < k.t.FenceAfter/2 }

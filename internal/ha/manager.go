@@ -1,0 +1,215 @@
+package ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Manager is the leader controller that restarts HA guests of dead hosts on
+// surviving ones. A host is dead when its lease has expired (its node key,
+// bound to the lease, is gone); its guests are restarted no earlier than
+// Timing.Margin after the manager saw that, highest priority first, within
+// capacity and anti-affinity. Guests that fit nowhere wait for capacity.
+type Manager struct {
+	st  *store.Store
+	t   Timing
+	log *slog.Logger
+	now func() time.Time
+
+	mu        sync.Mutex
+	deadSince map[string]time.Time // host -> when its lease was seen gone
+	waiting   map[string]bool      // HA guests that found no host (event sent once)
+	next      time.Duration        // when the next pass is wanted (0: no need)
+}
+
+// NewManager returns an HA manager using timing t.
+func NewManager(st *store.Store, t Timing, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Manager{st: st, t: t, log: log.With("controller", "ha-manager"), now: time.Now,
+		deadSince: map[string]time.Time{}, waiting: map[string]bool{}}
+}
+
+// Name implements leader.Controller.
+func (m *Manager) Name() string { return "ha-manager" }
+
+// NextPass implements leader.Waker: the margin after a host's death must not
+// wait for the leader's periodic tick.
+func (m *Manager) NextPass() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.next
+}
+
+// MaxLocalRestarts is how often an agent restarts an HA guest that exits on
+// its own before the HA manager moves it to another host.
+const MaxLocalRestarts = 3
+
+// Pass implements leader.Controller.
+func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.next = 0
+	nodes, err := m.st.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	vms, err := m.st.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	now := m.now()
+	alive := map[string]bool{}
+	for _, n := range nodes {
+		alive[n.Name] = true
+		delete(m.deadSince, n.Name)
+	}
+	// Hosts that guests are placed on but whose lease is gone.
+	for _, vm := range vms {
+		h := vm.Node
+		if h == "" || alive[h] {
+			continue
+		}
+		if _, seen := m.deadSince[h]; !seen {
+			m.deadSince[h] = now
+			m.event(ctx, api.Event{Time: now.UTC(), Kind: "host-lost", Node: h,
+				Message: fmt.Sprintf("host %s: lease expired; HA guests restart elsewhere after %s", h, m.t.Margin)})
+		}
+	}
+	hs, err := m.st.HAState(ctx)
+	if err != nil {
+		return err
+	}
+	if hs.Paused {
+		return nil
+	}
+	owners, err := m.st.Owners(ctx)
+	if err != nil {
+		return err
+	}
+	migs, err := m.st.ListMigrations(ctx)
+	if err != nil {
+		return err
+	}
+	// Migrations touching a dead host end here: its side is gone.
+	for _, mr := range migs {
+		if api.MigrationTerminal(mr.Phase) {
+			continue
+		}
+		for _, h := range []string{mr.Source, mr.Target} {
+			if _, dead := m.deadSince[h]; dead {
+				mg := mr.Migration
+				mg.Phase, mg.Finished = api.MigFailed, now.UTC()
+				mg.Error = fmt.Sprintf("host %s died during the migration", h)
+				if _, err := m.st.PutMigrationGuarded(ctx, &mg, mr.Rev, guard); err != nil {
+					return err
+				}
+				break
+			}
+		}
+	}
+
+	type cand struct {
+		vm  api.VM
+		why string
+	}
+	var cands []cand
+	for _, vm := range vms {
+		sp := vm.Spec
+		if !sp.HA || sp.Deleting || sp.Power != api.PowerRunning || vm.Node == "" || owners[sp.Name] != "" {
+			continue
+		}
+		if since, dead := m.deadSince[vm.Node]; dead {
+			if wait := since.Add(m.t.Margin).Sub(now); wait > 0 {
+				m.want(wait)
+				continue
+			}
+			cands = append(cands, cand{vm, fmt.Sprintf("host %s failed", vm.Node)})
+		} else if vm.Status.Phase == api.PhaseFailed && vm.Status.Restarts > MaxLocalRestarts && vm.Status.StartSeq == sp.StartSeq {
+			cands = append(cands, cand{vm, fmt.Sprintf("it failed %d times on %s", vm.Status.Restarts, vm.Node)})
+		}
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		a, b := cands[i].vm.Spec, cands[j].vm.Spec
+		if a.HAPriority != b.HAPriority {
+			return a.HAPriority > b.HAPriority
+		}
+		return a.Name < b.Name
+	})
+	targets := sched.Schedulable(nodes)
+	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
+	groups := map[string]map[string]bool{} // anti-affinity group -> hosts holding a member
+	for _, vm := range vms {
+		if g := vm.Spec.AntiAffinity; g != "" && vm.Node != "" {
+			if groups[g] == nil {
+				groups[g] = map[string]bool{}
+			}
+			groups[g][vm.Node] = true
+		}
+	}
+	for _, c := range cands {
+		sp := c.vm.Spec
+		var allowed []api.Node
+		for _, n := range targets {
+			if n.Name == c.vm.Node || (sp.AntiAffinity != "" && groups[sp.AntiAffinity][n.Name]) {
+				continue
+			}
+			allowed = append(allowed, n)
+		}
+		to := sched.Pick(allowed, free, sp)
+		if to == "" {
+			if !m.waiting[sp.Name] {
+				m.waiting[sp.Name] = true
+				m.event(ctx, api.Event{Kind: "ha-waiting", VM: sp.Name, Node: c.vm.Node,
+					Message: fmt.Sprintf("HA guest %s cannot restart (%s): no host has %d MiB free within its anti-affinity group %q; it starts when capacity returns", sp.Name, c.why, sp.MemoryMiB, sp.AntiAffinity)})
+			}
+			continue
+		}
+		st := api.VMStatus{Phase: api.PhasePending, Node: to, StartSeq: sp.StartSeq,
+			Message: fmt.Sprintf("HA restart: %s", c.why)}
+		ok, err := m.st.Relocate(ctx, sp.Name, c.vm.Node, to, st, guard)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // something changed; the next pass looks again
+		}
+		delete(m.waiting, sp.Name)
+		free[to] -= sp.MemoryMiB
+		if g := sp.AntiAffinity; g != "" {
+			if groups[g] == nil {
+				groups[g] = map[string]bool{}
+			}
+			groups[g][to] = true
+		}
+		m.log.Warn("HA restart issued", "vm", sp.Name, "from", c.vm.Node, "to", to, "why", c.why)
+		m.event(ctx, api.Event{Kind: "ha-restart", VM: sp.Name, Node: to,
+			Message: fmt.Sprintf("restarting HA guest %s on %s: %s", sp.Name, to, c.why)})
+	}
+	return nil
+}
+
+func (m *Manager) want(d time.Duration) {
+	if m.next == 0 || d < m.next {
+		m.next = d
+	}
+}
+
+func (m *Manager) event(ctx context.Context, ev api.Event) {
+	if ev.Time.IsZero() {
+		ev.Time = m.now().UTC()
+	}
+	if err := m.st.PutEvent(ctx, ev); err != nil {
+		m.log.Warn("recording event", "kind", ev.Kind, "err", err)
+	}
+}

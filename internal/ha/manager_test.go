@@ -1,0 +1,136 @@
+package ha
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/ferryvm/ferry/internal/store/storetest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity runs the HA
+// manager against a real etcd: host h2 has died (no node key), and its
+// guests are moved only after the margin, by priority, never next to a
+// member of their anti-affinity group, and a guest that fits nowhere waits.
+func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	lease, err := st.Client().Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []api.Node{
+		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), Images: []string{"tiny"}},
+		{Name: "h3", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), Images: []string{"tiny"}},
+	} {
+		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vms := []struct {
+		spec api.VMSpec
+		node string
+	}{
+		{api.VMSpec{Name: "a", MemoryMiB: 768, HA: true, HAPriority: 10}, "h2"},
+		{api.VMSpec{Name: "b", MemoryMiB: 768, HA: true}, "h2"},
+		{api.VMSpec{Name: "c", MemoryMiB: 256}, "h2"}, // not HA: stays
+		{api.VMSpec{Name: "d", MemoryMiB: 256, HA: true, AntiAffinity: "g"}, "h2"},
+		{api.VMSpec{Name: "e", MemoryMiB: 256, HA: true, AntiAffinity: "g"}, "h1"},
+		{api.VMSpec{Name: "z", MemoryMiB: 8192, HA: true}, "h2"}, // fits nowhere
+	}
+	for _, v := range vms {
+		v.spec.Image, v.spec.Power, v.spec.StartSeq = "tiny", api.PowerRunning, 1
+		if err := st.CreateVM(ctx, &v.spec); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := st.Place(ctx, v.spec.Name, v.node, nil); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+	}
+	// e runs on h1 and owns its key there.
+	if _, err := st.AcquireOwner(ctx, "e", "h1", lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Someone still owns b (as if h2's lease had not expired for it):
+	// ownership fences the manager, b must not move.
+	if _, err := st.Client().Put(ctx, store.OwnerPrefix+"b", "h2"); err != nil {
+		t.Fatal(err)
+	}
+	tm := DefaultTiming()
+	m := NewManager(st, tm, nil)
+	now := time.Now()
+	m.now = func() time.Time { return now }
+	guard := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
+	placed := func() map[string]string {
+		out := map[string]string{}
+		l, err := st.ListVMs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vm := range l {
+			out[vm.Spec.Name] = vm.Node
+		}
+		return out
+	}
+
+	if err := m.Pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if p := placed(); p["a"] != "h2" || p["b"] != "h2" || p["d"] != "h2" {
+		t.Fatalf("moved before the margin: %v", p)
+	}
+	if d := m.NextPass(); d <= 0 || d > tm.Margin {
+		t.Fatalf("manager asked for its next pass in %v, want within the margin %v", d, tm.Margin)
+	}
+	// Paused: nothing moves even after the margin.
+	if err := st.SetHAState(ctx, api.HAState{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(tm.Margin + time.Millisecond)
+	if err := m.Pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if p := placed(); p["a"] != "h2" {
+		t.Fatalf("moved while HA was paused: %v", p)
+	}
+	if err := st.SetHAState(ctx, api.HAState{Paused: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"a": "h1", "b": "h2", "c": "h2", "d": "h3", "e": "h1", "z": "h2"}
+	if p := placed(); !equal(p, want) {
+		t.Fatalf("after the margin: placed %v, want %v", p, want)
+	}
+	vm, _ := st.GetVM(ctx, "a")
+	if vm.Status.Phase != api.PhasePending || vm.Status.Node != "h1" {
+		t.Fatalf("relocated guest's status: %+v", vm.Status)
+	}
+	evs, err := st.ListEvents(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+	}
+	if kinds["host-lost"] != 1 || kinds["ha-restart"] != 2 || kinds["ha-waiting"] != 1 {
+		t.Fatalf("events %v", kinds)
+	}
+}
+
+func equal(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
