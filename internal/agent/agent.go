@@ -55,13 +55,13 @@ type Config struct {
 
 // Agent reconciles one host.
 type Agent struct {
-	cfg  Config
-	st   *store.Store
-	log  *slog.Logger
-	lk   *leaseKeeper
-	wd   *ha.WatchdogClient
+	cfg Config
+	st  *store.Store
+	log *slog.Logger
+	lk  *leaseKeeper
+	wd  *ha.WatchdogClient
 
-	fmu    sync.Mutex
+	fmu      sync.Mutex
 	fenced   bool   // HA guests were fenced in the current outage
 	fenceWhy string // what to record as an event once etcd answers again
 
