@@ -9,6 +9,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/qemu"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -85,14 +86,11 @@ func (a *Agent) fence(why string) {
 	}
 	a.mu.Lock()
 	var victims []*instance
-	for _, in := range a.vms {
-		if in.ha {
-			victims = append(victims, in)
-		}
-	}
-	for _, in := range a.incoming {
-		if in.ha {
-			victims = append(victims, in)
+	for _, m := range []map[string]*instance{a.vms, a.incoming} {
+		for _, in := range m {
+			if in.ha && qemu.IsGuest(in.rec.PID, in.rec.UUID) {
+				victims = append(victims, in)
+			}
 		}
 	}
 	a.mu.Unlock()

@@ -148,23 +148,14 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 	})
 	targets := sched.Schedulable(nodes)
 	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
-	groups := map[string]map[string]bool{} // anti-affinity group -> hosts holding a member
-	for _, vm := range vms {
-		if g := vm.Spec.AntiAffinity; g != "" && vm.Node != "" {
-			if groups[g] == nil {
-				groups[g] = map[string]bool{}
-			}
-			groups[g][vm.Node] = true
-		}
-	}
+	groups := sched.Groups(vms) // anti-affinity group -> hosts holding a member
 	for _, c := range cands {
 		sp := c.vm.Spec
 		var allowed []api.Node
-		for _, n := range targets {
-			if n.Name == c.vm.Node || (sp.AntiAffinity != "" && groups[sp.AntiAffinity][n.Name]) {
-				continue
+		for _, n := range sched.Spread(targets, groups, sp) {
+			if n.Name != c.vm.Node {
+				allowed = append(allowed, n)
 			}
-			allowed = append(allowed, n)
 		}
 		to := sched.Pick(allowed, free, sp)
 		if to == "" {

@@ -51,11 +51,12 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 		return err
 	}
 	free := FreeMemory(nodes, vms, store.Migrations(migs))
+	groups := Groups(vms)
 	for _, vm := range vms {
 		if vm.Node != "" || vm.Spec.Deleting {
 			continue
 		}
-		node := Pick(nodes, free, vm.Spec)
+		node := Pick(Spread(nodes, groups, vm.Spec), free, vm.Spec)
 		if node == "" {
 			continue // waits until a node fits
 		}
@@ -65,6 +66,12 @@ func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
 		}
 		if ok {
 			free[node] -= vm.Spec.MemoryMiB
+			if g := vm.Spec.AntiAffinity; g != "" {
+				if groups[g] == nil {
+					groups[g] = map[string]bool{}
+				}
+				groups[g][node] = true
+			}
 			s.log.Info("placed vm", "vm", vm.Spec.Name, "node", node)
 		}
 	}
@@ -113,6 +120,35 @@ func FreeMemory(nodes []api.Node, vms []api.VM, migs []api.Migration) map[string
 		}
 	}
 	return free
+}
+
+// Groups maps each anti-affinity group to the hosts its placed members are on.
+func Groups(vms []api.VM) map[string]map[string]bool {
+	g := map[string]map[string]bool{}
+	for _, vm := range vms {
+		if a := vm.Spec.AntiAffinity; a != "" && vm.Node != "" {
+			if g[a] == nil {
+				g[a] = map[string]bool{}
+			}
+			g[a][vm.Node] = true
+		}
+	}
+	return g
+}
+
+// Spread removes the hosts that already hold a member of spec's
+// anti-affinity group.
+func Spread(nodes []api.Node, groups map[string]map[string]bool, spec api.VMSpec) []api.Node {
+	if spec.AntiAffinity == "" {
+		return nodes
+	}
+	var out []api.Node
+	for _, n := range nodes {
+		if !groups[spec.AntiAffinity][n.Name] {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Pick chooses the ready node with the most free memory that fits spec and

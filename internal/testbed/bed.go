@@ -270,6 +270,28 @@ func (b *Bed) StopAgent(i int, sig syscall.Signal) error {
 	return b.save()
 }
 
+// KillHost crashes host i: every process in its namespace (agent, embedded
+// etcd, watchdog, QEMUs) gets SIGKILL at once, as if the machine lost power.
+// It returns once they are all gone.
+func (b *Bed) KillHost(i int) error {
+	h := b.Hosts[i]
+	pids := pidsInNetns(h.NS)
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for qemu.Running(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("host %s: pid %d survived SIGKILL", h.Name, pid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	h.PID = 0
+	return b.save()
+}
+
 // WaitNodes waits until n hosts are registered and ready.
 func (b *Bed) WaitNodes(ctx context.Context, n int) error {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
