@@ -59,7 +59,34 @@ func testbedCmd() *cobra.Command {
 		},
 	}
 	down.Flags().StringVar(&name, "name", "fbed", "testbed name")
-	c.AddCommand(up, down, testbedStreamCmd())
+	c.AddCommand(up, down, testbedStreamCmd(), testbedCrashCmd())
+	return c
+}
+
+func testbedCrashCmd() *cobra.Command {
+	var name string
+	c := &cobra.Command{
+		Use:   "crash HOST",
+		Short: "Crash a testbed host: SIGKILL every process in its namespace at once (agent, etcd, watchdog, guests)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := testbed.Load(name)
+			if err != nil {
+				return err
+			}
+			for i, h := range b.Hosts {
+				if h.Name == args[0] {
+					if err := b.KillHost(i); err != nil {
+						return err
+					}
+					fmt.Printf("host %s crashed at %s\n", h.Name, time.Now().Format("15:04:05.000"))
+					return nil
+				}
+			}
+			return fmt.Errorf("testbed %s has no host %q", name, args[0])
+		},
+	}
+	c.Flags().StringVar(&name, "name", "fbed", "testbed name")
 	return c
 }
 
