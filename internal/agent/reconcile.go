@@ -262,6 +262,10 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	return nil
 }
 
+// StatusSocket is where a guest's second QMP monitor listens, for observers
+// that want QEMU's own word on whether the guest runs (query-status).
+func StatusSocket(runDir, name string) string { return filepath.Join(runDir, name+".qst") }
+
 // guestConfig prepares what a guest's QEMU needs on this host (its disk on
 // the shared storage, a tap on the overlay or a user-mode forward, clean
 // sockets) and returns the QEMU configuration, the guest's HTTP endpoint and
@@ -280,6 +284,7 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reve
 		Name: name, UUID: spec.UUID, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
 		Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
 		QMPSocket:     filepath.Join(a.cfg.RunDir, name+".qmp"),
+		StatusSocket:  StatusSocket(a.cfg.RunDir, name),
 		ConsoleSocket: filepath.Join(a.cfg.RunDir, name+".con"),
 		ConsoleLog:    filepath.Join(dir, "console.log"),
 		PidFile:       filepath.Join(dir, "qemu.pid"),
@@ -321,6 +326,7 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reve
 	}
 	// Start from clean sockets; a stale one would make QEMU fail to bind.
 	os.Remove(cfg.QMPSocket)
+	os.Remove(cfg.StatusSocket)
 	os.Remove(cfg.ConsoleSocket)
 
 	return cfg, endpoint, tap, nil
@@ -412,6 +418,7 @@ func (a *Agent) forget(ctx context.Context, in *instance) {
 	in.qmp.Close()
 	os.Remove(a.recordPath(in.name))
 	os.Remove(in.rec.QMP)
+	os.Remove(StatusSocket(a.cfg.RunDir, in.name))
 	os.Remove(in.rec.Console)
 	if in.rec.Tap != "" {
 		hostnet.DeleteTap(in.rec.Tap)

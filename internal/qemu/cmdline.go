@@ -50,7 +50,10 @@ type Config struct {
 	Disks                  []Disk
 	Net                    *Net
 
-	QMPSocket     string
+	QMPSocket string
+	// StatusSocket, if set, is a second QMP monitor for observers (tests,
+	// operators debugging a host): the agent holds the first one.
+	StatusSocket  string
 	ConsoleSocket string
 	ConsoleLog    string
 	PidFile       string
@@ -78,10 +81,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("qemu: accelerator %q is not kvm or tcg", c.Accel)
 	case c.QMPSocket == "" || c.PidFile == "":
 		return fmt.Errorf("qemu: qmp socket and pidfile are required")
-	case len(c.QMPSocket) > 107 || len(c.ConsoleSocket) > 107:
+	case len(c.QMPSocket) > 107 || len(c.ConsoleSocket) > 107 || len(c.StatusSocket) > 107:
 		return fmt.Errorf("qemu: socket path longer than 107 bytes: %s", c.QMPSocket)
 	}
-	for _, p := range []string{c.Kernel, c.Initrd, c.QMPSocket, c.ConsoleSocket, c.ConsoleLog, c.PidFile} {
+	for _, p := range []string{c.Kernel, c.Initrd, c.QMPSocket, c.StatusSocket, c.ConsoleSocket, c.ConsoleLog, c.PidFile} {
 		if strings.Contains(p, ",") {
 			return fmt.Errorf("qemu: path %q contains a comma", p)
 		}
@@ -112,6 +115,9 @@ func (c *Config) Args() []string {
 		"-chardev", "socket,id=qmp,path=" + c.QMPSocket + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-daemonize", "-pidfile", c.PidFile,
+	}
+	if c.StatusSocket != "" {
+		a = append(a, "-chardev", "socket,id=qmp2,path="+c.StatusSocket+",server=on,wait=off", "-mon", "chardev=qmp2,mode=control")
 	}
 	if c.CPUModel != "" {
 		a = append(a, "-cpu", c.CPUModel)

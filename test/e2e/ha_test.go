@@ -17,6 +17,8 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
 
@@ -51,10 +53,8 @@ func observeHA(b *testbed.Bed, guests []*api.VM) *haObserver {
 		defer o.wg.Done()
 		for o.tick(100 * time.Millisecond) {
 			for _, g := range guests {
-				// (One host may briefly show two processes: QEMU's
-				// -daemonize parent and child.)
-				if hosts := distinct(qemuHosts(b, g.Spec.UUID)); len(hosts) > 1 {
-					o.violate("%s: QEMU ran on %v at once", g.Spec.Name, hosts)
+				if hosts := runningHosts(b, g); len(hosts) > 1 {
+					o.violate("%s: the guest ran on %v at once", g.Spec.Name, hosts)
 				}
 			}
 		}
@@ -182,6 +182,37 @@ func auditRecords(t *testing.T, b *testbed.Bed, cl *client.Client, name string) 
 	return vm
 }
 
+// runningHosts asks every QEMU process of the guest, on whichever host,
+// through its status monitor whether its CPUs run (a paused migration target
+// does not count). Where two seem to run it asks again in the reverse order,
+// so a handover between the two questions is not mistaken for a double run.
+func runningHosts(b *testbed.Bed, g *api.VM) []string {
+	hosts := distinct(qemuHosts(b, g.Spec.UUID))
+	ask := func(order []string) []string {
+		var running []string
+		for _, h := range order {
+			i := hostIndex(b, h)
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			c, err := qemu.Dial(ctx, agent.StatusSocket(b.Hosts[i].RunDir, g.Spec.Name))
+			if err == nil {
+				st, err := c.QueryStatus(ctx)
+				c.Close()
+				if err == nil && st.Running {
+					running = append(running, h)
+				}
+			}
+			cancel()
+		}
+		return running
+	}
+	running := ask(hosts)
+	if len(running) > 1 {
+		slices.Reverse(running)
+		running = ask(running)
+	}
+	return running
+}
+
 func distinct(l []string) []string {
 	var out []string
 	for _, s := range l {
@@ -202,14 +233,31 @@ func hostIndex(b *testbed.Bed, name string) int {
 }
 
 // TestHAFaults injects host-level faults under running HA guests in a
-// 3-host testbed and audits each: no guest ever runs twice, every HA guest
+// 5-host testbed (h1-h3 run the etcd members, h1 starts as leader and
+// serves the API) and audits each: no guest ever runs twice, every HA guest
 // runs again (on a surviving host when its own is gone), no acknowledged
 // write is lost, and the records agree with the processes.
 func TestHAFaults(t *testing.T) {
-	b, cl := newBed(t, 3)
-	ctx := ctxT(t, 15*time.Minute)
-	// One HA guest on each of h2 and h3 (anti-affinity spreads them), and
-	// one guest without HA that must be left alone.
+	b, cl0 := newBed(t, 5)
+	ctx := ctxT(t, 20*time.Minute)
+	// The API of h5 serves the test except when h5 itself is hit.
+	clients := map[string]*client.Client{b.Hosts[0].Name: cl0}
+	for _, i := range []int{1, 4} {
+		c, err := b.Client(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[b.Hosts[i].Name] = c
+	}
+	apiAway := func(hit ...string) *client.Client {
+		for _, h := range []string{"h5", "h2", "h1"} {
+			if !slices.Contains(hit, h) {
+				return clients[h]
+			}
+		}
+		return cl0
+	}
+	cl := apiAway()
 	var guests []*api.VM
 	for i, name := range []string{"ha1", "ha2"} {
 		vm, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: name, HA: true, HAPriority: 10 * i, AntiAffinity: "spread"})
@@ -221,86 +269,151 @@ func TestHAFaults(t *testing.T) {
 	for i, g := range guests {
 		guests[i] = auditRecords(t, b, cl, g.Spec.Name)
 	}
-	// The API and the leader live on h1; faults hit the hosts of guests
-	// that are not h1 (the leader's host gets its own scenario).
-	victim := func() (*api.VM, int) {
-		for _, g := range guests {
-			vm, err := cl.GetVM(ctx, g.Spec.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if i := hostIndex(b, vm.Node); i > 0 {
-				return vm, i
-			}
-		}
-		t.Fatal("no HA guest outside h1")
-		return nil, 0
-	}
-	restore := func(t *testing.T, i int) {
+	// place moves a guest to host (live) if it is not there yet.
+	place := func(t *testing.T, name, host string) {
 		t.Helper()
-		if b.Hosts[i].PID == 0 {
-			if err := b.StartAgent(ctx, i); err != nil {
-				t.Fatal(err)
+		vm, err := cl.GetVM(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vm.Node == host {
+			return
+		}
+		m, err := cl.MigrateVM(ctx, name, api.MigrateRequest{To: host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m = waitMigEnd(t, cl, name, m.ID); m.Phase != api.MigCompleted {
+			t.Fatalf("placing %s on %s: migration %s (%s)", name, host, m.Phase, m.Error)
+		}
+	}
+	restore := func(t *testing.T, hosts []int) {
+		t.Helper()
+		for _, i := range hosts {
+			if b.Hosts[i].PID == 0 {
+				if err := b.StartAgent(ctx, i); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
-		if err := b.WaitNodes(ctx, 3); err != nil {
+		if err := b.WaitNodes(ctx, len(b.Hosts)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	scenario := func(name string, inject func(t *testing.T, i int), heal func(t *testing.T, i int)) {
+	// scenario puts the guests where setup says, injects the fault into the
+	// given hosts, waits until every guest in reboot answers from a new
+	// boot (and checks the others did not reboot), heals, restores and audits.
+	type plan struct {
+		hosts  []int             // hosts hit
+		reboot []string          // guests that must restart
+		place  map[string]string // guest -> host before the fault
+	}
+	scenario := func(name string, p plan, inject func(t *testing.T, hosts []int), heal func(t *testing.T, hosts []int)) {
 		t.Run(name, func(t *testing.T) {
-			vm, i := victim()
+			for g, h := range p.place {
+				place(t, g, h)
+			}
+			var hit []string
+			for _, i := range p.hosts {
+				hit = append(hit, b.Hosts[i].Name)
+			}
+			cl = apiAway(hit...)
 			o := observeHA(b, guests)
 			time.Sleep(time.Second) // the observer sees the guests before the fault
-			boots := o.bootCount(vm.Spec.Name)
+			before := map[string]int{}
+			for _, g := range guests {
+				before[g.Spec.Name] = o.bootCount(g.Spec.Name)
+			}
 			start := time.Now()
-			inject(t, i)
-			o.waitRestarted(t, vm.Spec.Name, boots, 60*time.Second)
-			t.Logf("%s answered again from a new boot %.1fs after the fault", vm.Spec.Name, time.Since(start).Seconds())
-			heal(t, i)
-			restore(t, i)
-			time.Sleep(2 * time.Second) // the healed host must not bring back a second copy
+			inject(t, p.hosts)
+			for _, g := range p.reboot {
+				o.waitRestarted(t, g, before[g], 60*time.Second)
+				t.Logf("%s answered again from a new boot %.1fs after the fault", g, time.Since(start).Seconds())
+			}
+			if heal != nil {
+				heal(t, p.hosts)
+			}
+			restore(t, p.hosts)
+			time.Sleep(2 * time.Second) // a healed host must not bring back a second copy
 			o.end(t)
 			for _, g := range guests {
 				got := auditRecords(t, b, cl, g.Spec.Name)
-				if got.Spec.Name == vm.Spec.Name && got.Node == vm.Node {
-					t.Errorf("%s still placed on %s, whose fault should have moved it", got.Spec.Name, vm.Node)
+				if !slices.Contains(p.reboot, g.Spec.Name) && o.bootCount(g.Spec.Name) != before[g.Spec.Name] {
+					t.Errorf("%s rebooted, but its host was not hit", g.Spec.Name)
+				}
+				if slices.Contains(p.reboot, g.Spec.Name) && slices.Contains(hit, p.place[g.Spec.Name]) && slices.Contains(hit, got.Node) && got.Node == p.place[g.Spec.Name] {
+					t.Errorf("%s still placed on %s, whose fault should have moved it", got.Spec.Name, got.Node)
 				}
 			}
 		})
 	}
-
-	scenario("host crash", func(t *testing.T, i int) {
-		if err := b.KillHost(i); err != nil {
-			t.Fatal(err)
+	kill := func(t *testing.T, hosts []int) {
+		for _, i := range hosts {
+			if err := b.KillHost(i); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}, func(t *testing.T, i int) {})
+	}
+	one := func(host string) plan {
+		return plan{hosts: []int{hostIndex(b, host)}, reboot: []string{"ha1"}, place: map[string]string{"ha1": host, "ha2": "h3"}}
+	}
 
-	scenario("agent frozen for twice the lease", func(t *testing.T, i int) {
-		syscall.Kill(b.Hosts[i].PID, syscall.SIGSTOP)
+	scenario("host crash", one("h4"), kill, nil)
+
+	scenario("agent frozen for twice the lease", one("h4"), func(t *testing.T, hosts []int) {
+		h := b.Hosts[hosts[0]]
+		syscall.Kill(h.PID, syscall.SIGSTOP)
 		time.Sleep(4 * time.Second)
 		// The watchdog, not the agent, must have killed the guest.
-		log, _ := os.ReadFile(filepath.Join(b.Hosts[i].DataDir, "watchdog.log"))
+		log, _ := os.ReadFile(filepath.Join(h.DataDir, "watchdog.log"))
 		if !strings.Contains(string(log), "watchdog fired") {
 			t.Errorf("the watchdog did not fire while the agent was frozen; its log:\n%s", log)
 		}
-		syscall.Kill(b.Hosts[i].PID, syscall.SIGCONT)
-	}, func(t *testing.T, i int) {})
+		syscall.Kill(h.PID, syscall.SIGCONT)
+	}, nil)
 
-	scenario("host cut off from the network", func(t *testing.T, i int) {
-		link(t, b, b.Hosts[i].Name, "down")
-		t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", b.Hosts[i].Name, "up").Run() })
-	}, func(t *testing.T, i int) {
-		link(t, b, b.Hosts[i].Name, "up")
+	scenario("host cut off from the network", one("h2"), func(t *testing.T, hosts []int) {
+		h := b.Hosts[hosts[0]]
+		link(t, b, h.Name, "down")
+		t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", h.Name, "up").Run() })
+	}, func(t *testing.T, hosts []int) {
+		h := b.Hosts[hosts[0]]
+		link(t, b, h.Name, "up")
 		// It fenced itself: its agent says so once it reaches etcd again.
-		waitEvent(t, cl, "self-fenced", b.Hosts[i].Name, 30*time.Second)
+		waitEvent(t, cl, "self-fenced", h.Name, 30*time.Second)
 	})
 
-	scenario("agent killed", func(t *testing.T, i int) {
-		if err := b.StopAgent(i, syscall.SIGKILL); err != nil {
+	scenario("agent killed", one("h4"), func(t *testing.T, hosts []int) {
+		if err := b.StopAgent(hosts[0], syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-	}, func(t *testing.T, i int) {})
+	}, nil)
+
+	// h1 holds the leadership (it campaigned first) and an etcd member.
+	scenario("leader's host crash", one("h1"), kill, nil)
+
+	scenario("two hosts crash together", plan{hosts: []int{3, 4}, reboot: []string{"ha1", "ha2"},
+		place: map[string]string{"ha1": "h4", "ha2": "h5"}}, kill, nil)
+
+	// A host dies during a live migration of an HA guest (bandwidth-limited
+	// so that the copy takes seconds): the source, and then the target.
+	migrating := func(from, to string) func(t *testing.T, hosts []int) {
+		return func(t *testing.T, hosts []int) {
+			m, err := cl.MigrateVM(ctx, "ha1", api.MigrateRequest{To: to, MaxBandwidth: "16M"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitMigPhase(t, cl, "ha1", m.ID, api.MigCopying)
+			waitCopied(t, cl, "ha1", m.ID, 16<<20)
+			kill(t, hosts)
+			m = waitMigEnd(t, cl, "ha1", m.ID)
+			t.Logf("migration %s: %s", m.Phase, m.Error)
+		}
+	}
+	scenario("source host crash mid-migration", plan{hosts: []int{3}, reboot: []string{"ha1"},
+		place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+	scenario("target host crash mid-migration", plan{hosts: []int{4}, reboot: nil,
+		place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
 
 	evs, err := cl.Events(ctx, 200)
 	if err != nil {
