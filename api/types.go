@@ -122,6 +122,10 @@ type Node struct {
 	Heartbeat   time.Time `json:"heartbeat"`
 	// Maintenance is set by drain: no new guests, running ones move away.
 	Maintenance bool `json:"maintenance,omitempty"`
+	// Degraded lists what the agent's own health checks found wrong (the
+	// storage nearly full, the guest overlay gone); the HA manager drains
+	// a degraded host while it still works.
+	Degraded []string `json:"degraded,omitempty"`
 }
 
 // NodeMeta is what operators set on a node (kept apart from the record its

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -265,6 +266,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	if _, err := image.Find(a.cfg.ImageDir); err == nil {
 		n.Images = append(n.Images, api.ImageTiny)
 	}
+	n.Degraded = a.selfCheck()
 	a.mu.Lock()
 	for _, in := range a.vms {
 		n.VMs++
@@ -272,6 +274,28 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 	return a.st.PutNode(ctx, n, a.lk.ID())
+}
+
+// MinFreeStorageMiB is the free space below which the guests' storage
+// counts as nearly full and the host reports itself degraded.
+const MinFreeStorageMiB = 256
+
+// selfCheck is the agent's own health checks: what it finds wrong makes the
+// host degraded, and the HA manager drains it while it still works.
+func (a *Agent) selfCheck() []string {
+	var out []string
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(a.cfg.StorageDir, &fs); err != nil {
+		out = append(out, "guest storage unreadable: "+err.Error())
+	} else if free := int64(fs.Bavail) * fs.Bsize >> 20; free < MinFreeStorageMiB {
+		out = append(out, fmt.Sprintf("guest storage %s has only %d MiB free", a.cfg.StorageDir, free))
+	}
+	if a.cfg.Overlay != nil {
+		if err := a.cfg.Overlay.Check(); err != nil {
+			out = append(out, err.Error())
+		}
+	}
+	return out
 }
 
 func memTotalMiB() int {

@@ -66,6 +66,8 @@ type instance struct {
 	exitReason string // from the SHUTDOWN event
 	watchdog   bool   // a WATCHDOG event was seen
 	fenced     bool   // killed by self-fencing
+	// unhealthySince is when the guest's health check started failing.
+	unhealthySince time.Time
 	guest      *api.Guest
 	gone       chan struct{} // closed once QEMU has exited
 	detached   chan struct{} // closed when the agent lets go without stopping it

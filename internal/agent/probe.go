@@ -3,10 +3,12 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/qemu"
 )
 
 // probeLoop asks every running guest for its health over HTTP and reports
@@ -44,7 +46,22 @@ func (a *Agent) probeLoop(ctx context.Context) {
 				in.guest = &cp
 			}
 			cur := in.guest
+			switch {
+			case g.Healthy:
+				in.unhealthySince = time.Time{}
+			case in.unhealthySince.IsZero():
+				in.unhealthySince = time.Now()
+			}
+			hung := in.ha && !in.incoming && old != nil && !old.LastSeen.IsZero() &&
+				!in.unhealthySince.IsZero() && time.Since(in.unhealthySince) > UnresponsiveReset
+			if hung {
+				in.unhealthySince = time.Time{} // once per episode
+			}
 			in.mu.Unlock()
+			if hung {
+				a.resetHung(ctx, in)
+				continue
+			}
 			changed := old == nil || old.Healthy != cur.Healthy || old.BootID != cur.BootID
 			if changed || time.Since(lastWrite[in.name]) > 15*time.Second {
 				if vm, err := a.st.GetVM(ctx, in.name); err == nil && vm.Status.Phase == api.PhaseRunning && vm.Status.PID == in.rec.PID && in.alive() {
@@ -53,6 +70,25 @@ func (a *Agent) probeLoop(ctx context.Context) {
 				}
 			}
 		}
+	}
+}
+
+// UnresponsiveReset is how long an HA guest that answered before may fail
+// its health check before the agent resets it.
+const UnresponsiveReset = 15 * time.Second
+
+// resetHung resets an HA guest that stopped answering: QEMU runs with
+// -no-reboot, so the reset ends it and the agent's self-healing restarts it
+// (a fresh boot) like any other unexpected exit.
+func (a *Agent) resetHung(ctx context.Context, in *instance) {
+	msg := fmt.Sprintf("HA guest %s did not answer its health check for %s; resetting it", in.name, UnresponsiveReset)
+	a.log.Warn(msg)
+	a.event(ctx, api.Event{Kind: "guest-unresponsive", VM: in.name, Node: a.cfg.Node, Message: msg})
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := in.qmp.Execute(cctx, "system_reset", nil, nil); err != nil {
+		a.log.Error("resetting an unresponsive guest; killing it", "vm", in.name, "err", err)
+		qemu.Kill(cctx, in.rec.PID, in.rec.UUID)
 	}
 }
 

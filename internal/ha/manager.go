@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +27,9 @@ type Manager struct {
 	now func() time.Time
 
 	mu        sync.Mutex
-	deadSince map[string]time.Time // host -> when its lease was seen gone
+	deadSince map[string]time.Time   // host -> when its lease was seen gone
+	losses    map[string][]time.Time // host -> when it was lost, within FlapWindow
+	drained   map[string]bool        // hosts this manager put in maintenance (event sent once)
 	waiting   map[string]bool      // HA guests that found no host (event sent once)
 	next      time.Duration        // when the next pass is wanted (0: no need)
 }
@@ -37,7 +40,7 @@ func NewManager(st *store.Store, t Timing, log *slog.Logger) *Manager {
 		log = slog.Default()
 	}
 	return &Manager{st: st, t: t, log: log.With("controller", "ha-manager"), now: time.Now,
-		deadSince: map[string]time.Time{}, waiting: map[string]bool{}}
+		deadSince: map[string]time.Time{}, waiting: map[string]bool{}, losses: map[string][]time.Time{}, drained: map[string]bool{}}
 }
 
 // Name implements leader.Controller.
@@ -50,6 +53,14 @@ func (m *Manager) NextPass() time.Duration {
 	defer m.mu.Unlock()
 	return m.next
 }
+
+// A host lost FlapLosses times within FlapWindow is flapping: instead of
+// being fenced over and over, it is put in maintenance until an operator
+// undrains it.
+const (
+	FlapLosses = 3
+	FlapWindow = 10 * time.Minute
+)
 
 // MaxLocalRestarts is how often an agent restarts an HA guest that exits on
 // its own before the HA manager moves it to another host.
@@ -84,6 +95,48 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 			m.deadSince[h] = now
 			m.event(ctx, api.Event{Time: now.UTC(), Kind: "host-lost", Node: h,
 				Message: fmt.Sprintf("host %s: lease expired; HA guests restart elsewhere after %s", h, m.t.Margin)})
+			var recent []time.Time
+			for _, at := range append(m.losses[h], now) {
+				if now.Sub(at) <= FlapWindow {
+					recent = append(recent, at)
+				}
+			}
+			m.losses[h] = recent
+		}
+	}
+	// Hosts to take out of service while they still answer: flapping ones,
+	// and ones whose agent reports itself degraded — the latter only while
+	// some healthy host remains (shared storage filling up everywhere is not
+	// helped by moving guests around).
+	healthy := 0
+	for _, n := range nodes {
+		if n.State == "ready" && !n.Maintenance && len(n.Degraded) == 0 && len(m.losses[n.Name]) < FlapLosses {
+			healthy++
+		}
+	}
+	for _, n := range nodes {
+		why := ""
+		switch {
+		case len(m.losses[n.Name]) >= FlapLosses:
+			why = fmt.Sprintf("it was lost %d times within %s (flapping); fix it and undrain it", len(m.losses[n.Name]), FlapWindow)
+		case len(n.Degraded) > 0 && healthy > 0:
+			why = "it reports itself degraded: " + strings.Join(n.Degraded, "; ")
+		}
+		if why == "" || n.Maintenance {
+			if !n.Maintenance {
+				delete(m.drained, n.Name)
+			}
+			continue
+		}
+		if err := m.st.SetMaintenance(ctx, n.Name, true); err != nil {
+			return err
+		}
+		m.losses[n.Name] = nil
+		if !m.drained[n.Name] {
+			m.drained[n.Name] = true
+			m.log.Warn("host put in maintenance", "node", n.Name, "why", why)
+			m.event(ctx, api.Event{Kind: "host-drained", Node: n.Name,
+				Message: fmt.Sprintf("host %s put in maintenance (its guests move away live): %s", n.Name, why)})
 		}
 	}
 	hs, err := m.st.HAState(ctx)

@@ -134,3 +134,76 @@ func equal(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestManagerDrainsFlappingAndDegradedHosts: a host whose agent reports
+// itself degraded, and a host lost FlapLosses times within FlapWindow, are
+// put in maintenance (so their guests move away live) with an event, once.
+func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	lease, err := st.Client().Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := func(n api.Node) {
+		n.State, n.MemoryMiB, n.Heartbeat = "ready", 4096, time.Now()
+		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up(api.Node{Name: "h1"})
+	up(api.Node{Name: "h2", Degraded: []string{"guest overlay: fvx0 is down"}})
+	up(api.Node{Name: "h3"})
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "x", MemoryMiB: 256, Image: "tiny", Power: api.PowerRunning}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, "x", "h3", nil); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	m := NewManager(st, DefaultTiming(), nil)
+	guard := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
+	maint := func(name string) bool {
+		nodes, err := st.ListNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == name {
+				return n.Maintenance
+			}
+		}
+		return false
+	}
+	if err := m.Pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if !maint("h2") || maint("h1") || maint("h3") {
+		t.Fatalf("after one pass: maintenance h1=%v h2=%v h3=%v, want only the degraded h2", maint("h1"), maint("h2"), maint("h3"))
+	}
+	for i := 1; i <= FlapLosses; i++ {
+		if maint("h3") {
+			t.Fatalf("h3 in maintenance after %d losses", i-1)
+		}
+		if _, err := st.Client().Delete(ctx, store.NodePrefix+"h3"); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pass(ctx, guard); err != nil {
+			t.Fatal(err)
+		}
+		up(api.Node{Name: "h3"})
+		if err := m.Pass(ctx, guard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !maint("h3") {
+		t.Fatalf("h3 lost %d times but not in maintenance", FlapLosses)
+	}
+	evs, _ := st.ListEvents(ctx, 100)
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+	}
+	if kinds["host-drained"] != 2 || kinds["host-lost"] != FlapLosses {
+		t.Fatalf("events %v, want 2 host-drained and %d host-lost", kinds, FlapLosses)
+	}
+}

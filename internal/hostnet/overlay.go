@@ -87,6 +87,22 @@ func (o *Overlay) Ensure() error {
 
 // MTU is the largest frame guests may send so that it fits the underlay
 // after encapsulation.
+// Check reports what is wrong with the overlay on this host: its bridge or
+// VXLAN device missing or down.
+func (o *Overlay) Check() error {
+	for _, name := range []string{o.Bridge, o.VXLAN} {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("guest overlay: %s is missing", name)
+		}
+		if l.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("guest overlay: %s is down", name)
+		}
+	}
+	return nil
+}
+
+// MTU is the guests' MTU on the overlay.
 func (o *Overlay) MTU() int {
 	m := o.underMTU
 	if m == 0 {

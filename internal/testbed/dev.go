@@ -221,6 +221,11 @@ func (d *DevAgent) QEMUPids() []int {
 	return pidsWithArg("qemu-system", d.RunDir+"/")
 }
 
+// WatchdogPids returns the pids of this agent's watchdog process.
+func (d *DevAgent) WatchdogPids() []int {
+	return pidsWithArg("watchdog", filepath.Join(d.RunDir, "watchdog.sock"))
+}
+
 func pidsWithArg(comm, needle string) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
@@ -244,6 +249,9 @@ func pidsWithArg(comm, needle string) []int {
 // directories. It is safe to call more than once and after failures.
 func (d *DevAgent) Cleanup() {
 	d.Kill()
+	for _, pid := range d.WatchdogPids() { // started by the agent for HA guests
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 	for _, pid := range d.QEMUPids() {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}

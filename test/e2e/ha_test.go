@@ -310,6 +310,7 @@ func TestHAFaults(t *testing.T) {
 	}
 	scenario := func(name string, p plan, inject func(t *testing.T, hosts []int), heal func(t *testing.T, hosts []int)) {
 		t.Run(name, func(t *testing.T) {
+			begin := time.Now()
 			for g, h := range p.place {
 				place(t, g, h)
 			}
@@ -339,7 +340,15 @@ func TestHAFaults(t *testing.T) {
 			for _, g := range guests {
 				got := auditRecords(t, b, cl, g.Spec.Name)
 				if !slices.Contains(p.reboot, g.Spec.Name) && o.bootCount(g.Spec.Name) != before[g.Spec.Name] {
-					t.Errorf("%s rebooted, but its host was not hit", g.Spec.Name)
+					// Allowed only as self-healing of a guest that crashed on
+					// its own host (QEMU 7.2/TCG can corrupt a guest's memory
+					// in a live migration, docs/KNOWN-ISSUES.md; place() migrates).
+					why := rebootCause(t, cl, g.Spec.Name, begin)
+					if why == "" {
+						t.Errorf("%s rebooted, but its host was not hit and it was not restarted after a crash of its own", g.Spec.Name)
+					} else {
+						t.Logf("%s rebooted on its own host: %s", g.Spec.Name, why)
+					}
 				}
 				if slices.Contains(p.reboot, g.Spec.Name) && slices.Contains(hit, p.place[g.Spec.Name]) && slices.Contains(hit, got.Node) && got.Node == p.place[g.Spec.Name] {
 					t.Errorf("%s still placed on %s, whose fault should have moved it", got.Spec.Name, got.Node)
@@ -424,6 +433,29 @@ func TestHAFaults(t *testing.T) {
 	}
 }
 
+// rebootCause returns the self-healing event that restarted a guest on its
+// own host since start, or "" if there was none (or the HA manager moved it).
+func rebootCause(t *testing.T, cl *client.Client, vm string, since time.Time) string {
+	t.Helper()
+	evs, err := cl.Events(context.Background(), 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	why := ""
+	for _, e := range evs {
+		if e.VM != vm || e.Time.Before(since) {
+			continue
+		}
+		switch e.Kind {
+		case "ha-restart":
+			return ""
+		case "guest-exited":
+			why = e.Message
+		}
+	}
+	return why
+}
+
 func waitEvent(t *testing.T, cl *client.Client, kind, node string, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -442,5 +474,58 @@ func waitEvent(t *testing.T, cl *client.Client, kind, node string, timeout time.
 			t.Fatalf("no %s event for %s within %s", kind, node, timeout)
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// TestHASelfHealing: an HA guest whose QEMU dies is restarted on its host,
+// and one that stops answering its health check (here: its CPUs stopped
+// through the status monitor, as a hung guest would look) is reset and
+// restarted; each is a fresh boot, counted, and recorded as an event.
+func TestHASelfHealing(t *testing.T) {
+	d := newDev(t)
+	ctx := ctxT(t, 5*time.Minute)
+	if _, err := d.Client.CreateVM(ctx, api.VMCreateRequest{Name: "heal", HA: true}); err != nil {
+		t.Fatal(err)
+	}
+	vm := waitFor(t, d, "heal", 90*time.Second, "running", healthyRunning)
+	if len(d.WatchdogPids()) != 1 {
+		t.Errorf("watchdog processes for the HA guest: %v, want one", d.WatchdogPids())
+	}
+	newBoot := func(what string, before *api.VM, restarts int) *api.VM {
+		t.Helper()
+		got := waitFor(t, d, "heal", 90*time.Second, what, func(v *api.VM) bool {
+			return healthyRunning(v) && v.Status.PID != before.Status.PID && v.Status.Guest.BootID != before.Status.Guest.BootID
+		})
+		if got.Status.Restarts != restarts {
+			t.Errorf("%s: restarts %d, want %d", what, got.Status.Restarts, restarts)
+		}
+		return got
+	}
+
+	if err := syscall.Kill(vm.Status.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	vm = newBoot("restarted after its QEMU was killed", vm, 1)
+
+	c, err := qemu.Dial(ctx, agent.StatusSocket(d.RunDir, "heal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	vm = newBoot("reset after it stopped answering", vm, 2)
+
+	evs, err := d.Client.Events(ctx, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+	}
+	if kinds["guest-exited"] != 2 || kinds["guest-unresponsive"] != 1 {
+		t.Errorf("events %v, want 2 guest-exited and 1 guest-unresponsive", kinds)
 	}
 }
