@@ -68,9 +68,9 @@ type instance struct {
 	fenced     bool   // killed by self-fencing
 	// unhealthySince is when the guest's health check started failing.
 	unhealthySince time.Time
-	guest      *api.Guest
-	gone       chan struct{} // closed once QEMU has exited
-	detached   chan struct{} // closed when the agent lets go without stopping it
+	guest          *api.Guest
+	gone           chan struct{} // closed once QEMU has exited
+	detached       chan struct{} // closed when the agent lets go without stopping it
 }
 
 func (a *Agent) recordPath(name string) string { return filepath.Join(a.vmDir(name), "runtime.json") }

@@ -30,8 +30,8 @@ type Manager struct {
 	deadSince map[string]time.Time   // host -> when its lease was seen gone
 	losses    map[string][]time.Time // host -> when it was lost, within FlapWindow
 	drained   map[string]bool        // hosts this manager put in maintenance (event sent once)
-	waiting   map[string]bool      // HA guests that found no host (event sent once)
-	next      time.Duration        // when the next pass is wanted (0: no need)
+	waiting   map[string]bool        // HA guests that found no host (event sent once)
+	next      time.Duration          // when the next pass is wanted (0: no need)
 }
 
 // NewManager returns an HA manager using timing t.
