@@ -28,6 +28,7 @@ type Manager struct {
 
 	mu        sync.Mutex
 	deadSince map[string]time.Time   // host -> when its lease was seen gone
+	seen      map[string]bool        // hosts alive at the previous pass
 	losses    map[string][]time.Time // host -> when it was lost, within FlapWindow
 	drained   map[string]bool        // hosts this manager put in maintenance (event sent once)
 	waiting   map[string]bool        // HA guests that found no host (event sent once)
@@ -85,9 +86,17 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 		alive[n.Name] = true
 		delete(m.deadSince, n.Name)
 	}
-	// Hosts that guests are placed on but whose lease is gone.
+	// Hosts whose lease is gone: those guests are placed on, and those
+	// this manager saw alive before (a host without guests can flap too).
+	var gone []string
 	for _, vm := range vms {
-		h := vm.Node
+		gone = append(gone, vm.Node)
+	}
+	for h := range m.seen {
+		gone = append(gone, h)
+	}
+	m.seen = alive
+	for _, h := range gone {
 		if h == "" || alive[h] {
 			continue
 		}

@@ -15,6 +15,8 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Key prefixes.
@@ -46,6 +48,12 @@ func Open(ctx context.Context, endpoints []string) (*Store, error) {
 		// to another, instead of waiting for TCP to give up.
 		DialKeepAliveTime:    time.Second,
 		DialKeepAliveTimeout: time.Second,
+		// Reconnect quickly after a network blip: gRPC's default back-off
+		// grows to two minutes, far beyond the 2 s lease a host must renew.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
 		Logger:               nopZap(),
 	})
 	if err != nil {
