@@ -54,7 +54,7 @@ func Open(ctx context.Context, endpoints []string) (*Store, error) {
 			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
 		})},
-		Logger:               nopZap(),
+		Logger: nopZap(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", endpoints, err)
