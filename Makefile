@@ -7,7 +7,7 @@ IMAGE_DIR  ?= /var/cache/ferry/images
 BIN        := $(CURDIR)/bin
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build image demo test unit e2e bench vet fuzz clean
+.PHONY: all deps build image demo test unit e2e bench vet fuzz soak clean
 
 all: build
 
@@ -37,6 +37,11 @@ unit: deps
 
 e2e: image
 	FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
+
+# The HA fault suite, every scenario repeated (SOAK rounds).
+SOAK ?= 5
+soak: image
+	FERRY_SOAK=$(SOAK) FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout 0 -v -run TestHAFaults ./test/e2e/
 
 # Short fuzz runs of the QMP reader and the API's body decoding.
 FUZZTIME ?= 15s

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -383,75 +384,85 @@ func TestHAFaults(t *testing.T) {
 		return plan{hosts: []int{hostIndex(b, host)}, reboot: []string{"ha1"}, place: map[string]string{"ha1": host, "ha2": "h3"}}
 	}
 
-	scenario("host crash", one("h4"), kill, nil)
-
-	scenario("agent frozen for twice the lease", one("h4"), func(t *testing.T, hosts []int) {
-		h := b.Hosts[hosts[0]]
-		syscall.Kill(h.PID, syscall.SIGSTOP)
-		time.Sleep(4 * time.Second)
-		// The watchdog, not the agent, must have killed the guest.
-		log, _ := os.ReadFile(filepath.Join(h.DataDir, "watchdog.log"))
-		if !strings.Contains(string(log), "watchdog fired") {
-			t.Errorf("the watchdog did not fire while the agent was frozen; its log:\n%s", log)
+	// FERRY_SOAK=N repeats every scenario N times (make soak).
+	rounds := 1
+	if n, err := strconv.Atoi(os.Getenv("FERRY_SOAK")); err == nil && n > 1 {
+		rounds = n
+	}
+	for round := 1; round <= rounds; round++ {
+		if rounds > 1 {
+			t.Logf("soak round %d of %d", round, rounds)
 		}
-		syscall.Kill(h.PID, syscall.SIGCONT)
-	}, nil)
+		scenario("host crash", one("h4"), kill, nil)
 
-	scenario("host cut off from the network", one("h2"), func(t *testing.T, hosts []int) {
-		h := b.Hosts[hosts[0]]
-		link(t, b, h.Name, "down")
-		t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", h.Name, "up").Run() })
-	}, func(t *testing.T, hosts []int) {
-		h := b.Hosts[hosts[0]]
-		link(t, b, h.Name, "up")
-		// It fenced itself: its agent says so once it reaches etcd again.
-		waitEvent(t, cl, "self-fenced", h.Name, 30*time.Second)
-	})
+		scenario("agent frozen for twice the lease", one("h4"), func(t *testing.T, hosts []int) {
+			h := b.Hosts[hosts[0]]
+			syscall.Kill(h.PID, syscall.SIGSTOP)
+			time.Sleep(4 * time.Second)
+			// The watchdog, not the agent, must have killed the guest.
+			log, _ := os.ReadFile(filepath.Join(h.DataDir, "watchdog.log"))
+			if !strings.Contains(string(log), "watchdog fired") {
+				t.Errorf("the watchdog did not fire while the agent was frozen; its log:\n%s", log)
+			}
+			syscall.Kill(h.PID, syscall.SIGCONT)
+		}, nil)
 
-	scenario("agent killed", one("h4"), func(t *testing.T, hosts []int) {
-		if err := b.StopAgent(hosts[0], syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-	}, nil)
+		scenario("host cut off from the network", one("h2"), func(t *testing.T, hosts []int) {
+			h := b.Hosts[hosts[0]]
+			link(t, b, h.Name, "down")
+			t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", h.Name, "up").Run() })
+		}, func(t *testing.T, hosts []int) {
+			h := b.Hosts[hosts[0]]
+			link(t, b, h.Name, "up")
+			// It fenced itself: its agent says so once it reaches etcd again.
+			waitEvent(t, cl, "self-fenced", h.Name, 30*time.Second)
+		})
 
-	// h1 holds the leadership (it campaigned first) and an etcd member.
-	scenario("leader's host crash", one("h1"), kill, nil)
-
-	scenario("two hosts crash together", plan{hosts: []int{3, 4}, reboot: []string{"ha1", "ha2"},
-		place: map[string]string{"ha1": "h4", "ha2": "h5"}}, kill, nil)
-
-	// A host dies during a live migration of an HA guest (bandwidth-limited
-	// so that the copy takes seconds): the source, and then the target.
-	migrating := func(from, to string) func(t *testing.T, hosts []int) {
-		return func(t *testing.T, hosts []int) {
-			m, err := cl.MigrateVM(ctx, "ha1", api.MigrateRequest{To: to, MaxBandwidth: "16M"})
-			if err != nil {
+		scenario("agent killed", one("h4"), func(t *testing.T, hosts []int) {
+			if err := b.StopAgent(hosts[0], syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			waitMigPhase(t, cl, "ha1", m.ID, api.MigCopying)
-			waitCopied(t, cl, "ha1", m.ID, 16<<20)
-			kill(t, hosts)
-			m = waitMigEnd(t, cl, "ha1", m.ID)
-			t.Logf("migration %s: %s", m.Phase, m.Error)
-		}
-	}
-	scenario("link flapping for a minute", one("h4"), func(t *testing.T, hosts []int) {
-		h := b.Hosts[hosts[0]]
-		t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", h.Name, "up").Run() })
-		for end := time.Now().Add(time.Minute); time.Now().Before(end); {
-			link(t, b, h.Name, "down")
-			time.Sleep(3 * time.Second)
-			link(t, b, h.Name, "up")
-			time.Sleep(3 * time.Second)
-		}
-		// Lost over and over, the host is taken out of service instead.
-		waitEvent(t, cl, "host-drained", h.Name, 30*time.Second)
-	}, nil)
+		}, nil)
 
-	scenario("source host crash mid-migration", plan{hosts: []int{3}, reboot: []string{"ha1"},
-		place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
-	scenario("target host crash mid-migration", plan{hosts: []int{4}, reboot: nil,
-		place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+		// h1 holds the leadership (it campaigned first) and an etcd member.
+		scenario("leader's host crash", one("h1"), kill, nil)
+
+		scenario("two hosts crash together", plan{hosts: []int{3, 4}, reboot: []string{"ha1", "ha2"},
+			place: map[string]string{"ha1": "h4", "ha2": "h5"}}, kill, nil)
+
+		// A host dies during a live migration of an HA guest (bandwidth-limited
+		// so that the copy takes seconds): the source, and then the target.
+		migrating := func(from, to string) func(t *testing.T, hosts []int) {
+			return func(t *testing.T, hosts []int) {
+				m, err := cl.MigrateVM(ctx, "ha1", api.MigrateRequest{To: to, MaxBandwidth: "16M"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				waitMigPhase(t, cl, "ha1", m.ID, api.MigCopying)
+				waitCopied(t, cl, "ha1", m.ID, 16<<20)
+				kill(t, hosts)
+				m = waitMigEnd(t, cl, "ha1", m.ID)
+				t.Logf("migration %s: %s", m.Phase, m.Error)
+			}
+		}
+		scenario("link flapping for a minute", one("h4"), func(t *testing.T, hosts []int) {
+			h := b.Hosts[hosts[0]]
+			t.Cleanup(func() { exec.Command("ip", "-n", b.FabricNS, "link", "set", h.Name, "up").Run() })
+			for end := time.Now().Add(time.Minute); time.Now().Before(end); {
+				link(t, b, h.Name, "down")
+				time.Sleep(3 * time.Second)
+				link(t, b, h.Name, "up")
+				time.Sleep(3 * time.Second)
+			}
+			// Lost over and over, the host is taken out of service instead.
+			waitEvent(t, cl, "host-drained", h.Name, 30*time.Second)
+		}, nil)
+
+		scenario("source host crash mid-migration", plan{hosts: []int{3}, reboot: []string{"ha1"},
+			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+		scenario("target host crash mid-migration", plan{hosts: []int{4}, reboot: nil,
+			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+	}
 
 	evs, err := cl.Events(ctx, 200)
 	if err != nil {
