@@ -301,7 +301,9 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		defer wg.Done()
 		planner := migrate.NewPlanner(st, log)
 		planner.PerHost, planner.PerCluster = o.migPerHost, o.migPerCluster
-		leader.Run(ctx, st, o.node, o.haTiming.LeaseTTL, log, sched.New(st, log), planner, ha.NewManager(st, o.haTiming, log))
+		mgr := ha.NewManager(st, o.haTiming, log)
+		go ha.NewLiveness(st, mgr.Leading, log).Run(ctx)
+		leader.Run(ctx, st, o.node, o.haTiming.LeaseTTL, log, sched.New(st, log), planner, mgr)
 	}()
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {

@@ -21,7 +21,8 @@ import (
 // moment every process of the host was killed.
 type failoverRun struct {
 	Host        string  `json:"host"`
-	DetectionMS float64 `json:"detection_ms"`       // the HA manager saw the host's lease expire
+	DetectionMS float64 `json:"detection_ms"`       // the leader reported the host unreachable
+	LeaseMS     float64 `json:"lease_expired_ms"`   // the HA manager saw the host's lease expire
 	RestartMS   float64 `json:"restart_issued_ms"`  // it placed the guest on a surviving host
 	AnswerMS    float64 `json:"answering_again_ms"` // the client got an HTTP answer from the new boot
 	NewHost     string  `json:"new_host"`
@@ -44,10 +45,11 @@ func benchFailoverCmd() *cobra.Command {
 maintenance), and for each run creates a 256 MiB HA guest, waits until a client
 in the client namespace gets HTTP answers from it, then kills every process of
 the guest's host at once (agent, etcd member, watchdog, QEMU). It reports the
-time until the HA manager saw the host's lease expire (detection), until it
-placed the guest on a surviving host (restart issued), and until the client got
-an HTTP answer from the guest's new boot. The killed host is brought back
-between runs.`,
+time until the leader reported the host unreachable (detection: its alive key
+went quiet), until the HA manager saw the host's lease expire, until it placed
+the guest on a surviving host (restart issued), and until the client got an
+HTTP answer from the guest's new boot. The killed host is brought back between
+runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			self, err := os.Executable()
@@ -61,7 +63,7 @@ between runs.`,
 			if asJSON {
 				return printJSON(os.Stdout, res)
 			}
-			for _, k := range []string{"detection", "restart_issued", "answering_again"} {
+			for _, k := range []string{"detection", "lease_expired", "restart_issued", "answering_again"} {
 				s := res[k].(failoverStats)
 				fmt.Printf("%-16s median %6.0f ms  max %6.0f ms\n", k, s.Median, s.Max)
 			}
@@ -127,6 +129,7 @@ func benchFailover(ctx context.Context, self, imageDir string, runs int, verbose
 		"lease_ttl_ms": t.LeaseTTL.Milliseconds(), "self_fence_ms": t.FenceAfter.Milliseconds(),
 		"watchdog_ms": t.WatchdogAfter.Milliseconds(), "margin_ms": t.Margin.Milliseconds(),
 		"detection":       stats(func(r failoverRun) float64 { return r.DetectionMS }),
+		"lease_expired":   stats(func(r failoverRun) float64 { return r.LeaseMS }),
 		"restart_issued":  stats(func(r failoverRun) float64 { return r.RestartMS }),
 		"answering_again": stats(func(r failoverRun) float64 { return r.AnswerMS }),
 	}, nil
@@ -196,15 +199,17 @@ func failoverOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, vmName
 			continue
 		}
 		switch {
-		case e.Kind == "host-lost" && e.Node == r.Host && r.DetectionMS == 0:
+		case e.Kind == "host-unreachable" && e.Node == r.Host && r.DetectionMS == 0:
 			r.DetectionMS = ms(e.Time.Sub(killed))
+		case e.Kind == "host-lost" && e.Node == r.Host && r.LeaseMS == 0:
+			r.LeaseMS = ms(e.Time.Sub(killed))
 		case e.Kind == "ha-restart" && e.VM == vmName && r.RestartMS == 0:
 			r.RestartMS = ms(e.Time.Sub(killed))
 			r.NewHost = e.Node
 		}
 	}
-	if r.DetectionMS == 0 || r.RestartMS == 0 {
-		return fail(fmt.Errorf("no host-lost or ha-restart event after the kill"))
+	if r.DetectionMS == 0 || r.LeaseMS == 0 || r.RestartMS == 0 {
+		return fail(fmt.Errorf("no host-unreachable, host-lost or ha-restart event after the kill"))
 	}
 	return r
 }

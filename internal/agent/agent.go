@@ -62,9 +62,11 @@ type Agent struct {
 	lk  *leaseKeeper
 	wd  *ha.WatchdogClient
 
-	fmu      sync.Mutex
-	fenced   bool   // HA guests were fenced in the current outage
-	fenceWhy string // what to record as an event once etcd answers again
+	fmu       sync.Mutex
+	fenced    bool   // HA guests were fenced in the current outage
+	fenceWhy  string // what to record as an event once etcd answers again
+	aliveAt   time.Time
+	aliveBusy bool
 
 	mu       sync.Mutex
 	vms      map[string]*instance

@@ -31,6 +31,7 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 			}
 		}
 		a.feedWatchdog()
+		a.alive(ctx)
 	}, func() {
 		if ctx.Err() != nil {
 			return
@@ -39,6 +40,28 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 		a.log.Error("lost the node lease; taking a new one")
 		a.newLease(ctx)
 	})
+}
+
+// alive rewrites the host's alive key every ha.AliveEvery (without holding
+// up the renewals), so the cluster notices quickly when it goes quiet.
+func (a *Agent) alive(ctx context.Context) {
+	a.fmu.Lock()
+	due := !a.aliveBusy && time.Since(a.aliveAt) >= ha.AliveEvery
+	if due {
+		a.aliveBusy, a.aliveAt = true, time.Now()
+	}
+	a.fmu.Unlock()
+	if !due {
+		return
+	}
+	go func() {
+		if err := ha.PutAlive(ctx, a.st, a.cfg.Node, a.lk.ID()); err != nil && ctx.Err() == nil {
+			a.log.Debug("alive key", "err", err)
+		}
+		a.fmu.Lock()
+		a.aliveBusy = false
+		a.fmu.Unlock()
+	}()
 }
 
 // fenceLoop kills the HA guests once no renewal has succeeded for

@@ -33,6 +33,7 @@ type Manager struct {
 	drained   map[string]bool        // hosts this manager put in maintenance (event sent once)
 	waiting   map[string]bool        // HA guests that found no host (event sent once)
 	next      time.Duration          // when the next pass is wanted (0: no need)
+	lastPass  time.Time
 }
 
 // NewManager returns an HA manager using timing t.
@@ -42,6 +43,14 @@ func NewManager(st *store.Store, t Timing, log *slog.Logger) *Manager {
 	}
 	return &Manager{st: st, t: t, log: log.With("controller", "ha-manager"), now: time.Now,
 		deadSince: map[string]time.Time{}, waiting: map[string]bool{}, losses: map[string][]time.Time{}, drained: map[string]bool{}}
+}
+
+// Leading reports whether this manager ran as the leader's controller
+// recently (the leader passes at least every 2 s).
+func (m *Manager) Leading() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return time.Since(m.lastPass) < 3*time.Second
 }
 
 // Name implements leader.Controller.
@@ -72,6 +81,7 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.next = 0
+	m.lastPass = time.Now()
 	nodes, err := m.st.ListNodes(ctx)
 	if err != nil {
 		return err
@@ -131,10 +141,14 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 		case len(n.Degraded) > 0 && healthy > 0:
 			why = "it reports itself degraded: " + strings.Join(n.Degraded, "; ")
 		}
-		if why == "" || n.Maintenance {
-			if !n.Maintenance {
-				delete(m.drained, n.Name)
-			}
+		if n.Maintenance {
+			// Losses while in maintenance do not count: an operator who
+			// undrains a fixed host starts it with a clean slate.
+			m.losses[n.Name] = nil
+			continue
+		}
+		if why == "" {
+			delete(m.drained, n.Name)
 			continue
 		}
 		if err := m.st.SetMaintenance(ctx, n.Name, true); err != nil {

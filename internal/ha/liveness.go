@@ -1,0 +1,130 @@
+package ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// AlivePrefix holds one key per host that its agent rewrites every
+// AliveEvery (bound to the host's lease). It lies outside store.Prefix so
+// that these frequent writes do not wake every watcher of the cluster state.
+const AlivePrefix = "/ferry/alive/"
+
+// AliveEvery is how often an agent writes its alive key, and SuspectAfter
+// how long a host may go unseen before the cluster reports it unreachable.
+// Suspicion is detection only: nothing restarts before the host's lease has
+// expired (see Manager), because only the lease bounds when the host's own
+// fencing has acted.
+const (
+	AliveEvery   = 500 * time.Millisecond
+	SuspectAfter = 1500 * time.Millisecond
+)
+
+// Liveness watches the alive keys and, while this host leads, reports hosts
+// that stopped writing them (event host-unreachable) and hosts that are back.
+type Liveness struct {
+	st     *store.Store
+	log    *slog.Logger
+	leader func() bool
+
+	mu        sync.Mutex
+	lastSeen  map[string]time.Time // by this process's clock: no cross-host clock compare
+	suspected map[string]bool
+}
+
+// NewLiveness returns a watcher; leader reports whether this host leads now.
+func NewLiveness(st *store.Store, leader func() bool, log *slog.Logger) *Liveness {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Liveness{st: st, leader: leader, log: log.With("component", "liveness"),
+		lastSeen: map[string]time.Time{}, suspected: map[string]bool{}}
+}
+
+// Run watches until ctx ends.
+func (l *Liveness) Run(ctx context.Context) {
+	go l.check(ctx)
+	for ctx.Err() == nil {
+		resp, err := l.st.Client().Get(ctx, AlivePrefix, clientv3.WithPrefix())
+		if err == nil {
+			now := time.Now()
+			l.mu.Lock()
+			for _, kv := range resp.Kvs {
+				l.lastSeen[strings.TrimPrefix(string(kv.Key), AlivePrefix)] = now
+			}
+			l.mu.Unlock()
+			wc := l.st.Client().Watch(clientv3.WithRequireLeader(ctx), AlivePrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+			for wr := range wc {
+				if wr.Err() != nil {
+					break
+				}
+				now := time.Now()
+				l.mu.Lock()
+				for _, ev := range wr.Events {
+					if ev.Type == clientv3.EventTypePut {
+						l.lastSeen[strings.TrimPrefix(string(ev.Kv.Key), AlivePrefix)] = now
+					}
+				}
+				l.mu.Unlock()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// check reports changes every 100 ms while this host leads.
+func (l *Liveness) check(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !l.leader() {
+			continue
+		}
+		now := time.Now()
+		var evs []api.Event
+		l.mu.Lock()
+		for h, seen := range l.lastSeen {
+			quiet := now.Sub(seen)
+			switch {
+			case quiet > SuspectAfter && !l.suspected[h]:
+				l.suspected[h] = true
+				evs = append(evs, api.Event{Time: now.UTC(), Kind: "host-unreachable", Node: h,
+					Message: fmt.Sprintf("host %s: not heard from for %s; its guests restart elsewhere once its lease has expired", h, quiet.Round(time.Millisecond))})
+			case quiet <= SuspectAfter && l.suspected[h]:
+				delete(l.suspected, h)
+				evs = append(evs, api.Event{Time: now.UTC(), Kind: "host-reachable", Node: h, Message: fmt.Sprintf("host %s is heard from again", h)})
+			}
+		}
+		l.mu.Unlock()
+		for _, ev := range evs {
+			l.log.Warn(ev.Message)
+			if err := l.st.PutEvent(ctx, ev); err != nil {
+				l.log.Warn("recording event", "err", err)
+			}
+		}
+	}
+}
+
+// PutAlive is the agent's side: it rewrites its alive key, bound to its lease.
+func PutAlive(ctx context.Context, st *store.Store, node string, lease clientv3.LeaseID) error {
+	ctx, cancel := context.WithTimeout(ctx, AliveEvery)
+	defer cancel()
+	_, err := st.Client().Put(ctx, AlivePrefix+node, time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease))
+	return err
+}
