@@ -178,6 +178,11 @@ func failoverOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, vmName
 		if err := b.StartAgent(ctx, host); err == nil {
 			b.WaitNodes(ctx, len(b.Hosts))
 		}
+		// Killed again and again, the host counts as flapping and the HA
+		// manager drains it; as an operator would once it is fixed, bring
+		// it back into service.
+		time.Sleep(time.Second)
+		cl.UndrainNode(ctx, b.Hosts[host].Name)
 	}()
 	deadline := killed.Add(60 * time.Second)
 	for {

@@ -37,6 +37,7 @@ type Liveness struct {
 
 	mu        sync.Mutex
 	lastSeen  map[string]time.Time // by this process's clock: no cross-host clock compare
+	lastRev   map[string]int64     // revision of the alive write lastSeen stands for
 	suspected map[string]bool
 }
 
@@ -46,7 +47,7 @@ func NewLiveness(st *store.Store, leader func() bool, log *slog.Logger) *Livenes
 		log = slog.Default()
 	}
 	return &Liveness{st: st, leader: leader, log: log.With("component", "liveness"),
-		lastSeen: map[string]time.Time{}, suspected: map[string]bool{}}
+		lastSeen: map[string]time.Time{}, lastRev: map[string]int64{}, suspected: map[string]bool{}}
 }
 
 // Run watches until ctx ends.
@@ -55,10 +56,9 @@ func (l *Liveness) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		resp, err := l.st.Client().Get(ctx, AlivePrefix, clientv3.WithPrefix())
 		if err == nil {
-			now := time.Now()
 			l.mu.Lock()
 			for _, kv := range resp.Kvs {
-				l.lastSeen[strings.TrimPrefix(string(kv.Key), AlivePrefix)] = now
+				l.saw(strings.TrimPrefix(string(kv.Key), AlivePrefix), kv.ModRevision)
 			}
 			l.mu.Unlock()
 			wc := l.st.Client().Watch(clientv3.WithRequireLeader(ctx), AlivePrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
@@ -66,11 +66,10 @@ func (l *Liveness) Run(ctx context.Context) {
 				if wr.Err() != nil {
 					break
 				}
-				now := time.Now()
 				l.mu.Lock()
 				for _, ev := range wr.Events {
 					if ev.Type == clientv3.EventTypePut {
-						l.lastSeen[strings.TrimPrefix(string(ev.Kv.Key), AlivePrefix)] = now
+						l.saw(strings.TrimPrefix(string(ev.Kv.Key), AlivePrefix), ev.Kv.ModRevision)
 					}
 				}
 				l.mu.Unlock()
@@ -80,6 +79,15 @@ func (l *Liveness) Run(ctx context.Context) {
 		case <-ctx.Done():
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// saw records an alive write; re-reading a write already seen (after the
+// watch was re-established, e.g. because the etcd member it used died with
+// the host being watched) must not make the host look fresh again.
+func (l *Liveness) saw(host string, rev int64) {
+	if rev > l.lastRev[host] {
+		l.lastRev[host], l.lastSeen[host] = rev, time.Now()
 	}
 }
 
