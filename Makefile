@@ -31,6 +31,7 @@ vet: deps
 # The whole suite: unit tests and end-to-end tests against real QEMU and etcd.
 test: image vet
 	FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 unit: deps
 	$(GO) test -count=1 -short ./...

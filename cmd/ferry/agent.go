@@ -303,7 +303,11 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		planner.PerHost, planner.PerCluster = o.migPerHost, o.migPerCluster
 		mgr := ha.NewManager(st, o.haTiming, log)
 		go ha.NewLiveness(st, mgr.Leading, log).Run(ctx)
-		leader.Run(ctx, st, o.node, o.haTiming.LeaseTTL, log, sched.New(st, log), planner, mgr)
+		// A 1 s leader lease (etcd's smallest): when the leader's host dies,
+		// another host leads — and reports the dead one — within about a
+		// second. Losing leadership in an etcd hiccup costs nothing but a new
+		// election: every controller write is fenced by the leader key.
+		leader.Run(ctx, st, o.node, time.Second, log, sched.New(st, log), planner, mgr)
 	}()
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {

@@ -94,11 +94,6 @@ func (a *Agent) fence(why string) {
 	}
 	a.fenced = true
 	a.fmu.Unlock()
-	record := func(msg string) {
-		a.fmu.Lock()
-		a.fenceWhy = msg
-		a.fmu.Unlock()
-	}
 	a.mu.Lock()
 	var victims []*instance
 	for _, m := range []map[string]*instance{a.vms, a.incoming} {
@@ -113,6 +108,15 @@ func (a *Agent) fence(why string) {
 		a.log.Warn("self-fence deadline passed; no HA guests here", "why", why)
 		return
 	}
+	names := make([]string, len(victims))
+	for i, in := range victims {
+		names[i] = in.name
+	}
+	// Recorded before the kill: a renewal that succeeds meanwhile must
+	// find it (it writes the event once etcd answers).
+	a.fmu.Lock()
+	a.fenceWhy = fmt.Sprintf("host %s fenced itself (%s): killed HA guests %v", a.cfg.Node, why, names)
+	a.fmu.Unlock()
 	start := time.Now()
 	for _, in := range victims {
 		in.mu.Lock()
@@ -129,11 +133,6 @@ func (a *Agent) fence(why string) {
 		a.queue.add(in.name)
 	}
 	a.log.Error("self-fenced: HA guests killed", "why", why, "guests", len(victims), "took", time.Since(start).Round(time.Millisecond))
-	names := make([]string, len(victims))
-	for i, in := range victims {
-		names[i] = in.name
-	}
-	record(fmt.Sprintf("host %s fenced itself (%s): killed HA guests %v", a.cfg.Node, why, names))
 }
 
 // haGuests is what the watchdog must kill if the agent stops feeding it.

@@ -359,7 +359,9 @@ func TestHAFaults(t *testing.T) {
 				if !slices.Contains(p.reboot, g.Spec.Name) && o.bootCount(g.Spec.Name) != before[g.Spec.Name] {
 					// Allowed only as self-healing of a guest that crashed on
 					// its own host (QEMU 7.2/TCG can corrupt a guest's memory
-					// in a live migration, docs/KNOWN-ISSUES.md; place() migrates).
+					// in a live migration, docs/KNOWN-ISSUES.md; place() migrates),
+					// or as its host fencing itself (renewals starved on a
+					// loaded machine): availability, not safety.
 					why := rebootCause(t, cl, g.Spec.Name, begin)
 					if why == "" {
 						t.Errorf("%s rebooted, but its host was not hit and it was not restarted after a crash of its own", g.Spec.Name)
@@ -490,6 +492,16 @@ func rebootCause(t *testing.T, cl *client.Client, vm string, since time.Time) st
 		case "ha-restart":
 			return ""
 		case "guest-exited":
+			why = e.Message
+		}
+	}
+	for _, e := range evs {
+		if e.Kind != "self-fenced" || e.Time.Before(since) {
+			continue
+		}
+		_, killed, _ := strings.Cut(e.Message, "killed HA guests [")
+		killed, _, _ = strings.Cut(killed, "]")
+		if slices.Contains(strings.Fields(killed), vm) {
 			why = e.Message
 		}
 	}
