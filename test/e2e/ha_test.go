@@ -462,6 +462,21 @@ func TestHAFaults(t *testing.T) {
 
 		scenario("source host crash mid-migration", plan{hosts: []int{3}, reboot: []string{"ha1"},
 			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+		scenario("target host crash as the migration starts", plan{hosts: []int{4}, reboot: nil,
+			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, func(t *testing.T, hosts []int) {
+			// The target dies while it prepares (queued, admitted, QEMU
+			// starting): the guest must stay where it is, untouched.
+			m, err := cl.MigrateVM(ctx, "ha1", api.MigrateRequest{To: "h5", MaxBandwidth: "16M"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			kill(t, hosts)
+			m = waitMigEnd(t, cl, "ha1", m.ID)
+			t.Logf("migration %s: %s", m.Phase, m.Error)
+			if m.Phase != api.MigFailed {
+				t.Errorf("migration %s, want failed", m.Phase)
+			}
+		}, nil)
 		scenario("target host crash mid-migration", plan{hosts: []int{4}, reboot: nil,
 			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
 	}
