@@ -1,47 +1,22 @@
-package store
+package store_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/ferryvm/ferry/internal/store/storetest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // newStore starts a real embedded etcd for one test.
-func newStore(t *testing.T) *Store {
-	t.Helper()
-	ports := make([]int, 2)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	e, err := StartEmbedded(ctx, EmbedConfig{Dir: t.TempDir(), Name: "t",
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1])})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	st, err := Open(ctx, []string{e.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
+func newStore(t *testing.T) *store.Store { return storetest.New(t) }
 
 func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
 	st := newStore(t)
@@ -74,7 +49,7 @@ func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr, _, _ := strings.Cut(ip, "/")
-	if r, _ := st.Client().Get(ctx, IPPrefix+addr); len(r.Kvs) != 0 {
+	if r, _ := st.Client().Get(ctx, store.IPPrefix+addr); len(r.Kvs) != 0 {
 		t.Fatalf("address claim %s left after delete", addr)
 	}
 	delete(seen, ip)
@@ -151,12 +126,12 @@ func TestPlaceIsFencedByLeader(t *testing.T) {
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "p"}); err != nil {
 		t.Fatal(err)
 	}
-	st.Client().Put(ctx, LeaderPrefix+"/x", "old")
-	resp, _ := st.Client().Get(ctx, LeaderPrefix+"/x")
-	guard := clientv3.Compare(clientv3.CreateRevision(LeaderPrefix+"/x"), "=", resp.Kvs[0].CreateRevision)
+	st.Client().Put(ctx, store.LeaderPrefix+"/x", "old")
+	resp, _ := st.Client().Get(ctx, store.LeaderPrefix+"/x")
+	guard := clientv3.Compare(clientv3.CreateRevision(store.LeaderPrefix+"/x"), "=", resp.Kvs[0].CreateRevision)
 	// The leader key is replaced (a new leader): the old guard must fail.
-	st.Client().Delete(ctx, LeaderPrefix+"/x")
-	st.Client().Put(ctx, LeaderPrefix+"/x", "new")
+	st.Client().Delete(ctx, store.LeaderPrefix+"/x")
+	st.Client().Put(ctx, store.LeaderPrefix+"/x", "new")
 	if ok, err := st.Place(ctx, "p", "n1", &guard); err != nil || ok {
 		t.Fatalf("deposed leader placed a vm: ok=%v err=%v", ok, err)
 	}
@@ -192,7 +167,7 @@ func TestUpdateSpecAndStatus(t *testing.T) {
 	}
 	// A late status write for a deleted VM must not resurrect keys.
 	st.PutStatus(ctx, "u", api.VMStatus{Phase: api.PhaseRunning})
-	resp, _ := st.Client().Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, _ := st.Client().Get(ctx, store.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if resp.Count != 0 {
 		t.Fatalf("%d keys left after delete", resp.Count)
 	}
