@@ -80,23 +80,12 @@ func benchFailover(ctx context.Context, self, imageDir string, runs int, verbose
 	if _, err := image.Find(imageDir); err != nil {
 		return nil, err
 	}
-	say := func(f string, a ...any) {
-		if verbose {
-			fmt.Fprintf(os.Stderr, f+"\n", a...)
-		}
-	}
-	const name = "fbf"
-	testbed.Down(name)
-	say("building a 3-host testbed")
-	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: 3, Bin: self, ImageDir: imageDir})
+	say := sayer(verbose)
+	b, cl, err := benchBed(ctx, "fbf", 3, self, imageDir, say)
 	if err != nil {
 		return nil, err
 	}
 	defer b.Down()
-	cl, err := b.Client(0)
-	if err != nil {
-		return nil, err
-	}
 	// h1 serves the API this benchmark talks to: keep guests off it.
 	if _, err := cl.DrainNode(ctx, b.Hosts[0].Name); err != nil {
 		return nil, err

@@ -112,23 +112,12 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 	if err != nil {
 		return nil, err
 	}
-	say := func(f string, a ...any) {
-		if verbose {
-			fmt.Fprintf(os.Stderr, f+"\n", a...)
-		}
-	}
-	const name = "fbm"
-	testbed.Down(name)
-	say("building a 2-host testbed")
-	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: 2, Bin: self, ImageDir: imageDir})
+	say := sayer(verbose)
+	b, cl, err := benchBed(ctx, "fbm", 2, self, imageDir, say)
 	if err != nil {
 		return nil, err
 	}
 	defer b.Down()
-	cl, err := b.Client(0)
-	if err != nil {
-		return nil, err
-	}
 	hc := b.HTTPClient(b.ClientNS, 5*time.Second)
 
 	var out []migScenario
@@ -175,6 +164,33 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
 		"strategy": strategy, "runs_per_rate": runs, "scenarios": out,
 	}, nil
+}
+
+// sayer prints progress to stderr when verbose.
+func sayer(verbose bool) func(string, ...any) {
+	return func(f string, a ...any) {
+		if verbose {
+			fmt.Fprintf(os.Stderr, f+"\n", a...)
+		}
+	}
+}
+
+// benchBed builds a fresh testbed of n hosts for a benchmark (removing
+// leftovers of an earlier run of the same name) and a client of h1's API.
+// The caller takes it down.
+func benchBed(ctx context.Context, name string, n int, self, imageDir string, say func(string, ...any)) (*testbed.Bed, *client.Client, error) {
+	testbed.Down(name)
+	say("building a %d-host testbed", n)
+	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: n, Bin: self, ImageDir: imageDir})
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := b.Client(0)
+	if err != nil {
+		b.Down()
+		return nil, nil, err
+	}
+	return b, cl, nil
 }
 
 func healthy(vm *api.VM) bool {

@@ -8,17 +8,15 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/store"
 )
-
-// maxEventsLimit bounds GET /v1/events?limit=.
-const maxEventsLimit = 2000
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	limit := 100
 	if q := r.URL.Query().Get("limit"); q != "" {
 		n, err := strconv.Atoi(q)
-		if err != nil || n < 1 || n > maxEventsLimit {
-			writeError(w, errdefs.Invalid(fmt.Sprintf("limit must be a whole number from 1 to %d, not %q", maxEventsLimit, q)))
+		if err != nil || n < 1 || n > store.MaxEvents {
+			writeError(w, errdefs.Invalid(fmt.Sprintf("limit must be a whole number from 1 to %d, not %q", store.MaxEvents, q)))
 			return
 		}
 		limit = n

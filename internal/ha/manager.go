@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -33,7 +34,8 @@ type Manager struct {
 	drained   map[string]bool        // hosts this manager put in maintenance (event sent once)
 	waiting   map[string]bool        // HA guests that found no host (event sent once)
 	next      time.Duration          // when the next pass is wanted (0: no need)
-	lastPass  time.Time
+	lastPass  atomic.Int64           // unix ns of the last pass (read by Leading without the lock)
+	pruned    time.Time              // when old events were last pruned
 }
 
 // NewManager returns an HA manager using timing t.
@@ -48,9 +50,7 @@ func NewManager(st *store.Store, t Timing, log *slog.Logger) *Manager {
 // Leading reports whether this manager ran as the leader's controller
 // recently (the leader passes at least every 2 s).
 func (m *Manager) Leading() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return time.Since(m.lastPass) < 3*time.Second
+	return time.Since(time.Unix(0, m.lastPass.Load())) < 3*time.Second
 }
 
 // Name implements leader.Controller.
@@ -81,7 +81,13 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.next = 0
-	m.lastPass = time.Now()
+	m.lastPass.Store(time.Now().UnixNano())
+	if time.Since(m.pruned) > time.Minute { // keep the event log bounded
+		m.pruned = time.Now()
+		if err := m.st.PruneEvents(ctx); err != nil {
+			m.log.Warn("pruning events", "err", err)
+		}
+	}
 	nodes, err := m.st.ListNodes(ctx)
 	if err != nil {
 		return err
@@ -225,6 +231,8 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 	targets := sched.Schedulable(nodes)
 	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
 	groups := sched.Groups(vms) // anti-affinity group -> hosts holding a member
+	stillWaiting := map[string]bool{}
+	defer func() { m.waiting = stillWaiting }() // guests gone or placed meanwhile drop out
 	for _, c := range cands {
 		sp := c.vm.Spec
 		var allowed []api.Node
@@ -235,8 +243,8 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 		}
 		to := sched.Pick(allowed, free, sp)
 		if to == "" {
+			stillWaiting[sp.Name] = true
 			if !m.waiting[sp.Name] {
-				m.waiting[sp.Name] = true
 				m.event(ctx, api.Event{Kind: "ha-waiting", VM: sp.Name, Node: c.vm.Node,
 					Message: fmt.Sprintf("HA guest %s cannot restart (%s): no host has %d MiB free within its anti-affinity group %q; it starts when capacity returns", sp.Name, c.why, sp.MemoryMiB, sp.AntiAffinity)})
 			}
@@ -251,7 +259,6 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 		if !ok {
 			continue // something changed; the next pass looks again
 		}
-		delete(m.waiting, sp.Name)
 		free[to] -= sp.MemoryMiB
 		if g := sp.AntiAffinity; g != "" {
 			if groups[g] == nil {

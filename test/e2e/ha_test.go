@@ -156,6 +156,20 @@ func (o *haObserver) bootCount(name string) int {
 	return len(o.boots[name])
 }
 
+// waitSeen waits until the observer has had an answer from every guest.
+func (o *haObserver) waitSeen(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, g := range o.guests {
+		for o.bootCount(g.Spec.Name) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the client never reached %s", g.Spec.Name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
 // waitRestarted waits until the guest answers the client with a boot id
 // other than the one it had when the fault began.
 func (o *haObserver) waitRestarted(t *testing.T, name string, boots int, timeout time.Duration) {
@@ -337,7 +351,7 @@ func TestHAFaults(t *testing.T) {
 			}
 			cl = apiAway(hit...)
 			o := observeHA(b, guests)
-			time.Sleep(time.Second) // the observer sees the guests before the fault
+			o.waitSeen(t, 30*time.Second) // the observer knows every guest's boot before the fault
 			before := map[string]int{}
 			for _, g := range guests {
 				before[g.Spec.Name] = o.bootCount(g.Spec.Name)
