@@ -239,7 +239,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	acfg := agent.Config{
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
 		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
-		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"},
+		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(dataDir, "failpoints"),
 	}
 	if adv != nil {
 		local, _ := netip.AddrFromSlice(adv)

@@ -45,7 +45,10 @@ type Config struct {
 	// WatchdogCmd starts this host's watchdog process (see ha.Watchdog);
 	// the agent appends "--socket PATH". Empty: HA guests cannot start.
 	WatchdogCmd []string
-	Log         *slog.Logger
+	// FailpointFile arms fault-injection points (package failpoint); the
+	// fault suite writes it, nothing else should.
+	FailpointFile string
+	Log           *slog.Logger
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay
@@ -72,7 +75,8 @@ type Agent struct {
 	vms      map[string]*instance
 	incoming map[string]*instance // target QEMUs of migrations not yet switched over
 
-	queue *queue
+	queue    *queue
+	launches *launchHealth
 }
 
 // New creates an agent; Run starts it.
@@ -94,7 +98,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 			return nil, err
 		}
 	}
-	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue()}
+	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
 	a.lk = newLeaseKeeper(st.Client(), cfg.HA, cfg.DataDir)
 	if len(cfg.WatchdogCmd) > 0 {
 		sock := filepath.Join(cfg.RunDir, "watchdog.sock")
@@ -296,6 +300,9 @@ func (a *Agent) selfCheck() []string {
 		if err := a.cfg.Overlay.Check(); err != nil {
 			out = append(out, err.Error())
 		}
+	}
+	if p := a.launches.problem(time.Now()); p != "" {
+		out = append(out, p)
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"net"
 	"net/http"
 	"os"
@@ -290,6 +291,7 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 				break
 			}
 		}
+		failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.AfterTakeover)
 	}
 	if err := a.mayRun(in); err != nil { // the takeover may have taken a while
 		return false, err

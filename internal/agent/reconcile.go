@@ -198,6 +198,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	dir := a.vmDir(name)
 	pid, err := qemu.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
+		a.launches.failed(name, err, time.Now())
 		return err
 	}
 	r.Add(func() {
@@ -217,6 +218,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	c, err := qemu.Dial(dctx, cfg.QMPSocket)
 	cancel()
 	if err != nil {
+		a.launches.failed(name, err, time.Now())
 		return err
 	}
 	r.Add(func() { c.Close() })
@@ -257,6 +259,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 		return err
 	}
 	r.Success()
+	a.launches.started()
 	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint)
 	a.putStatus(ctx, name, a.runningStatus(in))
 	return nil

@@ -189,6 +189,11 @@ func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
 			continue
 		}
 		for _, h := range []string{mr.Source, mr.Target} {
+			if h == mr.Source && mr.Phase == api.MigSwitchover {
+				// The target owns the guest already and completes the
+				// migration on its own; the source's death changes nothing.
+				continue
+			}
 			if _, dead := m.deadSince[h]; dead {
 				mg := mr.Migration
 				mg.Phase, mg.Finished = api.MigFailed, now.UTC()

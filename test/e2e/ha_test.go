@@ -19,6 +19,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
@@ -493,6 +494,42 @@ func TestHAFaults(t *testing.T) {
 		}, nil)
 		scenario("target host crash mid-migration", plan{hosts: []int{4}, reboot: nil,
 			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, migrating("h4", "h5"), nil)
+
+		// The switchover window: the target's takeover transaction has moved
+		// ownership, its QEMU holds the whole guest but its CPUs do not run
+		// yet, and the source's QEMU is stopped but not destroyed. It lasts
+		// tens of milliseconds; a failpoint on the target holds it open.
+		switchover := func(want string) func(t *testing.T, hosts []int) {
+			return func(t *testing.T, hosts []int) {
+				target := b.Hosts[hostIndex(b, "h5")]
+				fp := filepath.Join(target.DataDir, "failpoints")
+				if err := os.WriteFile(fp, []byte(failpoint.AfterTakeover+" 3s\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(fp)
+				m, err := cl.MigrateVM(ctx, "ha1", api.MigrateRequest{To: "h5"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				waitMigPhase(t, cl, "ha1", m.ID, api.MigSwitchover)
+				kill(t, hosts)
+				m = waitMigEnd(t, cl, "ha1", m.ID)
+				t.Logf("migration %s: %s", m.Phase, m.Error)
+				if m.Phase != want {
+					t.Errorf("migration %s, want %s", m.Phase, want)
+				}
+				if log, _ := os.ReadFile(filepath.Join(target.DataDir, "agent.log")); !strings.Contains(string(log), "failpoint: pausing") {
+					t.Error("the target never paused at the failpoint: the fault missed the switchover window")
+				}
+			}
+		}
+		// The source dies: the target owns the guest and must run it on.
+		scenario("source host crash in the switchover", plan{hosts: []int{3}, reboot: nil,
+			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, switchover(api.MigCompleted), nil)
+		// The target dies: the source must not resume its copy (the target
+		// owned it); the HA manager restarts the guest from its disk.
+		scenario("target host crash in the switchover", plan{hosts: []int{4}, reboot: []string{"ha1"},
+			place: map[string]string{"ha1": "h4", "ha2": "h3"}}, switchover(api.MigFailed), nil)
 	}
 
 	evs, err := cl.Events(ctx, 200)
