@@ -184,6 +184,9 @@ type MigrateRequest struct {
 	MaxDowntime  string `json:"max_downtime,omitempty"`  // e.g. "300ms"
 	Strategy     string `json:"strategy,omitempty"`      // precopy (default), auto-converge, postcopy, multifd
 	Compress     bool   `json:"compress,omitempty"`
+	// Plaintext sends the guest's memory unencrypted and unauthenticated;
+	// refused unless the cluster's security settings allow it.
+	Plaintext bool `json:"plaintext,omitempty"`
 }
 
 // MigrationOptions are the validated options of a migration.
@@ -192,6 +195,8 @@ type MigrationOptions struct {
 	MaxDowntimeMS int64  `json:"max_downtime_ms"`
 	Strategy      string `json:"strategy"`
 	Compress      bool   `json:"compress,omitempty"`
+	// Plaintext: no TLS (allowed by an operator for this cluster).
+	Plaintext bool `json:"plaintext,omitempty"`
 }
 
 // MigrationProgress is the last progress the source reported.
@@ -252,6 +257,27 @@ type HAState struct {
 type HAStateRequest struct {
 	Paused bool   `json:"paused"`
 	Reason string `json:"reason,omitempty"`
+}
+
+// Security is the cluster's security settings.
+type Security struct {
+	// PlaintextMigration allows migrations that ask for it to send guest
+	// memory unencrypted and unauthenticated. Off by default; every other
+	// migration is TLS with source authorization regardless.
+	PlaintextMigration bool      `json:"plaintext_migration"`
+	Reason             string    `json:"reason,omitempty"`
+	Since              time.Time `json:"since,omitempty"`
+	// Warning is set by the server while plaintext migration is allowed.
+	Warning string `json:"warning,omitempty"`
+}
+
+// PlaintextWarning is what the API says wherever plaintext migration is on.
+const PlaintextWarning = "PLAINTEXT MIGRATION IS ALLOWED in this cluster: a migration that asks for it sends the guest's whole memory unencrypted, and its target accepts a stream from anyone who reaches the port"
+
+// SecurityRequest is the body of PUT /v1/cluster/security.
+type SecurityRequest struct {
+	PlaintextMigration bool   `json:"plaintext_migration"`
+	Reason             string `json:"reason,omitempty"`
 }
 
 // Event is something the cluster did or saw, for operators.

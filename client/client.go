@@ -308,3 +308,15 @@ func (c *Client) SetHAPaused(ctx context.Context, paused bool, reason string) (*
 	var st api.HAState
 	return &st, c.do(ctx, "PUT", "/v1/cluster/ha", api.HAStateRequest{Paused: paused, Reason: reason}, &st)
 }
+
+// Security returns the cluster's security settings.
+func (c *Client) Security(ctx context.Context) (*api.Security, error) {
+	var s api.Security
+	return &s, c.do(ctx, "GET", "/v1/cluster/security", nil, &s)
+}
+
+// SetSecurity changes the cluster's security settings (admin only).
+func (c *Client) SetSecurity(ctx context.Context, req api.SecurityRequest) (*api.Security, error) {
+	var s api.Security
+	return &s, c.do(ctx, "PUT", "/v1/cluster/security", req, &s)
+}

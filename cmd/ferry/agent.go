@@ -181,6 +181,18 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if err := ca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
 		return err
 	}
+	// Migration credentials, from a CA of their own.
+	mca, err := pki.EnsureMigrationCA(pkiDir)
+	if err != nil {
+		return fmt.Errorf("migration CA: %w", err)
+	}
+	migHosts := []string{o.node}
+	if adv != nil {
+		migHosts = append(migHosts, adv.String())
+	}
+	if err := mca.EnsureMigration(pkiDir, o.node, migHosts); err != nil {
+		return fmt.Errorf("migration certificate: %w", err)
+	}
 	tlsCfg, err := pki.ServerTLS(pkiDir)
 	if err != nil {
 		return err
@@ -240,6 +252,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
 		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
 		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(dataDir, "failpoints"),
+		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir),
 	}
 	if adv != nil {
 		local, _ := netip.AddrFromSlice(adv)

@@ -48,7 +48,11 @@ type Config struct {
 	// FailpointFile arms fault-injection points (package failpoint); the
 	// fault suite writes it, nothing else should.
 	FailpointFile string
-	Log           *slog.Logger
+	// MigrationTLSDir holds this host's migration credentials in QEMU's
+	// layout (pki.IssueMigration); migrations are TLS unless the cluster
+	// allowed one in plaintext.
+	MigrationTLSDir string
+	Log             *slog.Logger
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay

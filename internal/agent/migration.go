@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/internal/failpoint"
+	"github.com/ferryvm/ferry/internal/pki"
 	"net"
 	"net/http"
 	"os"
@@ -176,6 +177,15 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		return "", err
 	}
 	uri := "tcp:" + net.JoinHostPort(a.cfg.Address, strconv.Itoa(port))
+	if !m.Options.Plaintext {
+		// Only the source of this migration may send the stream.
+		if a.cfg.MigrationTLSDir == "" {
+			return "", errors.New("this host has no migration credentials")
+		}
+		if err := c.SetupIncomingTLS(cctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, AllowDN: pki.MigrationDN(m.Source)}); err != nil {
+			return "", fmt.Errorf("migration TLS: %w", err)
+		}
+	}
 	if err := c.MigrateIncoming(cctx, uri); err != nil {
 		return "", err
 	}

@@ -76,6 +76,9 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 	if err == nil {
 		err = in.qmp.SetMigrationParameters(cctx, params)
 	}
+	if err == nil {
+		err = a.sourceTLS(cctx, in.qmp, m)
+	}
 	cancel()
 	if err != nil {
 		a.finishMigration(ctx, m.VM, api.MigFailed, "configuring the source: "+err.Error())
@@ -350,4 +353,18 @@ func (a *Agent) awaitTakeover(ctx context.Context, in *instance, m *api.Migratio
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// sourceTLS makes the stream TLS, accepting only the target's migration
+// certificate, or — for a migration the cluster allowed in plaintext —
+// turns TLS off explicitly (a guest migrated before keeps its settings).
+func (a *Agent) sourceTLS(ctx context.Context, c *qemu.Client, m *api.Migration) error {
+	if m.Options.Plaintext {
+		a.log.Warn("migrating in PLAINTEXT (allowed for this cluster)", "vm", m.VM, "to", m.Target)
+		return c.SetMigrationParameters(ctx, map[string]any{"tls-creds": ""})
+	}
+	if a.cfg.MigrationTLSDir == "" {
+		return errors.New("this host has no migration credentials")
+	}
+	return c.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, Hostname: m.Target})
 }

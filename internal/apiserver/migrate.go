@@ -25,7 +25,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress}
+	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext}
 	if req.MaxBandwidth != "" {
 		b, err := api.ParseSize(req.MaxBandwidth)
 		if err != nil {
@@ -47,6 +47,17 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	if req.Plaintext {
+		sec, err := s.st.Security(ctx)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		if !sec.PlaintextMigration {
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "plaintext migration is refused in this cluster: migrations are TLS with source authorization (an admin can allow plaintext with `ferry cluster security --allow-plaintext-migration --reason ...`)"))
+			return
+		}
+	}
 	vm, err := s.st.GetVM(ctx, name)
 	if err != nil {
 		writeError(w, err)
@@ -127,6 +138,10 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", target, "strategy", opts.Strategy)
+	if opts.Plaintext {
+		s.event(r, api.Event{Kind: "plaintext-migration", VM: name, Message: fmt.Sprintf("migration of %s from %s to %s in PLAINTEXT", name, m.Source, target)})
+		w.Header().Set("Warning", `299 ferry "plaintext migration: the guest's memory crosses the network unencrypted"`)
+	}
 	writeJSON(w, http.StatusAccepted, m)
 }
 

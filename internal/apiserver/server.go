@@ -50,7 +50,7 @@ func New(st *store.Store, console ConsoleLocator, log *slog.Logger) *Server {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for _, r := range s.routes() {
-		mux.HandleFunc(r.pattern, r.h)
+		mux.HandleFunc(r.pattern, s.authorize(r.role, r.h))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)))
@@ -60,36 +60,45 @@ func (s *Server) Handler() http.Handler {
 
 type route struct {
 	pattern string
+	role    pki.Role // the least role that may call it
 	h       http.HandlerFunc
 }
 
+// routes is the whole API with who may call what: viewers read, operators
+// run guests (lifecycle, migration, drain), admins change the cluster.
 func (s *Server) routes() []route {
+	const view, op, admin = pki.Viewer, pki.Operator, pki.Admin
 	return []route{
-		{"GET /v1/healthz", s.healthz},
-		{"GET /v1/openapi.json", s.openapi},
-		{"GET /v1/cluster", s.cluster},
-		{"GET /v1/nodes", s.listNodes},
-		{"POST /v1/nodes/{name}/drain", s.drainNode},
-		{"POST /v1/nodes/{name}/undrain", s.undrainNode},
-		{"GET /v1/vms", s.listVMs},
-		{"POST /v1/vms", s.createVM},
-		{"GET /v1/vms/{name}", s.getVM},
-		{"DELETE /v1/vms/{name}", s.deleteVM},
-		{"POST /v1/vms/{name}/start", s.startVM},
-		{"POST /v1/vms/{name}/stop", s.stopVM},
-		{"POST /v1/vms/{name}/restart", s.restartVM},
-		{"GET /v1/vms/{name}/console", s.consoleVM},
-		{"POST /v1/vms/{name}/migrate", s.migrateVM},
-		{"GET /v1/vms/{name}/migration", s.getMigration},
-		{"POST /v1/vms/{name}/migrate/cancel", s.cancelMigration},
-		{"GET /v1/events", s.listEvents},
-		{"GET /v1/cluster/ha", s.getHA},
-		{"PUT /v1/cluster/ha", s.putHA},
+		{"GET /v1/healthz", view, s.healthz},
+		{"GET /v1/openapi.json", view, s.openapi},
+		{"GET /v1/cluster", view, s.cluster},
+		{"GET /v1/nodes", view, s.listNodes},
+		{"POST /v1/nodes/{name}/drain", op, s.drainNode},
+		{"POST /v1/nodes/{name}/undrain", op, s.undrainNode},
+		{"GET /v1/vms", view, s.listVMs},
+		{"POST /v1/vms", op, s.createVM},
+		{"GET /v1/vms/{name}", view, s.getVM},
+		{"DELETE /v1/vms/{name}", op, s.deleteVM},
+		{"POST /v1/vms/{name}/start", op, s.startVM},
+		{"POST /v1/vms/{name}/stop", op, s.stopVM},
+		{"POST /v1/vms/{name}/restart", op, s.restartVM},
+		// The console shows what the guest prints: more than a viewer's share.
+		{"GET /v1/vms/{name}/console", op, s.consoleVM},
+		{"POST /v1/vms/{name}/migrate", op, s.migrateVM},
+		{"GET /v1/vms/{name}/migration", view, s.getMigration},
+		{"POST /v1/vms/{name}/migrate/cancel", op, s.cancelMigration},
+		{"GET /v1/events", view, s.listEvents},
+		{"GET /v1/cluster/ha", view, s.getHA},
+		{"PUT /v1/cluster/ha", admin, s.putHA},
+		{"GET /v1/cluster/security", view, s.getSecurity},
+		{"PUT /v1/cluster/security", admin, s.putSecurity},
 	}
 }
 
+type roleKey struct{}
+
 // authenticate admits only clients with a certificate from the cluster CA
-// (the TLS layer verified it) carrying a known role.
+// (the TLS layer verified it) that carries a known role.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
@@ -97,13 +106,25 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		leaf := r.TLS.VerifiedChains[0][0]
-		// Until roles arrive (issue #4) the admin and every node certificate may do everything.
-		if !slices.Contains(leaf.Subject.Organization, pki.RoleAdmin) && !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
+		role, ok := pki.RoleOf(leaf)
+		if !ok {
 			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), roleKey{}, role)))
 	})
+}
+
+// authorize lets the request through if its role is at least need.
+func (s *Server) authorize(need pki.Role, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		role, _ := r.Context().Value(roleKey{}).(pki.Role)
+		if !role.AtLeast(need) {
+			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("role %s may not %s %s (needs %s)", role, r.Method, r.URL.Path, need)))
+			return
+		}
+		h(w, r)
+	}
 }
 
 // writeError is the one place where error kinds become HTTP statuses.

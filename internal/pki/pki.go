@@ -30,11 +30,69 @@ const (
 	AdminKey   = "admin.key"
 )
 
-// Role names carried in client certificates.
+// Role names carried in client certificates (their Organization).
 const (
-	RoleAdmin = "admin"
-	RoleNode  = "ferry-node"
+	RoleAdmin    = "admin"
+	RoleOperator = "operator"
+	RoleViewer   = "viewer"
+	// RoleNode is a host of the cluster: for the API it is a viewer.
+	RoleNode = "ferry-node"
 )
+
+// Role is what an API client may do; each role may do all a lesser one may.
+type Role int
+
+// Roles, least first.
+const (
+	NoRole Role = iota
+	Viewer
+	Operator
+	Admin
+)
+
+func (r Role) String() string {
+	switch r {
+	case Viewer:
+		return RoleViewer
+	case Operator:
+		return RoleOperator
+	case Admin:
+		return RoleAdmin
+	}
+	return "none"
+}
+
+// AtLeast reports whether r may do what need may.
+func (r Role) AtLeast(need Role) bool { return r >= need }
+
+// ParseRole turns a role name given by a person into a Role.
+func ParseRole(s string) (Role, error) {
+	switch s {
+	case RoleAdmin:
+		return Admin, nil
+	case RoleOperator:
+		return Operator, nil
+	case RoleViewer:
+		return Viewer, nil
+	}
+	return NoRole, fmt.Errorf("role must be admin, operator or viewer, not %q", s)
+}
+
+// RoleOf is the API role of a verified client certificate: the highest
+// role its Organization names (a host's certificate counts as a viewer).
+func RoleOf(c *x509.Certificate) (Role, bool) {
+	best := NoRole
+	for _, o := range c.Subject.Organization {
+		r, err := ParseRole(o)
+		if o == RoleNode {
+			r, err = Viewer, nil
+		}
+		if err == nil && r > best {
+			best = r
+		}
+	}
+	return best, best != NoRole
+}
 
 // CA is a certificate authority held in memory.
 type CA struct {
@@ -45,12 +103,16 @@ type CA struct {
 
 // EnsureCA loads the CA from dir, creating it if there is none.
 func EnsureCA(dir, commonName string) (*CA, error) {
+	return ensureCA(dir, CACert, CAKey, commonName)
+}
+
+func ensureCA(dir, certFile, keyFile, commonName string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	cp, kp := filepath.Join(dir, CACert), filepath.Join(dir, CAKey)
+	cp, kp := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
 	if _, err := os.Stat(cp); err == nil {
-		return LoadCA(dir)
+		return loadCA(cp, kp)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -76,16 +138,20 @@ func EnsureCA(dir, commonName string) (*CA, error) {
 	if err := os.WriteFile(cp, pemCert(der), 0o644); err != nil {
 		return nil, err
 	}
-	return LoadCA(dir)
+	return loadCA(cp, kp)
 }
 
-// LoadCA reads a CA from dir.
+// LoadCA reads the cluster CA from dir.
 func LoadCA(dir string) (*CA, error) {
-	cb, err := os.ReadFile(filepath.Join(dir, CACert))
+	return loadCA(filepath.Join(dir, CACert), filepath.Join(dir, CAKey))
+}
+
+func loadCA(certPath, keyPath string) (*CA, error) {
+	cb, err := os.ReadFile(certPath)
 	if err != nil {
 		return nil, err
 	}
-	kb, err := os.ReadFile(filepath.Join(dir, CAKey))
+	kb, err := os.ReadFile(keyPath)
 	if err != nil {
 		return nil, err
 	}
@@ -219,4 +285,84 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 		return err
 	}
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), 0o600)
+}
+
+// Files of the migration PKI. Its CA is separate from the cluster CA: a
+// cluster certificate never authenticates a migration stream, and a
+// migration certificate never calls the API.
+const (
+	MigrationCACert = "migration-ca.crt"
+	MigrationCAKey  = "migration-ca.key"
+	// MigrationDir (inside a PKI directory) holds this host's migration
+	// credentials in the layout QEMU's tls-creds-x509 reads.
+	MigrationDir = "migration"
+	// MigrationOrg is the Organization of every migration certificate.
+	MigrationOrg = "ferry-migration"
+)
+
+// EnsureMigrationCA loads the migration CA from dir, creating it if there is none.
+func EnsureMigrationCA(dir string) (*CA, error) {
+	return ensureCA(dir, MigrationCACert, MigrationCAKey, "ferry migration CA")
+}
+
+// MigrationDN is the distinguished name QEMU (GnuTLS) reports for node's
+// migration certificate: what a target's authorization rule matches.
+func MigrationDN(node string) string { return "O=" + MigrationOrg + ",CN=" + node }
+
+// IssueMigration writes node's migration credentials into
+// dir/MigrationDir for QEMU: one certificate, usable as TLS server (the
+// target, named by node and hosts) and as client (the source), with the
+// migration CA beside it.
+func (ca *CA) IssueMigration(dir, node string, hosts []string, validity time.Duration) error {
+	md := filepath.Join(dir, MigrationDir)
+	if err := os.MkdirAll(md, 0o700); err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: node, Organization: []string{MigrationOrg}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(validity),
+		// GnuTLS, for QEMU, wants key encipherment on a server certificate.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{node},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != node {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return err
+	}
+	for _, side := range []string{"server", "client"} {
+		if err := writeKey(filepath.Join(md, side+"-key.pem"), key); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(md, side+"-cert.pem"), pemCert(der), 0o644); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(md, "ca-cert.pem"), ca.PEM, 0o644)
+}
+
+// EnsureMigration issues node's migration credentials unless valid ones for
+// at least another 30 days exist.
+func (ca *CA) EnsureMigration(dir, node string, hosts []string) error {
+	md := filepath.Join(dir, MigrationDir)
+	if c, err := tls.LoadX509KeyPair(filepath.Join(md, "server-cert.pem"), filepath.Join(md, "server-key.pem")); err == nil {
+		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil && time.Until(leaf.NotAfter) > 30*24*time.Hour &&
+			sameHosts(leaf, hosts) && leaf.CheckSignatureFrom(ca.Cert) == nil {
+			return nil
+		}
+	}
+	return ca.IssueMigration(dir, node, hosts, 365*24*time.Hour)
 }

@@ -1,6 +1,9 @@
 package qemu
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // MigrationInfo is the part of query-migrate Ferry uses.
 type MigrationInfo struct {
@@ -88,4 +91,55 @@ func Terminal(status string) bool {
 		return true
 	}
 	return false
+}
+
+// Object ids of the TLS pieces a migrating QEMU holds.
+const (
+	migTLSCreds = "ferry-mig-tls"
+	migTLSAuthz = "ferry-mig-authz"
+)
+
+// MigrationTLS makes a QEMU's migration stream TLS with peer verification.
+// Dir holds the QEMU layout (ca-cert.pem, server-*.pem, client-*.pem).
+type MigrationTLS struct {
+	Dir string
+	// Hostname (source): the name the target's certificate must carry.
+	Hostname string
+	// AllowDN (target): the only client distinguished name admitted; every
+	// other certificate, even one from the same CA, is refused.
+	AllowDN string
+}
+
+// SetupIncomingTLS makes the target QEMU accept only a TLS stream whose
+// client certificate is valid for the CA in t.Dir and whose DN is t.AllowDN.
+// Call it before MigrateIncoming.
+func (c *Client) SetupIncomingTLS(ctx context.Context, t MigrationTLS) error {
+	if t.AllowDN == "" {
+		return errors.New("qemu: an incoming TLS migration needs the source's DN")
+	}
+	if err := c.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": migTLSCreds,
+		"dir": t.Dir, "endpoint": "server", "verify-peer": true}, nil); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, "object-add", map[string]any{"qom-type": "authz-list", "id": migTLSAuthz,
+		"policy": "deny", "rules": []map[string]any{{"match": t.AllowDN, "policy": "allow", "format": "exact"}}}, nil); err != nil {
+		return err
+	}
+	return c.SetMigrationParameters(ctx, map[string]any{"tls-creds": migTLSCreds, "tls-authz": migTLSAuthz})
+}
+
+// SetupOutgoingTLS makes the source QEMU send over TLS, presenting its
+// certificate and accepting only a target certificate for t.Hostname.
+// Call it before Migrate.
+func (c *Client) SetupOutgoingTLS(ctx context.Context, t MigrationTLS) error {
+	if t.Hostname == "" {
+		return errors.New("qemu: an outgoing TLS migration needs the target's name")
+	}
+	// A guest migrated before keeps its objects: replace them.
+	c.Execute(ctx, "object-del", map[string]any{"id": migTLSCreds}, nil)
+	if err := c.Execute(ctx, "object-add", map[string]any{"qom-type": "tls-creds-x509", "id": migTLSCreds,
+		"dir": t.Dir, "endpoint": "client", "verify-peer": true}, nil); err != nil {
+		return err
+	}
+	return c.SetMigrationParameters(ctx, map[string]any{"tls-creds": migTLSCreds, "tls-hostname": t.Hostname})
 }

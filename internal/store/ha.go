@@ -74,6 +74,30 @@ func (s *Store) SetHAState(ctx context.Context, st api.HAState) error {
 	return unavailable(err)
 }
 
+// Security returns the cluster's security settings.
+func (s *Store) Security(ctx context.Context) (api.Security, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	var sec api.Security
+	resp, err := s.cli.Get(ctx, SecurityKey)
+	if err != nil {
+		return sec, unavailable(err)
+	}
+	if len(resp.Kvs) > 0 {
+		json.Unmarshal(resp.Kvs[0].Value, &sec)
+	}
+	return sec, nil
+}
+
+// SetSecurity writes the cluster's security settings.
+func (s *Store) SetSecurity(ctx context.Context, sec api.Security) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	b, _ := json.Marshal(sec)
+	_, err := s.cli.Put(ctx, SecurityKey, string(b))
+	return unavailable(err)
+}
+
 // MaxEvents is how many events the store keeps; older ones are pruned.
 const MaxEvents = 2000
 

@@ -32,6 +32,7 @@ const (
 	LeaderPrefix    = Prefix + "leader"
 	EventPrefix     = Prefix + "events/"
 	HAStateKey      = Prefix + "cluster/ha"
+	SecurityKey     = Prefix + "cluster/security"
 )
 
 // Store wraps an etcd client.

@@ -120,8 +120,12 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if err := b.buildNetwork(); err != nil {
 		return b, err
 	}
-	// One cluster CA for all hosts (until join tokens arrive with issue #4).
+	// One cluster CA and one migration CA for all hosts (until join tokens
+	// arrive with issue #4).
 	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
+		return b, err
+	}
+	if _, err := pki.EnsureMigrationCA(filepath.Join(dir, "pki")); err != nil {
 		return b, err
 	}
 	// etcd members join one at a time (etcd adds one learner-free member
@@ -227,7 +231,7 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 	if err := os.MkdirAll(filepath.Join(h.DataDir, "pki"), 0o700); err != nil {
 		return err
 	}
-	for _, f := range []string{pki.CACert, pki.CAKey} {
+	for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey} {
 		data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
 		if err != nil {
 			return err

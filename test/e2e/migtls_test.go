@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemu"
+)
+
+// TestMigrationTLSAuthorization drives two real QEMUs the way the agents do
+// and pushes migration streams at a target that waits for h1: from h2 (a
+// valid certificate of the same migration CA, but not the source of this
+// migration), from a certificate named h1 but made by another CA, and in
+// plaintext. Each must be refused with the target still waiting; then h1's
+// stream must be accepted.
+func TestMigrationTLSAuthorization(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	base, err := os.MkdirTemp("", "fmtls-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	creds := func(caDir, node string) string {
+		ca, err := pki.EnsureMigrationCA(caDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(base, "creds-"+filepath.Base(caDir)+"-"+node)
+		if err := ca.IssueMigration(dir, node, []string{"127.0.0.1"}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(dir, pki.MigrationDir)
+	}
+	ours, other := filepath.Join(base, "ca"), filepath.Join(base, "otherca")
+	h1, h2, h3 := creds(ours, "h1"), creds(ours, "h2"), creds(ours, "h3")
+	// A certificate named h1 from another CA; the forger trusts our CA as
+	// well as its own, so the source accepts the target and only the target
+	// can refuse.
+	forged := creds(other, "h1")
+	ourCA, err := os.ReadFile(filepath.Join(h1, "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, _ := os.ReadFile(filepath.Join(forged, "ca-cert.pem"))
+	if err := os.WriteFile(filepath.Join(forged, "ca-cert.pem"), append(theirs, ourCA...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := ctxT(t, 3*time.Minute)
+	n := 0
+	start := func(incoming bool) *qemu.Client {
+		t.Helper()
+		n++
+		id := fmt.Sprintf("00000000-0000-4000-8000-%012d", n)
+		cfg := &qemu.Config{Name: "tls" + strconv.Itoa(n), UUID: id, MemoryMiB: 64, CPUs: 1, Accel: "tcg",
+			QMPSocket: filepath.Join(base, fmt.Sprintf("q%d", n)), PidFile: filepath.Join(base, fmt.Sprintf("p%d", n))}
+		if incoming {
+			cfg.Incoming = "defer"
+		}
+		pid, err := qemu.Launch(ctx, cfg, filepath.Join(base, fmt.Sprintf("log%d", n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			qemu.Kill(kctx, pid, id)
+		})
+		c, err := qemu.Dial(ctx, cfg.QMPSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	// The target waits for h1's stream; it is h3 to the sources.
+	target := start(true)
+	if err := target.SetupIncomingTLS(ctx, qemu.MigrationTLS{Dir: h3, AllowDN: pki.MigrationDN("h1")}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	uri := "tcp:127.0.0.1:" + strconv.Itoa(port)
+	if err := target.MigrateIncoming(ctx, uri); err != nil {
+		t.Fatal(err)
+	}
+
+	push := func(dir string) qemu.MigrationInfo {
+		t.Helper()
+		src := start(false)
+		if dir != "" {
+			if err := src.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: dir, Hostname: "h3"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := src.Migrate(ctx, uri); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			info, err := src.QueryMigrate(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Status == "completed" || info.Status == "failed" || info.Status == "cancelled" {
+				return info
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waiting := func(after string) {
+		t.Helper()
+		st, err := target.QueryStatus(ctx)
+		if err != nil {
+			t.Fatalf("after %s the target is gone: %v", after, err)
+		}
+		if st.Status != "inmigrate" {
+			t.Fatalf("after %s the target is %q, want still waiting (inmigrate)", after, st.Status)
+		}
+	}
+	for _, c := range []struct{ name, dir string }{
+		{"a valid certificate of another host (h2)", h2},
+		{"a certificate for h1 from another CA", forged},
+		{"plaintext", ""},
+	} {
+		info := push(c.dir)
+		if info.Status == "completed" {
+			t.Fatalf("%s: the target accepted the stream", c.name)
+		}
+		t.Logf("%s: refused (%s: %s)", c.name, info.Status, info.ErrorDesc)
+		waiting(c.name)
+	}
+	if info := push(h1); info.Status != "completed" {
+		t.Fatalf("the expected source h1 was refused: %s: %s", info.Status, info.ErrorDesc)
+	}
+	t.Log("h1 (the expected source) was admitted")
+}
