@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +48,9 @@ type agentOpts struct {
 	etcdEndpoints []string
 	etcdClientURL string
 	etcdPeerURL   string
+	etcdCA        string
+	etcdCert      string
+	etcdKey       string
 	node          string
 	accel         string
 	cpuModel      string
@@ -85,9 +89,12 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.IntVar(&o.migPerHost, "migrations-per-host", migrate.DefaultPerHost, "live migrations in flight out of one host (when this host leads)")
 	f.IntVar(&o.migPerCluster, "migrations-per-cluster", migrate.DefaultPerCluster, "live migrations in flight in the cluster (when this host leads)")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:7443", "API listen address (TLS)")
-	f.StringSliceVar(&o.etcdEndpoints, "etcd-endpoints", nil, "use an external etcd cluster instead of the embedded one")
-	f.StringVar(&o.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
-	f.StringVar(&o.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
+	f.StringSliceVar(&o.etcdEndpoints, "etcd-endpoints", nil, "use an external etcd cluster (https URLs, with --etcd-cacert, --etcd-cert, --etcd-key) instead of the embedded one")
+	f.StringVar(&o.etcdCA, "etcd-cacert", "", "CA certificate of an external etcd (PEM)")
+	f.StringVar(&o.etcdCert, "etcd-cert", "", "client certificate for an external etcd (PEM)")
+	f.StringVar(&o.etcdKey, "etcd-key", "", "client key for an external etcd (PEM)")
+	f.StringVar(&o.etcdClientURL, "etcd-client-url", "https://127.0.0.1:2379", "embedded etcd client URL (mutual TLS with the cluster CA)")
+	f.StringVar(&o.etcdPeerURL, "etcd-peer-url", "https://127.0.0.1:2380", "embedded etcd peer URL (mutual TLS with the cluster CA)")
 	f.StringVar(&o.node, "node-name", "", "this host's name (default: the host name)")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if a probe guest boots under it), kvm or tcg")
 	f.StringVar(&o.cpuModel, "cpu-model", "", "QEMU CPU model (default: QEMU's)")
@@ -132,10 +139,10 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			o.listen = net.JoinHostPort(adv.String(), "7443")
 		}
 		if !o.changed("etcd-client-url") {
-			o.etcdClientURL = "http://" + net.JoinHostPort(adv.String(), "2379")
+			o.etcdClientURL = "https://" + net.JoinHostPort(adv.String(), "2379")
 		}
 		if !o.changed("etcd-peer-url") {
-			o.etcdPeerURL = "http://" + net.JoinHostPort(adv.String(), "2380")
+			o.etcdPeerURL = "https://" + net.JoinHostPort(adv.String(), "2380")
 		}
 	}
 	dataDir, err := filepath.Abs(g.dataDir)
@@ -198,6 +205,24 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return err
 	}
 
+	// etcd: mutual TLS. The embedded member serves with this host's
+	// certificate and admits only the cluster CA's, minus the revoked (CRL);
+	// an external etcd brings its own CA and client certificate.
+	etcdTLS, err := pki.ClientTLS(pkiDir, pki.ServerCert, pki.ServerKey)
+	if err != nil {
+		return err
+	}
+	if len(o.etcdEndpoints) > 0 {
+		if etcdTLS, err = externalEtcdTLS(o); err != nil {
+			return err
+		}
+	}
+	crlPath := filepath.Join(pkiDir, pki.CRLFile)
+	if _, err := os.Stat(crlPath); err != nil {
+		if err := ca.WriteCRL(crlPath, nil); err != nil {
+			return fmt.Errorf("revocation list: %w", err)
+		}
+	}
 	endpoints := o.etcdEndpoints
 	var initialCluster string
 	if o.join != "" && len(endpoints) == 0 {
@@ -210,7 +235,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		etcdDir := filepath.Join(dataDir, "etcd")
 		if o.server && !store.HasMemberData(etcdDir) {
 			// Another etcd server: become a member of the cluster's etcd.
-			if initialCluster, err = store.AddMember(ctx, endpoints, o.node, o.etcdPeerURL); err != nil {
+			if initialCluster, err = store.AddMember(ctx, endpoints, etcdTLS, o.node, o.etcdPeerURL); err != nil {
 				return err
 			}
 			log.Info("joining the cluster's etcd", "initial_cluster", initialCluster)
@@ -219,14 +244,16 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if o.server || len(endpoints) == 0 {
 		emb, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: filepath.Join(dataDir, "etcd"), Name: o.node,
 			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log,
-			InitialCluster: initialCluster, Existing: initialCluster != ""})
+			InitialCluster: initialCluster, Existing: initialCluster != "",
+			TLS: &store.TLSFiles{CA: filepath.Join(pkiDir, pki.CACert), Cert: filepath.Join(pkiDir, pki.ServerCert),
+				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath}})
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
 		endpoints = append([]string{emb.ClientURL()}, endpoints...)
 	}
-	st, err := store.Open(ctx, endpoints)
+	st, err := store.Open(ctx, endpoints, etcdTLS)
 	if err != nil {
 		return err
 	}
@@ -380,4 +407,18 @@ func fetchCluster(ctx context.Context, pkiDir, addr string) (*api.ClusterInfo, e
 		}
 	}
 	return nil, fmt.Errorf("--join %s: cannot reach the cluster API: %w", addr, last)
+}
+
+// externalEtcdTLS is the client TLS for --etcd-endpoints: https only, with
+// the external cluster's CA and a client certificate.
+func externalEtcdTLS(o *agentOpts) (*tls.Config, error) {
+	for _, e := range o.etcdEndpoints {
+		if !strings.HasPrefix(e, "https://") {
+			return nil, fmt.Errorf("--etcd-endpoints %q: Ferry talks to etcd over TLS only (https://)", e)
+		}
+	}
+	if o.etcdCA == "" || o.etcdCert == "" || o.etcdKey == "" {
+		return nil, errors.New("--etcd-endpoints needs --etcd-cacert, --etcd-cert and --etcd-key (mutual TLS)")
+	}
+	return pki.TLSFromFiles(o.etcdCA, o.etcdCert, o.etcdKey)
 }

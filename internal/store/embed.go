@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -22,6 +23,16 @@ type EmbedConfig struct {
 	// joins an existing cluster (then Existing is true); empty for the first.
 	InitialCluster string
 	Existing       bool
+	// TLS, when set, makes both the client and the peer port mutual TLS:
+	// certificates from CA only, revoked ones (CRL, re-read on every
+	// connection by etcd) refused. URLs must then be https.
+	TLS *TLSFiles
+}
+
+// TLSFiles names the PEM files of a TLS identity.
+type TLSFiles struct {
+	CA, Cert, Key string
+	CRL           string // optional: a certificate revocation list from CA
 }
 
 // Embedded is a running embedded etcd server.
@@ -62,6 +73,17 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	// deadline (ha.Timing.FenceAfter, 1.4 s): heartbeats every 50 ms and an
 	// election timeout of 500 ms (randomised up to 1 s) instead of etcd's
 	// 100 ms / 1 s. See docs/HA.md.
+	if c.TLS != nil {
+		ti := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA,
+			ClientCertFile: c.TLS.Cert, ClientKeyFile: c.TLS.Key,
+			ClientCertAuth: true, CRLFile: c.TLS.CRL}
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = ti, ti
+		if cu.Scheme != "https" || pu.Scheme != "https" {
+			return nil, fmt.Errorf("etcd with TLS needs https URLs, not %s and %s", c.ClientURL, c.PeerURL)
+		}
+	} else if cu.Hostname() != "127.0.0.1" || pu.Hostname() != "127.0.0.1" {
+		return nil, fmt.Errorf("a plaintext etcd listens only on 127.0.0.1 (tests), not %s", c.ClientURL)
+	}
 	cfg.TickMs = 50
 	cfg.ElectionMs = 500
 	cfg.AutoCompactionMode = "periodic"

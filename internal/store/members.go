@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,8 +37,8 @@ func HasMemberData(dataDir string) bool {
 // AddMember adds a new etcd member (name, peerURL) to the cluster behind
 // endpoints and returns the --initial-cluster string the new member must
 // start with.
-func AddMember(ctx context.Context, endpoints []string, name, peerURL string) (string, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: nopZap()})
+func AddMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name, peerURL string) (string, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: nopZap()})
 	if err != nil {
 		return "", err
 	}

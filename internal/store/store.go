@@ -5,6 +5,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,9 +42,10 @@ type Store struct {
 }
 
 // Open connects to etcd.
-func Open(ctx context.Context, endpoints []string) (*Store, error) {
+func Open(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (*Store, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         tlsCfg,
 		DialTimeout: 5 * time.Second,
 		// Notice a member that stopped answering (a host cut off) and move
 		// to another, instead of waiting for TCP to give up.

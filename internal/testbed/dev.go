@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,6 +36,8 @@ type DevOptions struct {
 	// EtcdEndpoints, if set, points the agent at an external etcd instead of
 	// running an embedded one.
 	EtcdEndpoints []string
+	// EtcdTLS is the client identity for EtcdEndpoints (CA, cert, key).
+	EtcdTLS *store.TLSFiles
 }
 
 // DevAgent is one `ferry agent --dev` process and its state directories.
@@ -102,18 +105,22 @@ func (d *DevAgent) Args() []string {
 		"--listen", "127.0.0.1:" + strconv.Itoa(d.APIPort),
 		"--image-dir", d.opts.ImageDir, "--accel", d.opts.Accel, "--node-name", "dev1"}
 	if len(d.opts.EtcdEndpoints) > 0 {
-		return append(a, "--etcd-endpoints", strings.Join(d.opts.EtcdEndpoints, ","))
+		a = append(a, "--etcd-endpoints", strings.Join(d.opts.EtcdEndpoints, ","))
+		if t := d.opts.EtcdTLS; t != nil {
+			a = append(a, "--etcd-cacert", t.CA, "--etcd-cert", t.Cert, "--etcd-key", t.Key)
+		}
+		return a
 	}
 	return append(a, "--dev",
 		"--etcd-client-url", d.etcdEndpoints()[0],
-		"--etcd-peer-url", "http://127.0.0.1:"+strconv.Itoa(d.EtcdPeer))
+		"--etcd-peer-url", "https://127.0.0.1:"+strconv.Itoa(d.EtcdPeer))
 }
 
 func (d *DevAgent) etcdEndpoints() []string {
 	if len(d.opts.EtcdEndpoints) > 0 {
 		return d.opts.EtcdEndpoints
 	}
-	return []string{"http://127.0.0.1:" + strconv.Itoa(d.EtcdClient)}
+	return []string{"https://127.0.0.1:" + strconv.Itoa(d.EtcdClient)}
 }
 
 // Start runs the agent and waits until its API answers.
@@ -198,7 +205,16 @@ func (d *DevAgent) LogTail(n int) string {
 
 // EtcdKeys lists every key under /ferry/v1/ (etcd must be running).
 func (d *DevAgent) EtcdKeys(ctx context.Context) ([]string, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: d.etcdEndpoints(), DialTimeout: 5 * time.Second})
+	files := d.opts.EtcdTLS
+	if files == nil { // the embedded member: the host's own certificate
+		pd := filepath.Join(d.DataDir, "pki")
+		files = &store.TLSFiles{CA: filepath.Join(pd, pki.CACert), Cert: filepath.Join(pd, pki.ServerCert), Key: filepath.Join(pd, pki.ServerKey)}
+	}
+	tlsCfg, err := pki.TLSFromFiles(files.CA, files.Cert, files.Key)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: d.etcdEndpoints(), TLS: tlsCfg, DialTimeout: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}

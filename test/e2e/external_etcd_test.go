@@ -3,11 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
@@ -24,14 +26,29 @@ func TestExternalEtcd(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// The external etcd has a PKI of its own; the agent gets its CA and a
+	// client certificate, as an operator would give them.
+	pd := t.TempDir()
+	ca, err := pki.EnsureCA(pd, "external etcd CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Issue(pd, "etcd.crt", "etcd.key", "etcd", "etcd", []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Issue(pd, "ferry.crt", "ferry.key", "ferry", "etcd-client", nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	etcd, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: t.TempDir(), Name: "external",
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1])})
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
+		TLS: &store.TLSFiles{CA: filepath.Join(pd, pki.CACert), Cert: filepath.Join(pd, "etcd.crt"), Key: filepath.Join(pd, "etcd.key")}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(etcd.Close) // runs after the agent's cleanup below (LIFO)
 
-	d, err := testbed.NewDev(testbed.DevOptions{Bin: ferryBin, ImageDir: imageDir, EtcdEndpoints: []string{etcd.ClientURL()}})
+	d, err := testbed.NewDev(testbed.DevOptions{Bin: ferryBin, ImageDir: imageDir, EtcdEndpoints: []string{etcd.ClientURL()},
+		EtcdTLS: &store.TLSFiles{CA: filepath.Join(pd, pki.CACert), Cert: filepath.Join(pd, "ferry.crt"), Key: filepath.Join(pd, "ferry.key")}})
 	if err != nil {
 		t.Fatal(err)
 	}

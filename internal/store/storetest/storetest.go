@@ -33,7 +33,7 @@ func New(t testing.TB) *store.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	st, err := store.Open(ctx, []string{e.ClientURL()})
+	st, err := store.Open(ctx, []string{e.ClientURL()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

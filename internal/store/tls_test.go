@@ -1,0 +1,93 @@
+package store_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// An embedded etcd with TLS admits clients with a certificate of its CA,
+// and refuses plaintext, no certificate, another CA, and a revoked one.
+func TestEmbeddedTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.EnsureCA(dir, "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.EnsureLeaf(dir, pki.ServerCert, pki.ServerKey, "n1", pki.RoleNode, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Issue(dir, "gone.crt", "gone.key", "gone", pki.RoleNode, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	crl := filepath.Join(dir, pki.CRLFile)
+	if err := ca.WriteCRL(crl, nil); err != nil {
+		t.Fatal(err)
+	}
+	var ports [2]int
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: t.TempDir(), Name: "t",
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
+		TLS: &store.TLSFiles{CA: filepath.Join(dir, pki.CACert), Cert: filepath.Join(dir, pki.ServerCert), Key: filepath.Join(dir, pki.ServerKey), CRL: crl}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	eps := []string{e.ClientURL()}
+	open := func(certFile, keyFile string) error {
+		cfg, err := pki.ClientTLS(dir, certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		st, err := store.Open(octx, eps, cfg)
+		if err == nil {
+			st.Close()
+		}
+		return err
+	}
+	if err := open(pki.ServerCert, pki.ServerKey); err != nil {
+		t.Fatalf("a certificate of the CA was refused: %v", err)
+	}
+	if err := open("gone.crt", "gone.key"); err != nil {
+		t.Fatalf("a certificate not yet revoked was refused: %v", err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "gone.crt"))
+	blk, _ := pem.Decode(b)
+	gone, _ := x509.ParseCertificate(blk.Bytes)
+	if err := ca.WriteCRL(crl, []*big.Int{gone.SerialNumber}); err != nil {
+		t.Fatal(err)
+	}
+	if err := open("gone.crt", "gone.key"); err == nil {
+		t.Fatal("a revoked certificate was admitted")
+	}
+	if err := open(pki.ServerCert, pki.ServerKey); err != nil {
+		t.Fatalf("after a revocation, a good certificate was refused: %v", err)
+	}
+	octx, cancel2 := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel2()
+	if st, err := store.Open(octx, []string{fmt.Sprintf("http://127.0.0.1:%d", ports[0])}, nil); err == nil {
+		st.Close()
+		t.Fatal("a plaintext client was served")
+	}
+}
