@@ -204,6 +204,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 	a.mu.Unlock()
 	go a.monitor(in)
 	a.log.Info("incoming migration ready", "vm", spec.Name, "from", m.Source, "uri", uri)
+	failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.TargetListening)
 	return uri, nil
 }
 

@@ -23,6 +23,9 @@ const (
 	// AfterTakeover is on the target of a migration, after the takeover
 	// transaction moved ownership to it and before the guest's CPUs run.
 	AfterTakeover = "after-takeover"
+	// TargetListening is on the target of a migration, once its QEMU
+	// listens for the stream and before the source is told where.
+	TargetListening = "target-listening"
 )
 
 // Delay returns how long point is armed to sleep in file, or 0.
