@@ -43,6 +43,13 @@ type migScenario struct {
 	Ferry        migResult   `json:"ferry_median"`
 	// RatioTotal is Ferry's median total time over the baseline's.
 	RatioTotal float64 `json:"ratio_total_ferry_to_raw"`
+	// Ferry's own migration in plaintext (allowed for the benchmark's
+	// cluster), idle guests only: the cost of TLS is Ferry (TLS, the
+	// default) over this.
+	PlainRuns    []migResult `json:"ferry_plaintext_runs,omitempty"`
+	Plain        *migResult  `json:"ferry_plaintext_median,omitempty"`
+	RatioTLS     float64     `json:"ratio_total_tls_to_plaintext,omitempty"`
+	RatioTLSQEMU float64     `json:"ratio_qemu_total_tls_to_plaintext,omitempty"`
 }
 
 // medianResult takes the median of each figure over the successful runs.
@@ -78,7 +85,11 @@ Ferry (API request to guest running on the target) and, as the baseline, the sam
 guest (same devices, same disk on the shared storage) migrated by plain QMP
 migrate between two QEMUs started by hand in the same host namespaces over the
 same link. A client in the client namespace probes each guest over TCP every
-10 ms and the longest gap between answers is reported.`,
+10 ms and the longest gap between answers is reported.
+
+Ferry's migrations are TLS (the default). For idle guests Ferry also migrates
+in plaintext (the benchmark's cluster allows it) and reports TLS against
+plaintext: what encryption and source authorization cost.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			self, err := os.Executable()
@@ -95,6 +106,10 @@ same link. A client in the client namespace probes each guest over TCP every
 			for _, s := range res["scenarios"].([]migScenario) {
 				fmt.Printf("dirty %3.0f MiB/s: raw %6.0fms (downtime %3dms, gap %4.0fms)  ferry %6.0fms (downtime %3dms, gap %4.0fms)  ratio %.2f\n",
 					s.DirtyMiBs, s.Raw.TotalMS, s.Raw.DowntimeMS, s.Raw.GapMS, s.Ferry.TotalMS, s.Ferry.DowntimeMS, s.Ferry.GapMS, s.RatioTotal)
+				if s.Plain != nil {
+					fmt.Printf("                 ferry TLS %6.0fms against plaintext %6.0fms: ratio %.2f (QEMU's own total: %.2f)\n",
+						s.Ferry.TotalMS, s.Plain.TotalMS, s.RatioTLS, s.RatioTLSQEMU)
+				}
 			}
 			return nil
 		},
@@ -119,6 +134,11 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 	}
 	defer b.Down()
 	hc := b.HTTPClient(b.ClientNS, 5*time.Second)
+	// Plaintext runs (idle guests) measure what TLS costs; the cluster must
+	// allow them, as an operator would have to.
+	if _, err := cl.SetSecurity(ctx, api.SecurityRequest{PlaintextMigration: true, Reason: "benchmark: TLS against plaintext"}); err != nil {
+		return nil, err
+	}
 
 	var out []migScenario
 	n := 0
@@ -130,12 +150,20 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 			// machine still busy with the other.
 			for _, ferryTurn := range []bool{run%2 == 0, run%2 != 0} {
 				if ferryTurn {
-					fr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, strategy)
+					fr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, strategy, false)
 					if err != nil {
 						return nil, err
 					}
-					say("ferry, dirty %.0f MiB/s, run %d: %+v", rate, run+1, fr)
+					say("ferry (TLS), dirty %.0f MiB/s, run %d: %+v", rate, run+1, fr)
 					sc.FerryRuns = append(sc.FerryRuns, fr)
+					if rate == 0 {
+						pr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("plain%d", n), rate, strategy, true)
+						if err != nil {
+							return nil, err
+						}
+						say("ferry (plaintext), dirty %.0f MiB/s, run %d: %+v", rate, run+1, pr)
+						sc.PlainRuns = append(sc.PlainRuns, pr)
+					}
 				} else {
 					rr := rawMigrate(ctx, b, img, hc, rate, say)
 					say("raw qemu, dirty %.0f MiB/s, run %d: %+v", rate, run+1, rr)
@@ -156,6 +184,16 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		}
 		if sc.Raw.TotalMS > 0 {
 			sc.RatioTotal = sc.Ferry.TotalMS / sc.Raw.TotalMS
+		}
+		if len(sc.PlainRuns) > 0 {
+			p := medianResult(sc.PlainRuns)
+			sc.Plain = &p
+			if p.TotalMS > 0 {
+				sc.RatioTLS = sc.Ferry.TotalMS / p.TotalMS
+			}
+			if p.QEMUTotalMS > 0 {
+				sc.RatioTLSQEMU = float64(sc.Ferry.QEMUTotalMS) / float64(p.QEMUTotalMS)
+			}
 		}
 		out = append(out, sc)
 	}
@@ -419,7 +457,7 @@ func rawMigrate(ctx context.Context, b *testbed.Bed, img *image.Tiny, hc *http.C
 
 // ferryMigrateOnce creates a fresh guest, lets it settle and dirty memory,
 // migrates it with Ferry while a client probes it, and deletes it.
-func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc *http.Client, vmName string, rate float64, strategy string) (migResult, error) {
+func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc *http.Client, vmName string, rate float64, strategy string, plaintext bool) (migResult, error) {
 	if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: vmName}); err != nil {
 		return migResult{}, err
 	}
@@ -440,7 +478,7 @@ func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc
 		return migResult{}, err
 	}
 	pr := startProber(b.ClientNS, ip)
-	m, err := cl.MigrateVM(ctx, vmName, api.MigrateRequest{To: to, Strategy: strategy})
+	m, err := cl.MigrateVM(ctx, vmName, api.MigrateRequest{To: to, Strategy: strategy, Plaintext: plaintext})
 	if err != nil {
 		pr.stop()
 		return migResult{Error: err.Error()}, nil
