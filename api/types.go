@@ -126,6 +126,9 @@ type Node struct {
 	// storage nearly full, the guest overlay gone); the HA manager drains
 	// a degraded host while it still works.
 	Degraded []string `json:"degraded,omitempty"`
+	// CertSerials are the serial numbers (hex) of the host's cluster and
+	// migration certificates: what `ferry node remove` revokes.
+	CertSerials []string `json:"cert_serials,omitempty"`
 }
 
 // NodeMeta is what operators set on a node (kept apart from the record its
@@ -278,6 +281,33 @@ const PlaintextWarning = "PLAINTEXT MIGRATION IS ALLOWED in this cluster: a migr
 type SecurityRequest struct {
 	PlaintextMigration bool   `json:"plaintext_migration"`
 	Reason             string `json:"reason,omitempty"`
+}
+
+// UserCreateRequest is the body of POST /v1/users: a person's or tool's
+// name, its role, and a certificate request for a key it made itself.
+type UserCreateRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"` // admin, operator or viewer
+	CSR  string `json:"csr"`  // PEM CERTIFICATE REQUEST
+}
+
+// User is an API client the cluster issued a certificate to.
+type User struct {
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	Serial  string    `json:"serial"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+	// Certificate and CA (PEM) come only in the answer to the creation.
+	Certificate string `json:"certificate,omitempty"`
+	CA          string `json:"ca,omitempty"`
+}
+
+// Revocation records a certificate the cluster no longer accepts.
+type Revocation struct {
+	Serial string    `json:"serial"`
+	Holder string    `json:"holder"` // "node h3", "user alice"
+	Time   time.Time `json:"time"`
 }
 
 // Event is something the cluster did or saw, for operators.

@@ -320,3 +320,57 @@ func (c *Client) SetSecurity(ctx context.Context, req api.SecurityRequest) (*api
 	var s api.Security
 	return &s, c.do(ctx, "PUT", "/v1/cluster/security", req, &s)
 }
+
+// CreateUser asks the cluster for a certificate with a role for a key the
+// caller made (admin only).
+func (c *Client) CreateUser(ctx context.Context, req api.UserCreateRequest) (*api.User, error) {
+	var u api.User
+	return &u, c.do(ctx, "POST", "/v1/users", req, &u)
+}
+
+// ListUsers lists the users the cluster issued certificates to (admin only).
+func (c *Client) ListUsers(ctx context.Context) ([]api.User, error) {
+	var us []api.User
+	return us, c.do(ctx, "GET", "/v1/users", nil, &us)
+}
+
+// DeleteUser revokes a user's certificate (admin only).
+func (c *Client) DeleteUser(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
+}
+
+// RemoveNode takes a host out of the cluster and revokes its certificates
+// (admin only).
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/nodes/"+url.PathEscape(name), nil, nil)
+}
+
+// Credential file names in a directory written by `ferry user create`.
+const (
+	CredCert   = "client.crt"
+	CredKey    = "client.key"
+	CredCA     = "ca.crt"
+	CredServer = "server"
+)
+
+// FromCredentials builds a client from a directory written by `ferry user
+// create`: a certificate with a role, its key, the cluster CA and the API
+// address (server overrides it when set).
+func FromCredentials(dir, server string) (*Client, error) {
+	cfg, err := pki.TLSFromFiles(filepath.Join(dir, CredCA), filepath.Join(dir, CredCert), filepath.Join(dir, CredKey))
+	if err != nil {
+		return nil, fmt.Errorf("credentials in %s: %w", dir, err)
+	}
+	cfg.MinVersion = tls.VersionTLS13
+	if server == "" {
+		b, err := os.ReadFile(filepath.Join(dir, CredServer))
+		if err != nil {
+			return nil, fmt.Errorf("no API address in %s: pass --server", dir)
+		}
+		server = strings.TrimSpace(string(b))
+	}
+	return New(server, cfg), nil
+}
+
+// Server is the API address the client talks to.
+func (c *Client) Server() string { return c.base }

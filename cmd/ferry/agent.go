@@ -200,6 +200,10 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if err := mca.EnsureMigration(pkiDir, o.node, migHosts); err != nil {
 		return fmt.Errorf("migration certificate: %w", err)
 	}
+	serials, err := pki.Serials(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.MigrationDir, "server-cert.pem"))
+	if err != nil {
+		return err
+	}
 	tlsCfg, err := pki.ServerTLS(pkiDir)
 	if err != nil {
 		return err
@@ -279,7 +283,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
 		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
 		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(dataDir, "failpoints"),
-		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir),
+		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: crlPath, CertSerials: serials,
 	}
 	if adv != nil {
 		local, _ := netip.AddrFromSlice(adv)
@@ -306,6 +310,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return ag.ConsoleLog(vm.Spec.Name), nil
 	}, log)
 	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
+	apiSrv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca}
 	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		apiSrv.Cluster.EtcdEndpoints = urls
 	}
@@ -335,6 +340,8 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		defer wg.Done()
 		if err := ag.Run(ctx); err != nil {
 			errc <- err
+		} else if ag.Removed() {
+			errc <- errors.New("this host was removed from the cluster (ferry node remove): its certificates are revoked")
 		}
 	}()
 	go func() {

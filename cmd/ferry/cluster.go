@@ -72,7 +72,7 @@ func clusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	ha.AddCommand(pause, resume, status)
-	c.AddCommand(ha)
+	c.AddCommand(ha, securityCmd(g))
 	return c
 }
 
@@ -101,5 +101,51 @@ func eventsCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().IntVarP(&limit, "limit", "n", 50, "how many of the newest events")
+	return c
+}
+
+func securityCmd(g *globals) *cobra.Command {
+	var allow, refuse bool
+	var reason string
+	c := &cobra.Command{
+		Use:   "security",
+		Short: "Show or change the cluster's security settings (plaintext migration)",
+		Long: `Without flags, shows the settings. Every migration is TLS with source
+authorization. --allow-plaintext-migration (admin, with --reason) lets a
+migration that asks for it (ferry vm migrate --plaintext) send the guest's
+memory unencrypted; --refuse-plaintext-migration takes that back.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			var sec *api.Security
+			switch {
+			case allow && refuse:
+				return fmt.Errorf("say --allow-plaintext-migration or --refuse-plaintext-migration, not both")
+			case allow || refuse:
+				sec, err = cl.SetSecurity(cmd.Context(), api.SecurityRequest{PlaintextMigration: allow, Reason: reason})
+			default:
+				sec, err = cl.Security(cmd.Context())
+			}
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printJSON(os.Stdout, sec)
+			}
+			if sec.PlaintextMigration {
+				fmt.Fprintf(os.Stderr, "WARNING: %s\n", sec.Warning)
+				fmt.Printf("plaintext migration: ALLOWED since %s (%s)\n", sec.Since.Local().Format("2006-01-02 15:04:05"), sec.Reason)
+			} else {
+				fmt.Println("plaintext migration: refused (every migration is TLS with source authorization)")
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&allow, "allow-plaintext-migration", false, "let migrations that ask for it run unencrypted (needs --reason)")
+	c.Flags().BoolVar(&refuse, "refuse-plaintext-migration", false, "refuse plaintext migration again")
+	c.Flags().StringVar(&reason, "reason", "", "why, recorded in the event")
 	return c
 }

@@ -43,6 +43,9 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if m.Options.Plaintext {
+				fmt.Fprintln(os.Stderr, "WARNING: this migration is PLAINTEXT: the guest's memory crosses the network unencrypted")
+			}
 			if noWait {
 				if g.output == "json" {
 					return printJSON(os.Stdout, m)
@@ -84,6 +87,7 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.MaxDowntime, "max-downtime", "", "longest pause the guest may see, e.g. 300ms (default 300ms)")
 	f.StringVar(&req.Strategy, "strategy", "", "precopy (default), postcopy, auto-converge or multifd")
 	f.BoolVar(&req.Compress, "compress", false, "compress pages (costs CPU)")
+	f.BoolVar(&req.Plaintext, "plaintext", false, "send the guest's memory unencrypted (refused unless an admin allowed it: ferry cluster security)")
 	f.BoolVar(&cancelIt, "cancel", false, "cancel the VM's migration in flight; the guest stays on the source")
 	f.BoolVar(&noWait, "no-wait", false, "return once the migration is accepted")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up waiting after this long (the migration goes on)")

@@ -41,7 +41,7 @@ func nodeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	c.AddCommand(nodeDrainCmd(g), nodeUndrainCmd(g))
+	c.AddCommand(nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g))
 	return c
 }
 

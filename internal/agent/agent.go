@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,9 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,6 +24,7 @@ import (
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -52,7 +56,15 @@ type Config struct {
 	// layout (pki.IssueMigration); migrations are TLS unless the cluster
 	// allowed one in plaintext.
 	MigrationTLSDir string
-	Log             *slog.Logger
+	// CRLFile is where the cluster CA's revocation list is kept for the
+	// embedded etcd (DER); the migration CA's goes to
+	// MigrationTLSDir/ca-crl.pem for QEMU. Both follow the store.
+	CRLFile string
+	// CertSerials are this host's certificates (hex serials), reported in
+	// its node record; when one is revoked the host was removed and the
+	// agent stops.
+	CertSerials []string
+	Log         *slog.Logger
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay
@@ -81,6 +93,8 @@ type Agent struct {
 
 	queue    *queue
 	launches *launchHealth
+	stopRun  context.CancelFunc
+	removed  atomic.Bool
 }
 
 // New creates an agent; Run starts it.
@@ -140,6 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.stopRun = cancel
 	for i := 0; i < 4; i++ {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
@@ -173,6 +188,7 @@ func (a *Agent) watch(ctx context.Context) {
 	defer resync.Stop()
 	for ctx.Err() == nil {
 		rev := a.resync(ctx)
+		a.syncCRLs(ctx)
 		wc := a.st.Client().Watch(clientv3.WithRequireLeader(ctx), store.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	loop:
 		for {
@@ -187,6 +203,14 @@ func (a *Agent) watch(ctx context.Context) {
 				}
 				for _, ev := range wr.Events {
 					k := string(ev.Kv.Key)
+					if k == store.CRLKey || k == store.MigrationCRLKey {
+						a.syncCRLs(ctx)
+					}
+					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.cfg.CertSerials, store.NameFromKey(ev.Kv.Key)) {
+						a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
+						a.removed.Store(true)
+						a.stopRun()
+					}
 					if strings.HasPrefix(k, store.VMPrefix) || strings.HasPrefix(k, store.PlacementPrefix) ||
 						strings.HasPrefix(k, store.MigrationPrefix) {
 						a.queue.add(store.NameFromKey(ev.Kv.Key))
@@ -272,6 +296,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Images:      []string{},
 		Load1:       load1(),
 		Heartbeat:   time.Now().UTC(),
+		CertSerials: a.cfg.CertSerials,
 	}
 	if _, err := image.Find(a.cfg.ImageDir); err == nil {
 		n.Images = append(n.Images, api.ImageTiny)
@@ -370,3 +395,33 @@ func (a *Agent) overlayLoop(ctx context.Context) {
 		}
 	}
 }
+
+// syncCRLs writes the revocation lists kept in the store where etcd (the
+// cluster CA's) and QEMU (the migration CA's) read them.
+func (a *Agent) syncCRLs(ctx context.Context) {
+	crl, mcrl, err := a.st.CRLs(ctx)
+	if err != nil {
+		return
+	}
+	write := func(path string, data []byte) {
+		if path == "" || data == nil {
+			return
+		}
+		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+			return
+		}
+		if err := pki.WriteFileAtomic(path, data); err != nil {
+			a.log.Warn("writing a revocation list", "path", path, "err", err)
+			return
+		}
+		a.log.Info("revocation list updated", "path", path)
+	}
+	write(a.cfg.CRLFile, crl)
+	if a.cfg.MigrationTLSDir != "" {
+		write(filepath.Join(a.cfg.MigrationTLSDir, "ca-crl.pem"), mcrl)
+	}
+}
+
+// Removed reports whether the agent stopped because this host was removed
+// from the cluster.
+func (a *Agent) Removed() bool { return a.removed.Load() }

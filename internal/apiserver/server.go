@@ -36,6 +36,9 @@ type Server struct {
 	console ConsoleLocator
 	// Cluster is served at /v1/cluster for joining hosts.
 	Cluster api.ClusterInfo
+	// CAs sign users' and joining hosts' certificates and revocation
+	// lists; nil on a host without the CA keys.
+	CAs *Signers
 }
 
 // New returns an API server over st.
@@ -92,6 +95,10 @@ func (s *Server) routes() []route {
 		{"PUT /v1/cluster/ha", admin, s.putHA},
 		{"GET /v1/cluster/security", view, s.getSecurity},
 		{"PUT /v1/cluster/security", admin, s.putSecurity},
+		{"DELETE /v1/nodes/{name}", admin, s.removeNode},
+		{"GET /v1/users", admin, s.listUsers},
+		{"POST /v1/users", admin, s.createUser},
+		{"DELETE /v1/users/{name}", admin, s.deleteUser},
 	}
 }
 
@@ -106,6 +113,13 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		leaf := r.TLS.VerifiedChains[0][0]
+		if gone, err := s.revoked(r.Context(), leaf); err != nil || gone {
+			if err == nil {
+				err = errdefs.New(errdefs.ErrUnauthenticated, fmt.Sprintf("certificate %q (serial %s) has been revoked", leaf.Subject.CommonName, pki.SerialHex(leaf)))
+			}
+			writeError(w, err)
+			return
+		}
 		role, ok := pki.RoleOf(leaf)
 		if !ok {
 			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))

@@ -371,25 +371,41 @@ func (ca *CA) EnsureMigration(dir, node string, hosts []string) error {
 // inside a PKI directory; etcd reads it on every new connection.
 const CRLFile = "crl.der"
 
-// WriteCRL writes a revocation list of serials signed by ca to path,
-// atomically (a reader never sees half a file).
-func (ca *CA) WriteCRL(path string, serials []*big.Int) error {
+// CRL is a revocation list (DER) of serials signed by ca.
+func (ca *CA) CRL(serials []*big.Int) ([]byte, error) {
+	if ca.Key == nil {
+		return nil, errors.New("pki: this host holds no CA key and cannot sign a revocation list")
+	}
 	now := time.Now()
 	var entries []x509.RevocationListEntry
 	for _, s := range serials {
 		entries = append(entries, x509.RevocationListEntry{SerialNumber: s, RevocationTime: now})
 	}
-	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+	return x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
 		Number:                    big.NewInt(now.UnixNano()),
 		ThisUpdate:                now.Add(-time.Minute),
 		NextUpdate:                now.AddDate(1, 0, 0),
 		RevokedCertificateEntries: entries,
 	}, ca.Cert, ca.Key)
+}
+
+// CRLPEM is a DER revocation list in PEM, as QEMU reads it (ca-crl.pem).
+func CRLPEM(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}) }
+
+// WriteCRL writes a revocation list of serials signed by ca to path (DER).
+func (ca *CA) WriteCRL(path string, serials []*big.Int) error {
+	der, err := ca.CRL(serials)
 	if err != nil {
 		return err
 	}
+	return WriteFileAtomic(path, der)
+}
+
+// WriteFileAtomic replaces path with data so that a reader never sees half
+// a file (etcd reads the CRL on every connection).
+func WriteFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, der, 0o644); err != nil {
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
@@ -411,4 +427,103 @@ func TLSFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 		return nil, fmt.Errorf("pki: %s holds no PEM certificate", caFile)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// NewKeyAndCSR makes a private key and a certificate request for
+// commonName: the key never leaves the machine that asks.
+func NewKeyAndCSR(commonName string) (keyPEM, csrPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// MaxCSRBytes bounds a certificate request accepted from a client.
+const MaxCSRBytes = 8 << 10
+
+// SignCSR issues a certificate for the key in csrPEM. The subject and names
+// are the CA's choice (commonName, org, hosts), never the request's: the
+// request only proves possession of the key.
+func (ca *CA) SignCSR(csrPEM []byte, commonName, org string, hosts []string, validity time.Duration) (*x509.Certificate, []byte, error) {
+	if ca.Key == nil {
+		return nil, nil, errors.New("pki: this host holds no CA key and cannot issue certificates")
+	}
+	if len(csrPEM) > MaxCSRBytes {
+		return nil, nil, errors.New("pki: certificate request too large")
+	}
+	blk, _ := pem.Decode(csrPEM)
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, nil, errors.New("pki: certificate request is not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, nil, fmt.Errorf("pki: certificate request signature: %w", err)
+	}
+	if _, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok {
+		return nil, nil, errors.New("pki: only ECDSA keys are accepted")
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: commonName, Organization: []string{org}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if len(hosts) > 0 {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cert, pemCert(der), nil
+}
+
+// SerialHex is how Ferry names a certificate in its records.
+func SerialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// Serials returns the serial numbers (hex) of the certificates in files.
+func Serials(files ...string) ([]string, error) {
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("pki: %s is not PEM", f)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("pki: %s: %w", f, err)
+		}
+		out = append(out, SerialHex(c))
+	}
+	return out, nil
 }

@@ -88,3 +88,20 @@ func AddMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name
 	}
 	return strings.Join(parts, ","), nil
 }
+
+// RemoveMember removes the etcd member called name, if there is one.
+func (s *Store) RemoveMember(ctx context.Context, name string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	list, err := s.cli.MemberList(ctx)
+	if err != nil {
+		return unavailable(err)
+	}
+	for _, m := range list.Members {
+		if m.Name == name {
+			_, err := s.cli.MemberRemove(ctx, m.ID)
+			return unavailable(err)
+		}
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -147,4 +148,55 @@ func TestMigrationTLSAuthorization(t *testing.T) {
 		t.Fatalf("the expected source h1 was refused: %s: %s", info.Status, info.ErrorDesc)
 	}
 	t.Log("h1 (the expected source) was admitted")
+
+	// A revoked host cannot join a migration even as its expected source:
+	// the target's credentials carry the migration CA's revocation list
+	// (ca-crl.pem, as agents write it) naming h2's certificate.
+	revokedDir := filepath.Join(base, "target-with-crl")
+	if err := os.MkdirAll(revokedDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem"} {
+		data, err := os.ReadFile(filepath.Join(h3, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(revokedDir, f), data, 0o600)
+	}
+	mca, err := pki.EnsureMigrationCA(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2serials, err := pki.Serials(filepath.Join(h2, "client-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, _ := new(big.Int).SetString(h2serials[0], 16)
+	waitFor := func(revoked []*big.Int) {
+		t.Helper()
+		der, err := mca.CRL(revoked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(revokedDir, "ca-crl.pem"), pki.CRLPEM(der), 0o644)
+		target = start(true)
+		if err := target.SetupIncomingTLS(ctx, qemu.MigrationTLS{Dir: revokedDir, AllowDN: pki.MigrationDN("h2")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := target.MigrateIncoming(ctx, uri); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Control: the same target, its list revoking nothing, admits h2.
+	waitFor(nil)
+	if info := push(h2); info.Status != "completed" {
+		t.Fatalf("h2, expected and not revoked, was refused: %s: %s", info.Status, info.ErrorDesc)
+	}
+	waitFor([]*big.Int{sn})
+	if info := push(h2); info.Status == "completed" {
+		t.Fatal("a revoked source was admitted")
+	} else {
+		t.Logf("revoked h2: refused (%s: %s)", info.Status, info.ErrorDesc)
+	}
+	waiting("the revoked source")
 }

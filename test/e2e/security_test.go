@@ -4,25 +4,36 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/failpoint"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/testbed"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
-// TestSecurity runs one 3-host testbed with a guest and checks what the
-// zero-trust issue asks of a running cluster.
+// TestSecurity runs one 4-host testbed (three etcd members) with a guest
+// and checks what the zero-trust issue asks of a running cluster.
 func TestSecurity(t *testing.T) {
-	b, cl := newBed(t, 3)
+	b, cl := newBed(t, 4)
 	ctx := ctxT(t, 5*time.Minute)
 	if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: "sec"}); err != nil {
 		t.Fatal(err)
@@ -61,6 +72,274 @@ func TestSecurity(t *testing.T) {
 			t.Fatalf("the migration did not survive the scan: %s: %s", m.Phase, m.Error)
 		}
 	})
+
+	t.Run("roles", func(t *testing.T) { checkRoles(t, b, cl) })
+
+	t.Run("removed host is refused everywhere", func(t *testing.T) { checkRemovedHost(t, b, cl) })
+}
+
+// userClient makes a user with role through admin and returns a client
+// that holds its certificate (and key made here), talking to host 0's API.
+func userClient(t *testing.T, b *testbed.Bed, admin *client.Client, name, role string) *client.Client {
+	t.Helper()
+	ctx := ctxT(t, time.Minute)
+	key, csr, err := pki.NewKeyAndCSR(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := admin.CreateUser(ctx, api.UserCreateRequest{Name: name, Role: role, CSR: string(csr)})
+	if err != nil {
+		t.Fatalf("creating user %s: %v", name, err)
+	}
+	if u.Role != role || u.Certificate == "" || u.CA == "" {
+		t.Fatalf("user %s: %+v", name, u)
+	}
+	return clientFor(t, b, []byte(u.Certificate), key, []byte(u.CA))
+}
+
+// clientFor is an API client with the given identity, dialling from host 0.
+func clientFor(t *testing.T, b *testbed.Bed, certPEM, keyPEM, caPEM []byte) *client.Client {
+	t.Helper()
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	h := b.Hosts[0]
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13},
+		DialContext: testbed.DialIn(h.NS), DisableKeepAlives: true}
+	return client.NewWithTransport("https://"+h.Addr+":7443", tr)
+}
+
+// checkRoles shows what each role may and may not do.
+func checkRoles(t *testing.T, b *testbed.Bed, admin *client.Client) {
+	ctx := ctxT(t, 3*time.Minute)
+	viewer := userClient(t, b, admin, "vera", pki.RoleViewer)
+	operator := userClient(t, b, admin, "otto", pki.RoleOperator)
+	admin2 := userClient(t, b, admin, "ada", pki.RoleAdmin)
+	no := false
+	type call struct {
+		what string
+		do   func(c *client.Client) error
+	}
+	reads := []call{
+		{"list VMs", func(c *client.Client) error { _, err := c.ListVMs(ctx); return err }},
+		{"get a VM", func(c *client.Client) error { _, err := c.GetVM(ctx, "sec"); return err }},
+		{"list hosts", func(c *client.Client) error { _, err := c.ListNodes(ctx); return err }},
+		{"read events", func(c *client.Client) error { _, err := c.Events(ctx, 10); return err }},
+		{"read the security settings", func(c *client.Client) error { _, err := c.Security(ctx); return err }},
+	}
+	operate := []call{
+		{"create a VM", func(c *client.Client) error {
+			_, err := c.CreateVM(ctx, api.VMCreateRequest{Name: "roletest", Start: &no})
+			return err
+		}},
+		{"delete a VM", func(c *client.Client) error { return c.DeleteVM(ctx, "roletest") }},
+		{"read a console", func(c *client.Client) error {
+			err := c.Console(ctx, "sec", 5, false, io.Discard)
+			if errors.Is(err, errdefs.ErrUnavailable) {
+				return nil // let through, but the guest runs on another host's API
+			}
+			return err
+		}},
+		{"undrain a host", func(c *client.Client) error { _, err := c.UndrainNode(ctx, b.Hosts[0].Name); return err }},
+	}
+	administer := []call{
+		{"change the security settings", func(c *client.Client) error {
+			_, err := c.SetSecurity(ctx, api.SecurityRequest{})
+			return err
+		}},
+		{"pause HA", func(c *client.Client) error { _, err := c.SetHAPaused(ctx, false, ""); return err }},
+		{"list users", func(c *client.Client) error { _, err := c.ListUsers(ctx); return err }},
+		{"create a user", func(c *client.Client) error {
+			_, csr, _ := pki.NewKeyAndCSR("mallory")
+			_, err := c.CreateUser(ctx, api.UserCreateRequest{Name: "mallory", Role: pki.RoleAdmin, CSR: string(csr)})
+			return err
+		}},
+		{"remove a host", func(c *client.Client) error { return c.RemoveNode(ctx, "nosuchhost") }},
+	}
+	may := func(who string, c *client.Client, calls []call) {
+		for _, cl := range calls {
+			if err := cl.do(c); err != nil {
+				// Removing a host that does not exist answers not-found
+				// once the role has been let through.
+				if errors.Is(err, errdefs.ErrNotFound) {
+					continue
+				}
+				t.Errorf("%s may %s, but: %v", who, cl.what, err)
+			}
+		}
+	}
+	mayNot := func(who string, c *client.Client, calls []call) {
+		for _, cl := range calls {
+			err := cl.do(c)
+			if !errors.Is(err, errdefs.ErrPermissionDenied) {
+				t.Errorf("%s may not %s, but got: %v", who, cl.what, err)
+			}
+		}
+	}
+	may("viewer", viewer, reads)
+	mayNot("viewer", viewer, operate)
+	mayNot("viewer", viewer, administer)
+	may("operator", operator, reads)
+	may("operator", operator, operate)
+	mayNot("operator", operator, administer)
+	may("admin", admin2, reads)
+	may("admin", admin2, operate)
+	may("admin", admin2, administer)
+	// A removed user is refused from then on.
+	if err := admin.DeleteUser(ctx, "vera"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := viewer.ListVMs(ctx); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("a removed user could still read: %v", err)
+	}
+	if err := admin.DeleteUser(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkRemovedHost drains and removes the one host that is not an etcd
+// member, and shows its identity refused by the API, by etcd and in the
+// migration revocation list every host holds.
+func checkRemovedHost(t *testing.T, b *testbed.Bed, admin *client.Client) {
+	ctx := ctxT(t, 3*time.Minute)
+	hi := len(b.Hosts) - 1
+	h := b.Hosts[hi]
+	pd := filepath.Join(h.DataDir, "pki")
+	read := func(f string) []byte {
+		data, err := os.ReadFile(filepath.Join(pd, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	asHost := clientFor(t, b, read(pki.ServerCert), read(pki.ServerKey), read(pki.CACert))
+	etcdAsHost := func() error {
+		cfg, err := pki.ClientTLS(pd, pki.ServerCert, pki.ServerKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dial := testbed.DialIn(b.Hosts[0].NS)
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + b.Hosts[0].Addr + ":2379"}, TLS: cfg,
+			DialTimeout: 3 * time.Second, Logger: zap.NewNop(),
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return dial(ctx, "tcp", addr)
+			})}})
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err = cli.Get(gctx, "/ferry/v1/ping")
+		return err
+	}
+	if _, err := asHost.ListNodes(ctx); err != nil {
+		t.Fatalf("%s's certificate is refused before its removal: %v", h.Name, err)
+	}
+	if err := etcdAsHost(); err != nil {
+		t.Fatalf("etcd refuses %s's certificate before its removal: %v", h.Name, err)
+	}
+	// Removing a host that still holds guests is refused; drained, it goes.
+	if _, err := admin.DrainNode(ctx, h.Name); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		vms, err := admin.ListVMs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		here := 0
+		for _, vm := range vms {
+			if vm.Node == h.Name {
+				here++
+			}
+		}
+		if here == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%s still holds %d guests after its drain", h.Name, here)
+		}
+	}
+	nodes, err := admin.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, n := range nodes {
+		if n.Name == h.Name {
+			serials = n.CertSerials
+		}
+	}
+	if len(serials) != 2 {
+		t.Fatalf("%s reports certificate serials %v, want its cluster and migration certificates", h.Name, serials)
+	}
+	if err := admin.RemoveNode(ctx, h.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := asHost.ListNodes(ctx); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("the removed host's certificate still calls the API: %v", err)
+	}
+	// The etcd members write the cluster's revocation list where etcd reads it.
+	crlPath := filepath.Join(b.Hosts[0].DataDir, "pki", pki.CRLFile)
+	for end := time.Now().Add(30 * time.Second); !slices.Contains(crlSerials(crlPath), serials[0]); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%s's etcd revocation list %v lacks %s", b.Hosts[0].Name, crlSerials(crlPath), serials[0])
+		}
+	}
+	if err := etcdAsHost(); err == nil {
+		t.Error("etcd still admits the removed host's certificate on a new connection")
+	} else {
+		t.Logf("etcd refuses the removed host: %v", err)
+	}
+	// Every remaining host holds the migration revocation list with the
+	// removed host's migration certificate (QEMU loads it as ca-crl.pem).
+	for i := 0; i < hi; i++ {
+		path := filepath.Join(b.Hosts[i].DataDir, "pki", pki.MigrationDir, "ca-crl.pem")
+		var got []string
+		for end := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			got = crlSerials(path)
+			if slices.Contains(got, serials[1]) || time.Now().After(end) {
+				break
+			}
+		}
+		if !slices.Contains(got, serials[1]) {
+			t.Errorf("%s's migration CRL %v lacks the removed host's migration certificate %s", b.Hosts[i].Name, got, serials[1])
+		}
+	}
+	if _, err := admin.MigrateVM(ctx, "sec", api.MigrateRequest{To: h.Name}); err == nil {
+		t.Error("a migration to the removed host was accepted")
+	}
+	// Its agent learns it was removed and stops.
+	for end := time.Now().Add(30 * time.Second); syscall.Kill(h.PID, 0) == nil; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the removed host's agent (pid %d) is still running", h.PID)
+		}
+	}
+}
+
+// crlSerials reads a revocation list's serials (hex), PEM or DER; nil if
+// unreadable.
+func crlSerials(path string) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	if blk, _ := pem.Decode(data); blk != nil {
+		data = blk.Bytes
+	}
+	crl, err := x509.ParseRevocationList(data)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range crl.RevokedCertificateEntries {
+		out = append(out, e.SerialNumber.Text(16))
+	}
+	return out
 }
 
 // listener is one listening TCP socket of a testbed host.
