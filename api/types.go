@@ -303,6 +303,36 @@ type User struct {
 	CA          string `json:"ca,omitempty"`
 }
 
+// TokenCreateRequest is the body of POST /v1/cluster/tokens.
+type TokenCreateRequest struct {
+	TTL string `json:"ttl,omitempty"` // e.g. 1h; default 1h, at most 24h
+}
+
+// JoinToken is a one-time token for one host to join (shown once).
+type JoinToken struct {
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// JoinRequest is the body of POST /v1/join: a host with a token asks for
+// its certificates, for keys it made itself.
+type JoinRequest struct {
+	Token        string   `json:"token"`
+	Node         string   `json:"node"`
+	Addresses    []string `json:"addresses"`     // the host's IP addresses (its certificates name them)
+	CSR          string   `json:"csr"`           // for the cluster certificate (API, etcd)
+	MigrationCSR string   `json:"migration_csr"` // for the migration certificate
+}
+
+// JoinResponse carries a joining host's certificates and the CAs (PEM).
+type JoinResponse struct {
+	Certificate          string      `json:"certificate"`
+	CA                   string      `json:"ca"`
+	MigrationCertificate string      `json:"migration_certificate"`
+	MigrationCA          string      `json:"migration_ca"`
+	Cluster              ClusterInfo `json:"cluster"`
+}
+
 // Revocation records a certificate the cluster no longer accepts.
 type Revocation struct {
 	Serial string    `json:"serial"`

@@ -374,3 +374,9 @@ func FromCredentials(dir, server string) (*Client, error) {
 
 // Server is the API address the client talks to.
 func (c *Client) Server() string { return c.base }
+
+// CreateToken makes a one-time join token (admin only).
+func (c *Client) CreateToken(ctx context.Context, req api.TokenCreateRequest) (*api.JoinToken, error) {
+	var t api.JoinToken
+	return &t, c.do(ctx, "POST", "/v1/cluster/tokens", req, &t)
+}

@@ -37,6 +37,7 @@ type agentOpts struct {
 	dev           bool
 	server        bool
 	join          string
+	token         string
 	advertise     string
 	overlayPeers  []string
 	vni           int
@@ -82,7 +83,8 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f := c.Flags()
 	f.BoolVar(&o.dev, "dev", false, "single host: embedded etcd, API and agent in one process, guests on user-mode networking")
 	f.BoolVar(&o.server, "server", false, "first host of a cluster: embedded etcd on --advertise, API and agent")
-	f.StringVar(&o.join, "join", "", "join the cluster whose API is at ADDR (host:port); the cluster CA must be in DATA-DIR/pki")
+	f.StringVar(&o.join, "join", "", "join the cluster whose API is at ADDR (host:port), with --token (or, for another etcd server, the cluster's CA keys in DATA-DIR/pki)")
+	f.StringVar(&o.token, "token", "", "one-time join token from `ferry cluster token create` (first start of a joining host)")
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
 	f.IntVar(&o.vni, "vni", 42, "VXLAN network identifier of the guest overlay")
@@ -172,33 +174,21 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		}
 	}
 
-	// Credentials: a cluster CA, the API server's certificate, the admin's.
+	// Credentials (credentials.go): a host with the CA keys (the first
+	// server, or a server given them) makes its own; a host joining with a
+	// token asks the cluster for them.
 	pkiDir := filepath.Join(dataDir, "pki")
-	ca, err := pki.EnsureCA(pkiDir, "ferry cluster CA")
-	if err != nil {
-		return fmt.Errorf("cluster CA: %w", err)
-	}
 	hosts := []string{"127.0.0.1", "localhost", o.node}
 	if host != "" && host != "0.0.0.0" && host != "::" {
 		hosts = append(hosts, host)
-	}
-	if err := ca.EnsureLeaf(pkiDir, pki.ServerCert, pki.ServerKey, o.node, pki.RoleNode, hosts); err != nil {
-		return err
-	}
-	if err := ca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
-		return err
-	}
-	// Migration credentials, from a CA of their own.
-	mca, err := pki.EnsureMigrationCA(pkiDir)
-	if err != nil {
-		return fmt.Errorf("migration CA: %w", err)
 	}
 	migHosts := []string{o.node}
 	if adv != nil {
 		migHosts = append(migHosts, adv.String())
 	}
-	if err := mca.EnsureMigration(pkiDir, o.node, migHosts); err != nil {
-		return fmt.Errorf("migration certificate: %w", err)
+	ca, mca, err := hostCredentials(ctx, o, pkiDir, hosts, migHosts, log)
+	if err != nil {
+		return err
 	}
 	serials, err := pki.Serials(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.MigrationDir, "server-cert.pem"))
 	if err != nil {
@@ -222,7 +212,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		}
 	}
 	crlPath := filepath.Join(pkiDir, pki.CRLFile)
-	if _, err := os.Stat(crlPath); err != nil {
+	if _, err := os.Stat(crlPath); err != nil && ca.Key != nil {
 		if err := ca.WriteCRL(crlPath, nil); err != nil {
 			return fmt.Errorf("revocation list: %w", err)
 		}

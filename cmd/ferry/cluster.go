@@ -72,7 +72,7 @@ func clusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	ha.AddCommand(pause, resume, status)
-	c.AddCommand(ha, securityCmd(g))
+	c.AddCommand(ha, securityCmd(g), tokenCmd(g))
 	return c
 }
 
@@ -147,5 +147,41 @@ memory unencrypted; --refuse-plaintext-migration takes that back.`,
 	c.Flags().BoolVar(&allow, "allow-plaintext-migration", false, "let migrations that ask for it run unencrypted (needs --reason)")
 	c.Flags().BoolVar(&refuse, "refuse-plaintext-migration", false, "refuse plaintext migration again")
 	c.Flags().StringVar(&reason, "reason", "", "why, recorded in the event")
+	return c
+}
+
+func tokenCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "token", Short: "One-time tokens for hosts to join"}
+	var ttl string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Make a one-time join token (admin); shown once",
+		Long: `Prints a token for one host to join:
+
+    ferry agent --join API-ADDR --token TOKEN --advertise HOST-ADDR
+
+The joining host makes its own keys, checks the cluster's CA against the
+fingerprint inside the token before it sends anything, and is certified by the
+cluster. The token works once, until it expires (--ttl, default 1h).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			tok, err := cl.CreateToken(cmd.Context(), api.TokenCreateRequest{TTL: ttl})
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printJSON(os.Stdout, tok)
+			}
+			fmt.Println(tok.Token)
+			fmt.Fprintf(os.Stderr, "valid once, until %s\n", tok.Expires.Local().Format("2006-01-02 15:04:05"))
+			return nil
+		},
+	}
+	create.Flags().StringVar(&ttl, "ttl", "1h", "how long the token is valid (1m to 24h)")
+	c.AddCommand(create)
 	return c
 }

@@ -39,6 +39,8 @@ type Server struct {
 	// CAs sign users' and joining hosts' certificates and revocation
 	// lists; nil on a host without the CA keys.
 	CAs *Signers
+	// public are the routes served without a client certificate (joining).
+	public map[string]bool
 }
 
 // New returns an API server over st.
@@ -52,8 +54,12 @@ func New(st *store.Store, console ConsoleLocator, log *slog.Logger) *Server {
 // Handler returns the HTTP handler with every route.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	s.public = map[string]bool{}
 	for _, r := range s.routes() {
 		mux.HandleFunc(r.pattern, s.authorize(r.role, r.h))
+		if r.role == pki.NoRole {
+			s.public[r.pattern] = true
+		}
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)))
@@ -70,7 +76,7 @@ type route struct {
 // routes is the whole API with who may call what: viewers read, operators
 // run guests (lifecycle, migration, drain), admins change the cluster.
 func (s *Server) routes() []route {
-	const view, op, admin = pki.Viewer, pki.Operator, pki.Admin
+	const anyone, view, op, admin = pki.NoRole, pki.Viewer, pki.Operator, pki.Admin
 	return []route{
 		{"GET /v1/healthz", view, s.healthz},
 		{"GET /v1/openapi.json", view, s.openapi},
@@ -99,6 +105,10 @@ func (s *Server) routes() []route {
 		{"GET /v1/users", admin, s.listUsers},
 		{"POST /v1/users", admin, s.createUser},
 		{"DELETE /v1/users/{name}", admin, s.deleteUser},
+		{"POST /v1/cluster/tokens", admin, s.createToken},
+		// Joining hosts have no certificate yet: a token admits them.
+		{"GET /v1/join/ca", anyone, s.joinCA},
+		{"POST /v1/join", anyone, s.join},
 	}
 }
 
@@ -109,6 +119,10 @@ type roleKey struct{}
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			if r.TLS != nil && s.public[r.Method+" "+r.URL.Path] {
+				next.ServeHTTP(w, r)
+				return
+			}
 			writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "a client certificate from the cluster CA is required"))
 			return
 		}

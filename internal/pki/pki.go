@@ -240,8 +240,11 @@ func ServerTLS(dir string) (*tls.Config, error) {
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS13,
+		// A certificate, if given, must verify; without one the API serves
+		// only the join routes (a host with a token has no certificate yet)
+		// and refuses everything else (apiserver.authenticate).
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		MinVersion: tls.VersionTLS13,
 	}, nil
 }
 
@@ -322,23 +325,7 @@ func (ca *CA) IssueMigration(dir, node string, hosts []string, validity time.Dur
 	if err != nil {
 		return err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: node, Organization: []string{MigrationOrg}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(validity),
-		// GnuTLS, for QEMU, wants key encipherment on a server certificate.
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:    []string{node},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else if h != node {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
+	tmpl := migrationTemplate(node, hosts, validity)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
 		return err
@@ -458,22 +445,9 @@ func (ca *CA) SignCSR(csrPEM []byte, commonName, org string, hosts []string, val
 	if ca.Key == nil {
 		return nil, nil, errors.New("pki: this host holds no CA key and cannot issue certificates")
 	}
-	if len(csrPEM) > MaxCSRBytes {
-		return nil, nil, errors.New("pki: certificate request too large")
-	}
-	blk, _ := pem.Decode(csrPEM)
-	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
-		return nil, nil, errors.New("pki: certificate request is not a PEM CERTIFICATE REQUEST")
-	}
-	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	csr, err := parseCSR(csrPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pki: certificate request: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, nil, fmt.Errorf("pki: certificate request signature: %w", err)
-	}
-	if _, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok {
-		return nil, nil, errors.New("pki: only ECDSA keys are accepted")
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
@@ -526,4 +500,104 @@ func Serials(files ...string) ([]string, error) {
 		out = append(out, SerialHex(c))
 	}
 	return out, nil
+}
+
+func parseCert(pemBytes []byte) (*x509.Certificate, error) {
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, errors.New("pki: not a PEM certificate")
+	}
+	return x509.ParseCertificate(blk.Bytes)
+}
+
+// LoadCACert reads a CA certificate without its key (a host that joined
+// with a token verifies with it but cannot sign).
+func LoadCACert(path string) (*CA, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parseCert(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &CA{Cert: c, PEM: b}, nil
+}
+
+// SignMigrationCSR issues a migration certificate (pki.IssueMigration's
+// shape) for a joining host's key.
+func (ca *CA) SignMigrationCSR(csrPEM []byte, node string, hosts []string, validity time.Duration) ([]byte, error) {
+	if ca.Key == nil {
+		return nil, errors.New("pki: this host holds no migration CA key")
+	}
+	csr, err := parseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := migrationTemplate(node, hosts, validity)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pemCert(der), nil
+}
+
+func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	if len(csrPEM) > MaxCSRBytes {
+		return nil, errors.New("pki: certificate request too large")
+	}
+	blk, _ := pem.Decode(csrPEM)
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("pki: certificate request is not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("pki: certificate request signature: %w", err)
+	}
+	if _, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok {
+		return nil, errors.New("pki: only ECDSA keys are accepted")
+	}
+	return csr, nil
+}
+
+// WriteMigrationCreds writes a migration certificate and its key in QEMU's
+// layout into dir/MigrationDir, with the migration CA.
+func WriteMigrationCreds(dir string, certPEM, keyPEM, caPEM []byte) error {
+	md := filepath.Join(dir, MigrationDir)
+	if err := os.MkdirAll(md, 0o700); err != nil {
+		return err
+	}
+	for _, side := range []string{"server", "client"} {
+		if err := os.WriteFile(filepath.Join(md, side+"-key.pem"), keyPEM, 0o600); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(md, side+"-cert.pem"), certPEM, 0o644); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(md, "ca-cert.pem"), caPEM, 0o644)
+}
+
+func migrationTemplate(node string, hosts []string, validity time.Duration) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: node, Organization: []string{MigrationOrg}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(validity),
+		// GnuTLS, for QEMU, wants key encipherment on a server certificate.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{node},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != node {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return tmpl
 }

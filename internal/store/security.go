@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
@@ -140,4 +141,56 @@ func (s *Store) CRLs(ctx context.Context) (crl, migCRL []byte, err error) {
 		migCRL = kvs[0].Value
 	}
 	return crl, migCRL, nil
+}
+
+// TokenPrefix holds join tokens (hash of the secret only), each bound to a
+// lease of its lifetime so that etcd forgets it when it expires.
+const TokenPrefix = Prefix + "tokens/"
+
+// TokenRecord is what the store keeps of a join token.
+type TokenRecord struct {
+	Hash    string    `json:"hash"`
+	Expires time.Time `json:"expires"`
+	By      string    `json:"by,omitempty"`
+}
+
+// PutToken records a join token for ttl.
+func (s *Store) PutToken(ctx context.Context, id string, rec TokenRecord, ttl time.Duration) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	lease, err := s.cli.Grant(ctx, int64(ttl.Seconds()))
+	if err != nil {
+		return unavailable(err)
+	}
+	b, _ := json.Marshal(rec)
+	_, err = s.cli.Put(ctx, TokenPrefix+id, string(b), clientv3.WithLease(lease.ID))
+	return unavailable(err)
+}
+
+// ConsumeToken checks a token's secret and deletes it in one transaction:
+// a token admits one host. An unknown, expired or wrong token is one error.
+func (s *Store) ConsumeToken(ctx context.Context, id, secret string, matches func(secret, hash string) bool) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	bad := errdefs.New(errdefs.ErrUnauthenticated, "join token unknown, used or expired")
+	resp, err := s.cli.Get(ctx, TokenPrefix+id)
+	if err != nil {
+		return unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return bad
+	}
+	var rec TokenRecord
+	if json.Unmarshal(resp.Kvs[0].Value, &rec) != nil || !matches(secret, rec.Hash) || time.Now().After(rec.Expires) {
+		return bad
+	}
+	k := TokenPrefix + id
+	tx, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", resp.Kvs[0].ModRevision)).Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return unavailable(err)
+	}
+	if !tx.Succeeded {
+		return bad
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -49,6 +50,8 @@ type Host struct {
 	DataDir string `json:"data_dir"`
 	RunDir  string `json:"run_dir"`
 	PID     int    `json:"pid"`
+	// token is the join token for the host's first start (not kept).
+	token string
 }
 
 // Options configure Up.
@@ -120,9 +123,15 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if err := b.buildNetwork(); err != nil {
 		return b, err
 	}
-	// One cluster CA and one migration CA for all hosts (until join tokens
-	// arrive with issue #4).
-	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
+	// The cluster's CAs are made here and given to the etcd servers (an
+	// operator's part for servers after the first); the other hosts join
+	// with one-time tokens. The testbed's own admin credentials are made
+	// beside them.
+	ca, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA")
+	if err != nil {
+		return b, err
+	}
+	if err := ca.EnsureLeaf(filepath.Join(dir, "pki"), pki.AdminCert, pki.AdminKey, "testbed-admin", pki.RoleAdmin, nil); err != nil {
 		return b, err
 	}
 	if _, err := pki.EnsureMigrationCA(filepath.Join(dir, "pki")); err != nil {
@@ -213,6 +222,9 @@ func (b *Bed) AgentArgs(i int) []string {
 	if i < Servers(len(b.Hosts)) {
 		a = append(a, "--server") // an etcd member too
 	}
+	if h.token != "" {
+		a = append(a, "--token", h.token)
+	}
 	return a
 }
 
@@ -231,14 +243,28 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 	if err := os.MkdirAll(filepath.Join(h.DataDir, "pki"), 0o700); err != nil {
 		return err
 	}
-	for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey} {
-		data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
+	h.token = ""
+	if i < Servers(len(b.Hosts)) {
+		for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey} {
+			data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(h.DataDir, "pki", f), data, 0o600); err != nil {
+				return err
+			}
+		}
+	} else if _, err := os.Stat(filepath.Join(h.DataDir, "pki", pki.ServerCert)); err != nil {
+		// First start of a host that is not a server: a one-time token.
+		cl, err := b.Client(0)
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(h.DataDir, "pki", f), data, 0o600); err != nil {
-			return err
+		tok, err := cl.CreateToken(ctx, api.TokenCreateRequest{TTL: "10m"})
+		if err != nil {
+			return fmt.Errorf("testbed: join token for %s: %w", h.Name, err)
 		}
+		h.token = tok.Token
 	}
 	logf, err := os.OpenFile(filepath.Join(h.DataDir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -332,7 +358,7 @@ func (b *Bed) WaitNodes(ctx context.Context, n int) error {
 // Client is an API client that talks to host i's API from inside its namespace.
 func (b *Bed) Client(i int) (*client.Client, error) {
 	h := b.Hosts[i]
-	cfg, err := pki.ClientTLS(filepath.Join(h.DataDir, "pki"), pki.AdminCert, pki.AdminKey)
+	cfg, err := pki.ClientTLS(filepath.Join(b.Dir, "pki"), pki.AdminCert, pki.AdminKey)
 	if err != nil {
 		return nil, err
 	}

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -72,6 +74,8 @@ func TestSecurity(t *testing.T) {
 			t.Fatalf("the migration did not survive the scan: %s: %s", m.Phase, m.Error)
 		}
 	})
+
+	t.Run("join tokens", func(t *testing.T) { checkJoin(t, b, cl) })
 
 	t.Run("roles", func(t *testing.T) { checkRoles(t, b, cl) })
 
@@ -443,7 +447,12 @@ func checkNoPlaintext(t *testing.T, b *testbed.Bed) {
 			var buf [512]byte
 			var n int
 			n, err = tc.Read(buf[:])
-			if err == nil {
+			switch {
+			case err == nil && strings.HasPrefix(string(buf[:n]), "HTTP/1.1 401") && strings.Contains(string(buf[:n]), "client certificate"):
+				// The API: without a certificate only the join routes answer.
+				t.Logf("%s %s (%s): without a client certificate: 401 (only joining is served)", l.host, l.addr, l.proc)
+				err = nil
+			case err == nil:
 				t.Errorf("%s %s (%s): served TLS without a client certificate: %.200q", l.host, l.addr, l.proc, buf[:n])
 			}
 		}
@@ -452,5 +461,71 @@ func checkNoPlaintext(t *testing.T, b *testbed.Bed) {
 		}
 		tc.Close()
 		cancel()
+	}
+}
+
+// checkJoin looks at a host that joined with a token (the testbed's last
+// host) and at the join endpoint itself, called without a certificate.
+func checkJoin(t *testing.T, b *testbed.Bed, admin *client.Client) {
+	ctx := ctxT(t, time.Minute)
+	h := b.Hosts[len(b.Hosts)-1]
+	pd := filepath.Join(h.DataDir, "pki")
+	for _, f := range []string{pki.CAKey, pki.MigrationCAKey, pki.AdminCert} {
+		if _, err := os.Stat(filepath.Join(pd, f)); err == nil {
+			t.Errorf("%s joined with a token but holds %s", h.Name, f)
+		}
+	}
+	for _, f := range []string{pki.ServerCert, filepath.Join(pki.MigrationDir, "server-cert.pem")} {
+		if _, err := os.Stat(filepath.Join(pd, f)); err != nil {
+			t.Errorf("%s has no %s: %v", h.Name, f, err)
+		}
+	}
+	caPEM, err := os.ReadFile(filepath.Join(pd, pki.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	anon := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: testbed.DialIn(b.Hosts[0].NS),
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, DisableKeepAlives: true}}
+	base := "https://" + b.Hosts[0].Addr + ":7443"
+	join := func(token, node string) (int, string) {
+		_, csr, _ := pki.NewKeyAndCSR(node)
+		_, mcsr, _ := pki.NewKeyAndCSR(node)
+		body, _ := json.Marshal(api.JoinRequest{Token: token, Node: node, Addresses: []string{"198.18.0.99"}, CSR: string(csr), MigrationCSR: string(mcsr)})
+		resp, err := anon.Post(base+"/v1/join", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	if resp, err := anon.Get(base + "/v1/nodes"); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("without a certificate GET /v1/nodes answered %s", resp.Status)
+	}
+	tok, err := admin.CreateToken(ctx, api.TokenCreateRequest{TTL: "5m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another host's name is refused (and does not use the token up).
+	if code, body := join(tok.Token, b.Hosts[0].Name); code != http.StatusConflict {
+		t.Errorf("joining as existing host %s: %d %s", b.Hosts[0].Name, code, body)
+	}
+	if code, body := join(tok.Token, "newhost"); code != http.StatusOK {
+		t.Fatalf("a valid token was refused: %d %s", code, body)
+	}
+	if code, body := join(tok.Token, "newhost2"); code != http.StatusUnauthorized {
+		t.Errorf("a used token admitted a second host: %d %s", code, body)
+	}
+	bad, _ := pki.ParseToken(tok.Token)
+	bad.Secret = strings.Repeat("0", 32)
+	if code, body := join(bad.String(), "newhost3"); code != http.StatusUnauthorized {
+		t.Errorf("a token with a wrong secret: %d %s", code, body)
+	}
+	if code, body := join("ferry1.nonsense", "newhost4"); code != http.StatusUnauthorized {
+		t.Errorf("a malformed token: %d %s", code, body)
 	}
 }

@@ -1,0 +1,148 @@
+package apiserver
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// Join token lifetimes.
+const (
+	DefaultTokenTTL = time.Hour
+	MaxTokenTTL     = 24 * time.Hour
+	// HostCertValidity is how long a joining host's certificates are valid.
+	HostCertValidity = 365 * 24 * time.Hour
+)
+
+// createToken makes a one-time join token (admin). The secret is shown
+// once; the store keeps its hash, bound to a lease of the token's lifetime.
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	var req api.TokenCreateRequest
+	if err := decode(w, r, &req, true); err != nil {
+		writeError(w, err)
+		return
+	}
+	ttl := DefaultTokenTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d < time.Minute || d > MaxTokenTTL {
+			writeError(w, errdefs.Invalid(fmt.Sprintf("ttl %q must be a duration from 1m to %s", req.TTL, MaxTokenTTL)))
+			return
+		}
+		ttl = d
+	}
+	cas, err := s.signers()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	tok, err := pki.NewToken(cas.Cluster.Cert)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	exp := time.Now().Add(ttl).UTC()
+	if err := s.st.PutToken(r.Context(), tok.ID, store.TokenRecord{Hash: pki.SecretHash(tok.Secret), Expires: exp, By: caller(r)}, ttl); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.event(r, api.Event{Kind: "token-created", Message: fmt.Sprintf("join token %s created, valid until %s", tok.ID, exp.Format(time.RFC3339))})
+	writeJSON(w, http.StatusCreated, api.JoinToken{Token: tok.String(), Expires: exp})
+}
+
+// joinCA serves the cluster CA certificate to anyone: a joining host
+// checks it against the fingerprint in its token before it trusts it.
+func (s *Server) joinCA(w http.ResponseWriter, r *http.Request) {
+	cas, err := s.signers()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(cas.Cluster.PEM)
+}
+
+// join admits a host that presents a valid unused token: it signs the
+// host's cluster and migration certificates for keys the host made.
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if err := decode(w, r, &req, false); err != nil {
+		writeError(w, err)
+		return
+	}
+	tok, err := pki.ParseToken(req.Token)
+	if err != nil {
+		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, err.Error()))
+		return
+	}
+	if err := api.ValidateName("node", req.Node); err != nil {
+		writeError(w, errdefs.Invalid(err.Error()))
+		return
+	}
+	if len(req.Addresses) == 0 || len(req.Addresses) > 8 {
+		writeError(w, errdefs.Invalid("addresses: give the host's IP addresses (1 to 8)"))
+		return
+	}
+	for _, a := range req.Addresses {
+		if net.ParseIP(a) == nil {
+			writeError(w, errdefs.Invalid(fmt.Sprintf("address %q is not an IP address", a)))
+			return
+		}
+	}
+	cas, err := s.signers()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx := r.Context()
+	nodes, err := s.st.ListNodes(ctx)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	for _, n := range nodes {
+		if n.Name == req.Node {
+			// Another host's name would give this one its identity (its
+			// migration streams would be accepted as that host's).
+			writeError(w, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("host %s is already in the cluster", req.Node)))
+			return
+		}
+	}
+	if tok.CAFingerprint != pki.Fingerprint(cas.Cluster.Cert) {
+		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "the token is for another cluster"))
+		return
+	}
+	if err := s.st.ConsumeToken(ctx, tok.ID, tok.Secret, pki.SecretMatches); err != nil {
+		s.log.Warn("join refused", "node", req.Node, "from", r.RemoteAddr, "err", err)
+		writeError(w, err)
+		return
+	}
+	hosts := append([]string{req.Node}, req.Addresses...)
+	_, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), req.Node, pki.RoleNode, append(hosts, "localhost", "127.0.0.1"), HostCertValidity)
+	if err != nil {
+		writeError(w, errdefs.Invalid("csr: "+err.Error()))
+		return
+	}
+	migPEM, err := cas.Migration.SignMigrationCSR([]byte(req.MigrationCSR), req.Node, req.Addresses, HostCertValidity)
+	if err != nil {
+		writeError(w, errdefs.Invalid("migration_csr: "+err.Error()))
+		return
+	}
+	info := s.Cluster
+	if urls, err := s.st.ClientURLs(ctx); err == nil && len(urls) > 0 {
+		info.EtcdEndpoints = urls
+	}
+	ev := api.Event{Kind: "host-joined", Node: req.Node, Message: fmt.Sprintf("host %s joined with token %s (from %s)", req.Node, tok.ID, r.RemoteAddr)}
+	if err := s.st.PutEvent(ctx, ev); err != nil {
+		s.log.Warn("recording event", "kind", ev.Kind, "err", err)
+	}
+	s.log.Info("host joined", "node", req.Node, "token", tok.ID)
+	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
+		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), Cluster: info})
+}
