@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/pki"
 )
 
 // FuzzDecodeBodies runs the API's strict body decoding and the validation
@@ -18,8 +21,15 @@ func FuzzDecodeBodies(f *testing.F) {
 	f.Add([]byte(`{"to":"h2","max_bandwidth":"100M","max_downtime":"300ms","strategy":"multifd"}`))
 	f.Add([]byte(`{"force":true,"timeout":"10s"}`))
 	f.Add([]byte(`{"name":"x"}{"name":"y"}`))
+	f.Add([]byte(`{"token":"ferry1.00000000.00000000000000000000000000000000.` + strings.Repeat("a", 64) + `","node":"h9","addresses":["198.18.0.9"],"csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n","migration_csr":""}`))
+	f.Add([]byte(`{"name":"alice","role":"operator","csr":"x"}`))
+	fuzzCA, err := pki.EnsureCA(f.TempDir(), "fuzz CA")
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, v := range []any{&api.VMCreateRequest{}, &api.MigrateRequest{}, &api.VMStopRequest{}} {
+		for _, v := range []any{&api.VMCreateRequest{}, &api.MigrateRequest{}, &api.VMStopRequest{},
+			&api.JoinRequest{}, &api.UserCreateRequest{}, &api.SecurityRequest{}, &api.TokenCreateRequest{}} {
 			w := httptest.NewRecorder()
 			r := httptest.NewRequest(http.MethodPost, "/v1/vms", bytes.NewReader(body))
 			if err := decode(w, r, v, true); err != nil {
@@ -40,6 +50,15 @@ func FuzzDecodeBodies(f *testing.F) {
 				}
 			case *api.VMStopRequest:
 				validGrace(req.Timeout)
+			case *api.JoinRequest:
+				// What join does with the body before it touches the store.
+				pki.ParseToken(req.Token)
+				api.ValidateName("node", req.Node)
+				fuzzCA.SignCSR([]byte(req.CSR), "h9", pki.RoleNode, nil, time.Hour)
+				fuzzCA.SignMigrationCSR([]byte(req.MigrationCSR), "h9", nil, time.Hour)
+			case *api.UserCreateRequest:
+				pki.ParseRole(req.Role)
+				fuzzCA.SignCSR([]byte(req.CSR), "u", pki.RoleViewer, nil, time.Hour)
 			}
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -12,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
+	"github.com/ferryvm/ferry/internal/store/storetest"
 )
 
 // An embedded etcd with TLS admits clients with a certificate of its CA,
@@ -89,5 +92,33 @@ func TestEmbeddedTLS(t *testing.T) {
 	if st, err := store.Open(octx, []string{fmt.Sprintf("http://127.0.0.1:%d", ports[0])}, nil); err == nil {
 		st.Close()
 		t.Fatal("a plaintext client was served")
+	}
+}
+
+// A join token admits once, only with its secret, and not after it expired.
+func TestConsumeToken(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	match := func(secret, hash string) bool { return secret == hash } // the hash is pki's business
+	if err := st.PutToken(ctx, "aaaa", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(time.Minute)}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ConsumeToken(ctx, "aaaa", "wrong", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if err := st.ConsumeToken(ctx, "aaaa", "s3cret", match); err != nil {
+		t.Fatalf("valid token: %v", err)
+	}
+	if err := st.ConsumeToken(ctx, "aaaa", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("used twice: %v", err)
+	}
+	if err := st.PutToken(ctx, "bbbb", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(-time.Second)}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ConsumeToken(ctx, "bbbb", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("expired: %v", err)
+	}
+	if err := st.ConsumeToken(ctx, "cccc", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("unknown: %v", err)
 	}
 }

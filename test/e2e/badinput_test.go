@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/pki"
 )
 
 // Bad input against the real API: each request gets the right status and a
@@ -119,11 +121,36 @@ func TestBadInput(t *testing.T) {
 func TestAPIRequiresClientCertificate(t *testing.T) {
 	d := newDev(t)
 	url := fmt.Sprintf("https://127.0.0.1:%d/v1/vms", d.APIPort)
-	// TLS without a client certificate: the handshake is refused.
+	// TLS without a client certificate: only the join routes answer; this
+	// one is refused as unauthenticated.
 	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	if resp, err := noCert.Get(url); err == nil {
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		t.Fatalf("request without a client certificate answered %s", resp.Status)
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "client certificate") {
+			t.Fatalf("request without a client certificate answered %s: %s", resp.Status, body)
+		}
+	}
+	// A certificate from another CA: the handshake is refused.
+	pd := t.TempDir()
+	other, err := pki.EnsureCA(pd, "another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.EnsureLeaf(pd, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(pd, pki.AdminCert), filepath.Join(pd, pki.AdminKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (Sent even though the server asks for its own CA's: Go's client would
+	// otherwise leave it out.)
+	forged := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}}}
+	if resp, err := forged.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatalf("an admin certificate from another CA answered %s", resp.Status)
 	}
 	// Plain HTTP: no API answer.
 	plain := &http.Client{Timeout: 5 * time.Second}
