@@ -12,7 +12,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 f() { ip netns exec "$TB-h1" "$FERRY" --data-dir "/tmp/$TB/h1" "$@"; }
 field() { f vm show web -o json | sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -1; }
 
-cleanup() { "$FERRY" testbed down --name "$TB" >/dev/null 2>&1 || true; }
+cleanup() { [ -n "${DEMO_KEEP:-}" ] && return 0; "$FERRY" testbed down --name "$TB" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup
 

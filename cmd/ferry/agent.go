@@ -245,6 +245,12 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			return err
 		}
 		defer emb.Close()
+		if len(endpoints) > 0 {
+			// Joined as a learner (store.AddMember): a voter once caught up.
+			if err := store.PromoteMember(ctx, endpoints, etcdTLS, o.node); err != nil {
+				return err
+			}
+		}
 		endpoints = append([]string{emb.ClientURL()}, endpoints...)
 	}
 	st, err := store.Open(ctx, endpoints, etcdTLS)

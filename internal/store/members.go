@@ -35,8 +35,14 @@ func HasMemberData(dataDir string) bool {
 }
 
 // AddMember adds a new etcd member (name, peerURL) to the cluster behind
-// endpoints and returns the --initial-cluster string the new member must
-// start with.
+// endpoints as a learner and returns the --initial-cluster string the new
+// member must start with; PromoteMember makes it a voter once it runs.
+//
+// A learner does not count towards the quorum: adding a voting member to a
+// one-member cluster would leave it without a quorum until the new member
+// had started and caught up (seconds in which no host can renew its lease,
+// and HA guests get fenced). The learner catches up first; the promotion is
+// then a single step.
 func AddMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name, peerURL string) (string, error) {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: nopZap()})
 	if err != nil {
@@ -63,11 +69,11 @@ func AddMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name
 	var resp *clientv3.MemberAddResponse
 	deadline := time.Now().Add(time.Minute)
 	for {
-		resp, err = cli.MemberAdd(ctx, []string{peerURL})
+		resp, err = cli.MemberAddAsLearner(ctx, []string{peerURL})
 		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) || !strings.Contains(err.Error(), "unhealthy cluster") {
+		if time.Now().After(deadline) || !(strings.Contains(err.Error(), "unhealthy cluster") || strings.Contains(err.Error(), "too many learner")) {
 			return "", fmt.Errorf("adding etcd member %s: %w", peerURL, err)
 		}
 		select {
@@ -87,6 +93,47 @@ func AddMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name
 		parts = append(parts, n+"="+m.PeerURLs[0])
 	}
 	return strings.Join(parts, ","), nil
+}
+
+// PromoteMember makes the member called name a voting member if it is a
+// learner, once it has caught up with the leader (etcd refuses until then),
+// trying for a minute. It also finishes a join that stopped half-way.
+func PromoteMember(ctx context.Context, endpoints []string, tlsCfg *tls.Config, name string) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: nopZap()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	list, err := cli.MemberList(ctx)
+	if err != nil {
+		return fmt.Errorf("listing etcd members: %w", err)
+	}
+	var id uint64
+	for _, m := range list.Members {
+		if m.Name == name && m.IsLearner {
+			id = m.ID
+		}
+	}
+	if id == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := cli.MemberPromote(pctx, id)
+		cancel()
+		if err == nil || strings.Contains(err.Error(), "not a learner") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("promoting etcd member %x: %w", id, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // RemoveMember removes the etcd member called name, if there is one.
