@@ -305,17 +305,28 @@ func (b *Bed) StopAgent(i int, sig syscall.Signal) error {
 // It returns once they are all gone.
 func (b *Bed) KillHost(i int) error {
 	h := b.Hosts[i]
-	pids := pidsInNetns(h.NS)
-	for _, pid := range pids {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	// Kill until the namespace stays empty: a QEMU daemonizing at this
+	// moment forks a child that an earlier scan did not see (power loss
+	// takes it too).
 	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range pids {
-		for qemu.Running(pid) {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("host %s: pid %d survived SIGKILL", h.Name, pid)
+	for empty := 0; empty < 3; {
+		pids := pidsInNetns(h.NS)
+		if len(pids) == 0 {
+			empty++
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		empty = 0
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for _, pid := range pids {
+			for qemu.Running(pid) {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("host %s: pid %d survived SIGKILL", h.Name, pid)
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	h.PID = 0
