@@ -333,6 +333,14 @@ type JoinResponse struct {
 	Cluster              ClusterInfo `json:"cluster"`
 }
 
+// RenewRequest is the body of POST /v1/renew: a host asks for new
+// certificates for new keys before its current ones expire (the answer is
+// a JoinResponse; the old certificates are revoked).
+type RenewRequest struct {
+	CSR          string `json:"csr"`
+	MigrationCSR string `json:"migration_csr"`
+}
+
 // Revocation records a certificate the cluster no longer accepts.
 type Revocation struct {
 	Serial string    `json:"serial"`

@@ -38,6 +38,7 @@ type agentOpts struct {
 	server        bool
 	join          string
 	token         string
+	certCheck     time.Duration
 	advertise     string
 	overlayPeers  []string
 	vni           int
@@ -84,6 +85,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.BoolVar(&o.dev, "dev", false, "single host: embedded etcd, API and agent in one process, guests on user-mode networking")
 	f.BoolVar(&o.server, "server", false, "first host of a cluster: embedded etcd on --advertise, API and agent")
 	f.StringVar(&o.join, "join", "", "join the cluster whose API is at ADDR (host:port), with --token (or, for another etcd server, the cluster's CA keys in DATA-DIR/pki)")
+	f.DurationVar(&o.certCheck, "cert-check", time.Hour, "how often to check whether this host's certificates need renewing (they are renewed with a third of their lifetime left, without a restart)")
 	f.StringVar(&o.token, "token", "", "one-time join token from `ferry cluster token create` (first start of a joining host)")
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
@@ -352,6 +354,11 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		// election: every controller write is fenced by the leader key.
 		leader.Run(ctx, st, o.node, time.Second, log, sched.New(st, log), planner, mgr)
 	}()
+	renewAt := o.join
+	if renewAt == "" {
+		renewAt = ln.Addr().String()
+	}
+	go renewLoop(ctx, pkiDir, renewAt, o.certCheck, ag, log)
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {
 	case <-ctx.Done():

@@ -181,3 +181,85 @@ func get(ctx context.Context, hc *http.Client, url string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// renewLoop renews this host's certificates when a third of their lifetime
+// or less is left, checking every check: through the cluster's API (a
+// server host signs; the old certificates are revoked), writing the new
+// ones where the API server, the etcd client and QEMU (per migration) read
+// them, without restarting anything.
+func renewLoop(ctx context.Context, pkiDir, apiAddr string, check time.Duration, ag interface{ SetCertSerials([]string) }, log *slog.Logger) {
+	certFile := filepath.Join(pkiDir, pki.ServerCert)
+	for {
+		rl, err := pki.NewReloader(certFile, filepath.Join(pkiDir, pki.ServerKey))
+		if err == nil {
+			var leaf *x509.Certificate
+			if leaf, err = rl.Leaf(); err == nil && pki.NeedsRenewal(leaf, time.Now()) {
+				log.Info("renewing this host's certificates", "expires", leaf.NotAfter)
+				if err = renewOnce(ctx, pkiDir, apiAddr); err == nil {
+					var serials []string
+					if serials, err = pki.Serials(certFile, filepath.Join(pkiDir, pki.MigrationDir, "server-cert.pem")); err == nil {
+						ag.SetCertSerials(serials)
+						log.Info("certificates renewed", "serials", serials)
+					}
+				}
+			}
+		}
+		if err != nil {
+			log.Warn("certificate renewal", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(check):
+		}
+	}
+}
+
+// renewOnce asks the API at apiAddr for new certificates for new keys.
+func renewOnce(ctx context.Context, pkiDir, apiAddr string) error {
+	cfg, err := pki.ClientTLS(pkiDir, pki.ServerCert, pki.ServerKey)
+	if err != nil {
+		return err
+	}
+	node := ""
+	if rl, err := pki.NewReloader(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.ServerKey)); err == nil {
+		if leaf, err := rl.Leaf(); err == nil {
+			node = leaf.Subject.CommonName
+		}
+	}
+	key, csr, err := pki.NewKeyAndCSR(node)
+	if err != nil {
+		return err
+	}
+	mkey, mcsr, err := pki.NewKeyAndCSR(node)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(api.RenewRequest{CSR: string(csr), MigrationCSR: string(mcsr)})
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(rctx, "POST", "https://"+apiAddr+"/v1/renew", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		var eb api.ErrorBody
+		if json.Unmarshal(data, &eb) == nil && eb.Error.Message != "" {
+			return fmt.Errorf("renewal refused by %s: %s", apiAddr, eb.Error.Message)
+		}
+		return fmt.Errorf("renewal: %s answered %s", apiAddr, resp.Status)
+	}
+	var jr api.JoinResponse
+	if err := json.Unmarshal(data, &jr); err != nil {
+		return err
+	}
+	if err := pki.WriteMigrationCreds(pkiDir, []byte(jr.MigrationCertificate), mkey, []byte(jr.MigrationCA)); err != nil {
+		return err
+	}
+	return pki.ReplacePair(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.ServerKey), []byte(jr.Certificate), key)
+}

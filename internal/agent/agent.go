@@ -95,6 +95,7 @@ type Agent struct {
 	launches *launchHealth
 	stopRun  context.CancelFunc
 	removed  atomic.Bool
+	serials  atomic.Pointer[[]string] // this host's certificates; renewals change them
 }
 
 // New creates an agent; Run starts it.
@@ -206,7 +207,7 @@ func (a *Agent) watch(ctx context.Context) {
 					if k == store.CRLKey || k == store.MigrationCRLKey {
 						a.syncCRLs(ctx)
 					}
-					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.cfg.CertSerials, store.NameFromKey(ev.Kv.Key)) {
+					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.certSerials(), store.NameFromKey(ev.Kv.Key)) {
 						a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
 						a.removed.Store(true)
 						a.stopRun()
@@ -296,7 +297,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Images:      []string{},
 		Load1:       load1(),
 		Heartbeat:   time.Now().UTC(),
-		CertSerials: a.cfg.CertSerials,
+		CertSerials: a.certSerials(),
 	}
 	if _, err := image.Find(a.cfg.ImageDir); err == nil {
 		n.Images = append(n.Images, api.ImageTiny)
@@ -425,3 +426,14 @@ func (a *Agent) syncCRLs(ctx context.Context) {
 // Removed reports whether the agent stopped because this host was removed
 // from the cluster.
 func (a *Agent) Removed() bool { return a.removed.Load() }
+
+// SetCertSerials records this host's certificates after a renewal; the
+// next heartbeat reports them.
+func (a *Agent) SetCertSerials(serials []string) { a.serials.Store(&serials) }
+
+func (a *Agent) certSerials() []string {
+	if p := a.serials.Load(); p != nil {
+		return *p
+	}
+	return a.cfg.CertSerials
+}

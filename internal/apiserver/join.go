@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -145,4 +146,65 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("host joined", "node", req.Node, "token", tok.ID)
 	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
 		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), Cluster: info})
+}
+
+// renew issues a host new certificates for new keys, with the identity of
+// the certificate it calls with (name and addresses come from that, never
+// from the request), and revokes the ones it replaces. Only hosts call it.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+	leaf := r.TLS.VerifiedChains[0][0]
+	if !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
+		writeError(w, errdefs.New(errdefs.ErrPermissionDenied, "only a host's certificate is renewed here (users get a new one with ferry user create)"))
+		return
+	}
+	var req api.RenewRequest
+	if err := decode(w, r, &req, false); err != nil {
+		writeError(w, err)
+		return
+	}
+	cas, err := s.signers()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	node := leaf.Subject.CommonName
+	var hosts []string
+	for _, ip := range leaf.IPAddresses {
+		hosts = append(hosts, ip.String())
+	}
+	hosts = append(hosts, leaf.DNSNames...)
+	var addrs []string
+	for _, ip := range leaf.IPAddresses {
+		if !ip.IsLoopback() {
+			addrs = append(addrs, ip.String())
+		}
+	}
+	cert, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), node, pki.RoleNode, hosts, HostCertValidity)
+	if err != nil {
+		writeError(w, errdefs.Invalid("csr: "+err.Error()))
+		return
+	}
+	migPEM, err := cas.Migration.SignMigrationCSR([]byte(req.MigrationCSR), node, addrs, HostCertValidity)
+	if err != nil {
+		writeError(w, errdefs.Invalid("migration_csr: "+err.Error()))
+		return
+	}
+	// The replaced certificates: the one that called, and the migration
+	// certificate the host reported beside it.
+	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node + " (renewed)"}}
+	if nodes, err := s.st.ListNodes(r.Context()); err == nil {
+		for _, n := range nodes {
+			if n.Name == node && len(n.CertSerials) == 2 && n.CertSerials[0] == pki.SerialHex(leaf) {
+				revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node + " (renewed)"})
+			}
+		}
+	}
+	if err := s.revoke(r.Context(), revs); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("host certificates renewed", "node", node, "serial", pki.SerialHex(cert))
+	s.event(r, api.Event{Kind: "certificates-renewed", Node: node, Message: fmt.Sprintf("host %s renewed its certificates (valid until %s); the old ones are revoked", node, cert.NotAfter.UTC().Format(time.RFC3339))})
+	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
+		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM)})
 }

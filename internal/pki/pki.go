@@ -228,8 +228,9 @@ func sameHosts(c *x509.Certificate, hosts []string) bool {
 
 // ServerTLS is the TLS config of an API listener: our certificate, and
 // client certificates required and verified against the cluster CA.
+// The certificate is re-read when its file is replaced (a renewal).
 func ServerTLS(dir string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, ServerCert), filepath.Join(dir, ServerKey))
+	rl, err := NewReloader(filepath.Join(dir, ServerCert), filepath.Join(dir, ServerKey))
 	if err != nil {
 		return nil, fmt.Errorf("pki: server certificate: %w", err)
 	}
@@ -238,8 +239,8 @@ func ServerTLS(dir string) (*tls.Config, error) {
 		return nil, err
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
+		GetCertificate: rl.GetCertificate,
+		ClientCAs:      pool,
 		// A certificate, if given, must verify; without one the API serves
 		// only the join routes (a host with a token has no certificate yet)
 		// and refuses everything else (apiserver.authenticate).
@@ -248,9 +249,10 @@ func ServerTLS(dir string) (*tls.Config, error) {
 	}, nil
 }
 
-// ClientTLS is the TLS config of a client holding certFile/keyFile from dir.
+// ClientTLS is the TLS config of a client holding certFile/keyFile from
+// dir; the certificate is re-read when its file is replaced (a renewal).
 func ClientTLS(dir, certFile, keyFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+	rl, err := NewReloader(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
 	if err != nil {
 		return nil, fmt.Errorf("pki: client certificate: %w", err)
 	}
@@ -258,7 +260,7 @@ func ClientTLS(dir, certFile, keyFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+	return &tls.Config{GetClientCertificate: rl.GetClientCertificate, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
 }
 
 func caPool(dir string) (*x509.CertPool, error) {

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,12 +34,22 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Not httptest's StartTLS: it would add a certificate of its own, which
+	// Go prefers to GetCertificate for clients that send no server name.
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srvTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TLS.VerifiedChains) == 0 {
+			http.Error(w, "no certificate", http.StatusUnauthorized)
+			return
+		}
 		w.Write([]byte(r.TLS.VerifiedChains[0][0].Subject.Organization[0]))
-	}))
-	srv.TLS = srvTLS
-	srv.StartTLS()
-	defer srv.Close()
+	})}
+	go hs.Serve(ln)
+	defer hs.Close()
+	srv := struct{ URL string }{"https://" + ln.Addr().String()}
 
 	cliTLS, err := ClientTLS(dir, AdminCert, AdminKey)
 	if err != nil {
@@ -52,6 +61,9 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the admin certificate: %s", resp.Status)
+	}
 
 	// A client certificate from another CA is refused.
 	other := t.TempDir()
@@ -60,7 +72,8 @@ func TestMutualTLS(t *testing.T) {
 	foreign, _ := tls.LoadX509KeyPair(filepath.Join(other, AdminCert), filepath.Join(other, AdminKey))
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	bad := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{foreign}}}}
+	bad := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &foreign, nil }}}}
 	if resp, err := bad.Get(srv.URL); err == nil {
 		resp.Body.Close()
 		t.Fatal("a certificate from another CA was accepted")

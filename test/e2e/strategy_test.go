@@ -24,6 +24,7 @@ func TestMigrationStrategies(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm := waitVM(t, cl, "strat", 3*time.Minute, "running and healthy", healthyRunning)
+	settle()
 	for _, c := range []api.MigrateRequest{
 		{Strategy: api.StrategyPrecopy, MaxDowntime: "100ms"},
 		{Strategy: api.StrategyAutoConverge},
