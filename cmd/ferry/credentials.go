@@ -190,10 +190,9 @@ func get(ctx context.Context, hc *http.Client, url string) ([]byte, error) {
 func renewLoop(ctx context.Context, pkiDir, apiAddr string, check time.Duration, ag interface{ SetCertSerials([]string) }, log *slog.Logger) {
 	certFile := filepath.Join(pkiDir, pki.ServerCert)
 	for {
-		rl, err := pki.NewReloader(certFile, filepath.Join(pkiDir, pki.ServerKey))
+		leaf, err := pki.LoadCert(certFile)
 		if err == nil {
-			var leaf *x509.Certificate
-			if leaf, err = rl.Leaf(); err == nil && pki.NeedsRenewal(leaf, time.Now()) {
+			if pki.NeedsRenewal(leaf, time.Now()) {
 				log.Info("renewing this host's certificates", "expires", leaf.NotAfter)
 				if err = renewOnce(ctx, pkiDir, apiAddr); err == nil {
 					var serials []string
@@ -221,17 +220,15 @@ func renewOnce(ctx context.Context, pkiDir, apiAddr string) error {
 	if err != nil {
 		return err
 	}
-	node := ""
-	if rl, err := pki.NewReloader(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.ServerKey)); err == nil {
-		if leaf, err := rl.Leaf(); err == nil {
-			node = leaf.Subject.CommonName
-		}
-	}
-	key, csr, err := pki.NewKeyAndCSR(node)
+	leaf, err := pki.LoadCert(filepath.Join(pkiDir, pki.ServerCert))
 	if err != nil {
 		return err
 	}
-	mkey, mcsr, err := pki.NewKeyAndCSR(node)
+	key, csr, err := pki.NewKeyAndCSR(leaf.Subject.CommonName)
+	if err != nil {
+		return err
+	}
+	mkey, mcsr, err := pki.NewKeyAndCSR(leaf.Subject.CommonName)
 	if err != nil {
 		return err
 	}
