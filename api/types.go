@@ -346,6 +346,9 @@ type Revocation struct {
 	Serial string    `json:"serial"`
 	Holder string    `json:"holder"` // "node h3", "user alice"
 	Time   time.Time `json:"time"`
+	// Reason: "removed" (the holder left the cluster) or "renewed" (the
+	// holder has a newer certificate).
+	Reason string `json:"reason"`
 }
 
 // Event is something the cluster did or saw, for operators.

@@ -39,6 +39,7 @@ type agentOpts struct {
 	join          string
 	token         string
 	certCheck     time.Duration
+	certBefore    time.Duration
 	advertise     string
 	overlayPeers  []string
 	vni           int
@@ -86,6 +87,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.BoolVar(&o.server, "server", false, "first host of a cluster: embedded etcd on --advertise, API and agent")
 	f.StringVar(&o.join, "join", "", "join the cluster whose API is at ADDR (host:port), with --token (or, for another etcd server, the cluster's CA keys in DATA-DIR/pki)")
 	f.DurationVar(&o.certCheck, "cert-check", time.Hour, "how often to check whether this host's certificates need renewing (they are renewed with a third of their lifetime left, without a restart)")
+	f.DurationVar(&o.certBefore, "cert-renew-before", 0, "renew when less than this is left (default: a third of the lifetime)")
 	f.StringVar(&o.token, "token", "", "one-time join token from `ferry cluster token create` (first start of a joining host)")
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
@@ -358,7 +360,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if renewAt == "" {
 		renewAt = ln.Addr().String()
 	}
-	go renewLoop(ctx, pkiDir, renewAt, o.certCheck, ag, log)
+	go renewLoop(ctx, pkiDir, renewAt, o.certCheck, o.certBefore, ag, log)
 	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
 	select {
 	case <-ctx.Done():

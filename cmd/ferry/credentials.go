@@ -187,12 +187,12 @@ func get(ctx context.Context, hc *http.Client, url string) ([]byte, error) {
 // server host signs; the old certificates are revoked), writing the new
 // ones where the API server, the etcd client and QEMU (per migration) read
 // them, without restarting anything.
-func renewLoop(ctx context.Context, pkiDir, apiAddr string, check time.Duration, ag interface{ SetCertSerials([]string) }, log *slog.Logger) {
+func renewLoop(ctx context.Context, pkiDir, apiAddr string, check, before time.Duration, ag interface{ SetCertSerials([]string) }, log *slog.Logger) {
 	certFile := filepath.Join(pkiDir, pki.ServerCert)
 	for {
 		leaf, err := pki.LoadCert(certFile)
 		if err == nil {
-			if pki.NeedsRenewal(leaf, time.Now()) {
+			if pki.NeedsRenewal(leaf, time.Now(), before) {
 				log.Info("renewing this host's certificates", "expires", leaf.NotAfter)
 				if err = renewOnce(ctx, pkiDir, apiAddr); err == nil {
 					var serials []string

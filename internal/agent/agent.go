@@ -6,6 +6,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -207,7 +208,7 @@ func (a *Agent) watch(ctx context.Context) {
 					if k == store.CRLKey || k == store.MigrationCRLKey {
 						a.syncCRLs(ctx)
 					}
-					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.certSerials(), store.NameFromKey(ev.Kv.Key)) {
+					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.certSerials(), store.NameFromKey(ev.Kv.Key)) && removal(ev.Kv.Value) {
 						a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
 						a.removed.Store(true)
 						a.stopRun()
@@ -436,4 +437,12 @@ func (a *Agent) certSerials() []string {
 		return *p
 	}
 	return a.cfg.CertSerials
+}
+
+// removal reports whether a revocation record says its holder was removed
+// (not that it renewed its certificate: this agent's own renewal revokes
+// the certificates it replaces a moment before it records the new ones).
+func removal(v []byte) bool {
+	var r api.Revocation
+	return json.Unmarshal(v, &r) == nil && r.Reason == "removed"
 }

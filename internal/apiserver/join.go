@@ -191,11 +191,11 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	}
 	// The replaced certificates: the one that called, and the migration
 	// certificate the host reported beside it.
-	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node + " (renewed)"}}
+	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node, Reason: "renewed"}}
 	if nodes, err := s.st.ListNodes(r.Context()); err == nil {
 		for _, n := range nodes {
 			if n.Name == node && len(n.CertSerials) == 2 && n.CertSerials[0] == pki.SerialHex(leaf) {
-				revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node + " (renewed)"})
+				revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node, Reason: "renewed"})
 			}
 		}
 	}

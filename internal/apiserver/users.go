@@ -93,7 +93,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if err := s.revoke(r.Context(), []api.Revocation{{Serial: u.Serial, Holder: "user " + name}}, store.UserPrefix+name); err != nil {
+	if err := s.revoke(r.Context(), []api.Revocation{{Serial: u.Serial, Holder: "user " + name, Reason: "removed"}}, store.UserPrefix+name); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -143,7 +143,7 @@ func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) {
 	}
 	var revs []api.Revocation
 	for _, sn := range node.CertSerials {
-		revs = append(revs, api.Revocation{Serial: sn, Holder: "node " + name})
+		revs = append(revs, api.Revocation{Serial: sn, Holder: "node " + name, Reason: "removed"})
 	}
 	if err := s.revoke(ctx, revs, store.NodePrefix+name, store.NodeMetaPrefix+name); err != nil {
 		writeError(w, err)

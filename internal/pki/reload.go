@@ -87,9 +87,11 @@ func ReplacePair(certFile, keyFile string, certPEM, keyPEM []byte) error {
 	return WriteFileAtomic(certFile, certPEM)
 }
 
-// NeedsRenewal reports whether c should be renewed: a third of its
-// lifetime or less is left.
-func NeedsRenewal(c *x509.Certificate, now time.Time) bool {
-	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotAfter.Sub(now) < life/3
+// NeedsRenewal reports whether c should be renewed: less than before is
+// left, or, with before 0, a third of its lifetime or less.
+func NeedsRenewal(c *x509.Certificate, now time.Time, before time.Duration) bool {
+	if before <= 0 {
+		before = c.NotAfter.Sub(c.NotBefore) / 3
+	}
+	return c.NotAfter.Sub(now) < before
 }

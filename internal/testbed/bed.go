@@ -52,6 +52,8 @@ type Host struct {
 	PID     int    `json:"pid"`
 	// token is the join token for the host's first start (not kept).
 	token string
+	// ExtraArgs are added to the agent's command line (tests).
+	ExtraArgs []string `json:"-"`
 }
 
 // Options configure Up.
@@ -216,7 +218,7 @@ func (b *Bed) AgentArgs(i int) []string {
 		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
 		"--overlay-peer", b.ClientAddr}
 	if i == 0 {
-		return append(a, "--server")
+		return append(append(a, "--server"), h.ExtraArgs...)
 	}
 	a = append(a, "--join", b.Hosts[0].Addr+":7443")
 	if i < Servers(len(b.Hosts)) {
@@ -225,7 +227,7 @@ func (b *Bed) AgentArgs(i int) []string {
 	if h.token != "" {
 		a = append(a, "--token", h.token)
 	}
-	return a
+	return append(a, h.ExtraArgs...)
 }
 
 // Servers is how many of n hosts run an etcd member: three when there are

@@ -79,6 +79,8 @@ func TestSecurity(t *testing.T) {
 
 	t.Run("roles", func(t *testing.T) { checkRoles(t, b, cl) })
 
+	t.Run("certificates renew without restarts", func(t *testing.T) { checkRenewal(t, b, cl) })
+
 	t.Run("removed host is refused everywhere", func(t *testing.T) { checkRemovedHost(t, b, cl) })
 }
 
@@ -528,4 +530,113 @@ func checkJoin(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	if code, body := join("ferry1.nonsense", "newhost4"); code != http.StatusUnauthorized {
 		t.Errorf("a malformed token: %d %s", code, body)
 	}
+}
+
+// checkRenewal makes the token-joined host renew its certificates while a
+// guest runs on it (its agent told to renew every second), and shows the
+// guest untouched, the host's API serving the new certificate without a
+// restart, and the replaced certificate refused.
+func checkRenewal(t *testing.T, b *testbed.Bed, admin *client.Client) {
+	ctx := ctxT(t, 3*time.Minute)
+	hi := len(b.Hosts) - 1
+	h := b.Hosts[hi]
+	pd := filepath.Join(h.DataDir, "pki")
+	vm, err := admin.GetVM(ctx, "sec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Node != h.Name {
+		m, err := admin.MigrateVM(ctx, "sec", api.MigrateRequest{To: h.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m = waitMigEnd(t, admin, "sec", m.ID); m.Phase != api.MigCompleted {
+			t.Fatalf("moving sec to %s: %s %s", h.Name, m.Phase, m.Error)
+		}
+		vm = waitVM(t, admin, "sec", time.Minute, "running and healthy on "+h.Name, func(v *api.VM) bool {
+			return healthyRunning(v) && v.Status.Node == h.Name
+		})
+	}
+	boot := vm.Status.Guest.BootID
+	oldCert, _ := os.ReadFile(filepath.Join(pd, pki.ServerCert))
+	oldKey, _ := os.ReadFile(filepath.Join(pd, pki.ServerKey))
+	old, err := pki.Serials(filepath.Join(pd, pki.ServerCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restart := func(extra ...string) {
+		t.Helper()
+		if err := b.StopAgent(hi, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		h.ExtraArgs = extra
+		if err := b.StartAgent(ctx, hi); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Renew as soon as a check finds less than ~1 year + 1 day left: at once.
+	restart("--cert-check", "1s", "--cert-renew-before", "8785h")
+	restored := false
+	defer func() { // back to the defaults, also when the test fails
+		if !restored {
+			restart()
+		}
+	}()
+	var now []string
+	for end := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		nodes, err := admin.ListNodes(ctx)
+		if err == nil {
+			for _, n := range nodes {
+				if n.Name == h.Name && len(n.CertSerials) == 2 && n.CertSerials[0] != old[0] {
+					now = n.CertSerials
+				}
+			}
+		}
+		if now != nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%s never reported renewed certificates", h.Name)
+		}
+	}
+	// The host's API, still the same process, serves a renewed certificate.
+	cfg, err := pki.ClientTLS(filepath.Join(b.Dir, "pki"), pki.AdminCert, pki.AdminKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := testbed.DialIn(b.Hosts[0].NS)(ctx, "tcp", h.Addr+":7443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ServerName = h.Addr
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if served := pki.SerialHex(tc.ConnectionState().PeerCertificates[0]); served == old[0] {
+		t.Errorf("%s's API still serves its replaced certificate", h.Name)
+	}
+	tc.Close()
+	restart() // back to the defaults
+	restored = true
+	if err := b.WaitNodes(ctx, len(b.Hosts)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clientFor(t, b, oldCert, oldKey, readFile(t, filepath.Join(pd, pki.CACert))).ListNodes(ctx); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Errorf("the replaced certificate still calls the API: %v", err)
+	}
+	vm = waitVM(t, admin, "sec", time.Minute, "running and healthy", healthyRunning)
+	if vm.Status.Guest.BootID != boot || vm.Status.Node != h.Name {
+		t.Errorf("the guest did not stay put through the renewal: boot %s -> %s, on %s", boot, vm.Status.Guest.BootID, vm.Status.Node)
+	}
+	t.Logf("%s renewed: %v -> %v; guest %s kept boot %s", h.Name, old[0], now, vm.Spec.Name, boot[:8])
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
