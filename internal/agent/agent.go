@@ -119,6 +119,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 		}
 	}
 	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
+	a.serials.Store(&cfg.CertSerials)
 	a.lk = newLeaseKeeper(st.Client(), cfg.HA, cfg.DataDir)
 	if len(cfg.WatchdogCmd) > 0 {
 		sock := filepath.Join(cfg.RunDir, "watchdog.sock")
@@ -432,12 +433,7 @@ func (a *Agent) Removed() bool { return a.removed.Load() }
 // next heartbeat reports them.
 func (a *Agent) SetCertSerials(serials []string) { a.serials.Store(&serials) }
 
-func (a *Agent) certSerials() []string {
-	if p := a.serials.Load(); p != nil {
-		return *p
-	}
-	return a.cfg.CertSerials
-}
+func (a *Agent) certSerials() []string { return *a.serials.Load() }
 
 // removal reports whether a revocation record says its holder was removed
 // (not that it renewed its certificate: this agent's own renewal revokes

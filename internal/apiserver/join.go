@@ -107,13 +107,11 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	for _, n := range nodes {
-		if n.Name == req.Node {
-			// Another host's name would give this one its identity (its
-			// migration streams would be accepted as that host's).
-			writeError(w, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("host %s is already in the cluster", req.Node)))
-			return
-		}
+	if nodeNamed(nodes, req.Node) != nil {
+		// Another host's name would give this one its identity (its
+		// migration streams would be accepted as that host's).
+		writeError(w, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("host %s is already in the cluster", req.Node)))
+		return
 	}
 	if tok.CAFingerprint != pki.Fingerprint(cas.Cluster.Cert) {
 		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "the token is for another cluster"))
@@ -193,10 +191,8 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	// certificate the host reported beside it.
 	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node, Reason: "renewed"}}
 	if nodes, err := s.st.ListNodes(r.Context()); err == nil {
-		for _, n := range nodes {
-			if n.Name == node && len(n.CertSerials) == 2 && n.CertSerials[0] == pki.SerialHex(leaf) {
-				revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node, Reason: "renewed"})
-			}
+		if n := nodeNamed(nodes, node); n != nil && len(n.CertSerials) == 2 && n.CertSerials[0] == pki.SerialHex(leaf) {
+			revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node, Reason: "renewed"})
 		}
 	}
 	if err := s.revoke(r.Context(), revs); err != nil {

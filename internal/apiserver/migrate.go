@@ -219,12 +219,7 @@ func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, on bool)
 		writeError(w, err)
 		return
 	}
-	var node *api.Node
-	for i := range nodes {
-		if nodes[i].Name == name {
-			node = &nodes[i]
-		}
-	}
+	node := nodeNamed(nodes, name)
 	if node == nil {
 		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", name)))
 		return

@@ -513,3 +513,13 @@ func (s *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, 200, info)
 }
+
+// nodeNamed is the node called name in nodes, or nil.
+func nodeNamed(nodes []api.Node, name string) *api.Node {
+	for i := range nodes {
+		if nodes[i].Name == name {
+			return &nodes[i]
+		}
+	}
+	return nil
+}

@@ -116,12 +116,7 @@ func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	var node *api.Node
-	for i := range nodes {
-		if nodes[i].Name == name {
-			node = &nodes[i]
-		}
-	}
+	node := nodeNamed(nodes, name)
 	if node == nil {
 		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no host %q in the cluster (a host that is down long enough drops out of the list; its certificates can be revoked only while its record exists)", name)))
 		return

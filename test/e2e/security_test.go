@@ -405,9 +405,6 @@ func checkNoPlaintext(t *testing.T, b *testbed.Bed) {
 		}
 	}
 	for _, l := range ls {
-		if l.addr == "" {
-			continue
-		}
 		dial := testbed.DialIn(l.ns)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		// Plaintext.
