@@ -244,7 +244,8 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log,
 			InitialCluster: initialCluster, Existing: initialCluster != "",
 			TLS: &store.TLSFiles{CA: filepath.Join(pkiDir, pki.CACert), Cert: filepath.Join(pkiDir, pki.ServerCert),
-				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath}})
+				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath},
+			Revoked: pki.NewRevocationFile(crlPath, ca.Cert).Revoked})
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -27,6 +28,10 @@ type EmbedConfig struct {
 	// certificates from CA only, revoked ones (CRL, re-read on every
 	// connection by etcd) refused. URLs must then be https.
 	TLS *TLSFiles
+	// Revoked, when set, is asked on every call and every streamed message
+	// whether the caller's certificate has been revoked (etcd itself asks
+	// only when a connection is made).
+	Revoked func(*x509.Certificate) bool
 }
 
 // TLSFiles names the PEM files of a TLS identity.
@@ -84,6 +89,13 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	} else if cu.Hostname() != "127.0.0.1" || pu.Hostname() != "127.0.0.1" {
 		return nil, fmt.Errorf("a plaintext etcd listens only on 127.0.0.1 (tests), not %s", c.ClientURL)
 	}
+	if c.Revoked != nil {
+		cfg.GRPCAdditionalServerOptions = revocationOptions(c.Revoked)
+	}
+	// The JSON gateway would call gRPC with the server's own certificate on
+	// behalf of its callers, out of the revocation check's sight; Ferry does
+	// not use it.
+	cfg.EnableGRPCGateway = false
 	cfg.TickMs = 50
 	cfg.ElectionMs = 500
 	cfg.AutoCompactionMode = "periodic"

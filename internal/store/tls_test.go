@@ -16,10 +16,13 @@ import (
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/store/storetest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // An embedded etcd with TLS admits clients with a certificate of its CA,
-// and refuses plaintext, no certificate, another CA, and a revoked one.
+// and refuses plaintext, no certificate, another CA, and a revoked one —
+// also on a connection made before the revocation, and its open watch.
 func TestEmbeddedTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.EnsureCA(dir, "test CA")
@@ -41,7 +44,8 @@ func TestEmbeddedTLS(t *testing.T) {
 	defer cancel()
 	e, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: t.TempDir(), Name: "t",
 		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
-		TLS: &store.TLSFiles{CA: filepath.Join(dir, pki.CACert), Cert: filepath.Join(dir, pki.ServerCert), Key: filepath.Join(dir, pki.ServerKey), CRL: crl}})
+		TLS:     &store.TLSFiles{CA: filepath.Join(dir, pki.CACert), Cert: filepath.Join(dir, pki.ServerCert), Key: filepath.Join(dir, pki.ServerKey), CRL: crl},
+		Revoked: pki.NewRevocationFile(crl, ca.Cert).Revoked})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +70,21 @@ func TestEmbeddedTLS(t *testing.T) {
 	if err := open("gone.crt", "gone.key"); err != nil {
 		t.Fatalf("a certificate not yet revoked was refused: %v", err)
 	}
+	// A connection made before the revocation, with a watch on keys
+	// nobody writes.
+	gcfg, err := pki.ClientTLS(dir, "gone.crt", "gone.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := store.Open(ctx, eps, gcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Client().Get(ctx, "/quiet"); err != nil {
+		t.Fatal(err)
+	}
+	watch := held.Client().Watch(ctx, "/quiet")
 	b, _ := os.ReadFile(filepath.Join(dir, "gone.crt"))
 	blk, _ := pem.Decode(b)
 	gone, _ := x509.ParseCertificate(blk.Bytes)
@@ -74,6 +93,17 @@ func TestEmbeddedTLS(t *testing.T) {
 	}
 	if err := open("gone.crt", "gone.key"); err == nil {
 		t.Fatal("a revoked certificate was admitted")
+	}
+	if _, err := held.Client().Get(ctx, "/quiet"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a connection made before the revocation is still served: %v", err)
+	}
+	select {
+	case wr, ok := <-watch:
+		if ok && wr.Err() == nil {
+			t.Fatalf("the revoked caller's watch delivered %+v", wr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked caller's watch is still open")
 	}
 	if err := open(pki.ServerCert, pki.ServerKey); err != nil {
 		t.Fatalf("after a revocation, a good certificate was refused: %v", err)

@@ -222,7 +222,7 @@ func checkRemovedHost(t *testing.T, b *testbed.Bed, admin *client.Client) {
 		return data
 	}
 	asHost := clientFor(t, b, read(pki.ServerCert), read(pki.ServerKey), read(pki.CACert))
-	etcdAsHost := func() error {
+	etcdClientAsHost := func() *clientv3.Client {
 		cfg, err := pki.ClientTLS(pd, pki.ServerCert, pki.ServerKey)
 		if err != nil {
 			t.Fatal(err)
@@ -234,14 +234,31 @@ func checkRemovedHost(t *testing.T, b *testbed.Bed, admin *client.Client) {
 				return dial(ctx, "tcp", addr)
 			})}})
 		if err != nil {
-			return err
+			t.Fatal(err)
 		}
-		defer cli.Close()
+		return cli
+	}
+	get := func(cli *clientv3.Client) error {
 		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		_, err = cli.Get(gctx, "/ferry/v1/ping")
+		_, err := cli.Get(gctx, "/ferry/v1/ping")
 		return err
 	}
+	etcdAsHost := func() error {
+		cli := etcdClientAsHost()
+		defer cli.Close()
+		return get(cli)
+	}
+	// A connection made before the removal, with a watch open on it: etcd
+	// checks its revocation list only on new connections.
+	held := etcdClientAsHost()
+	defer held.Close()
+	if err := get(held); err != nil {
+		t.Fatalf("etcd refuses %s's certificate before its removal: %v", h.Name, err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch := held.Watch(wctx, "/ferry/v1/", clientv3.WithPrefix())
 	if _, err := asHost.ListNodes(ctx); err != nil {
 		t.Fatalf("%s's certificate is refused before its removal: %v", h.Name, err)
 	}
@@ -300,6 +317,24 @@ func checkRemovedHost(t *testing.T, b *testbed.Bed, admin *client.Client) {
 		t.Error("etcd still admits the removed host's certificate on a new connection")
 	} else {
 		t.Logf("etcd refuses the removed host: %v", err)
+	}
+	if err := get(held); err == nil {
+		t.Error("etcd still serves the removed host on its connection made before the removal")
+	} else {
+		t.Logf("etcd refuses the removed host's open connection: %v", err)
+	}
+	// Its open watch ends at its next event (the cluster writes heartbeats).
+	watchEnded := false
+	for end := time.After(30 * time.Second); !watchEnded; {
+		select {
+		case wr, ok := <-watch:
+			if !ok || wr.Err() != nil {
+				t.Logf("the removed host's watch ended: %v", wr.Err())
+				watchEnded = true
+			}
+		case <-end:
+			t.Fatal("the removed host's watch, opened before its removal, still delivers events")
+		}
 	}
 	// Every remaining host holds the migration revocation list with the
 	// removed host's migration certificate (QEMU loads it as ca-crl.pem).
