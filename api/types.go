@@ -346,10 +346,17 @@ type Revocation struct {
 	Serial string    `json:"serial"`
 	Holder string    `json:"holder"` // "node h3", "user alice"
 	Time   time.Time `json:"time"`
-	// Reason: "removed" (the holder left the cluster) or "renewed" (the
-	// holder has a newer certificate).
+	// Reason: RevokedRemoved or RevokedRenewed.
 	Reason string `json:"reason"`
 }
+
+// Revocation reasons.
+const (
+	// RevokedRemoved: the holder left the cluster and is trusted no more.
+	RevokedRemoved = "removed"
+	// RevokedRenewed: the holder has a newer certificate and is still trusted.
+	RevokedRenewed = "renewed"
+)
 
 // Event is something the cluster did or saw, for operators.
 type Event struct {

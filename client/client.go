@@ -328,6 +328,13 @@ func (c *Client) CreateUser(ctx context.Context, req api.UserCreateRequest) (*ap
 	return &u, c.do(ctx, "POST", "/v1/users", req, &u)
 }
 
+// RenewUser exchanges the certificate the client calls with (a user's) for
+// a new one for the key csr was made with; the old one is revoked.
+func (c *Client) RenewUser(ctx context.Context, csr []byte) (*api.User, error) {
+	var u api.User
+	return &u, c.do(ctx, "POST", "/v1/renew", api.RenewRequest{CSR: string(csr)}, &u)
+}
+
 // ListUsers lists the users the cluster issued certificates to (admin only).
 func (c *Client) ListUsers(ctx context.Context) ([]api.User, error) {
 	var us []api.User

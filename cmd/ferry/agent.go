@@ -245,7 +245,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			InitialCluster: initialCluster, Existing: initialCluster != "",
 			TLS: &store.TLSFiles{CA: filepath.Join(pkiDir, pki.CACert), Cert: filepath.Join(pkiDir, pki.ServerCert),
 				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath},
-			Revoked: pki.NewRevocationFile(crlPath, ca.Cert).Revoked})
+			Distrusted: pki.NewRevocationFile(crlPath, ca.Cert).Distrusted})
 		if err != nil {
 			return err
 		}

@@ -72,6 +72,42 @@ Roles: viewer (read only), operator (VM lifecycle, migration, drain), admin
 	create.Flags().StringVar(&role, "role", "", "admin, operator or viewer (required)")
 	create.Flags().StringVar(&out, "out", "", "directory for the credentials (default ./NAME)")
 	create.MarkFlagRequired("role")
+	renew := &cobra.Command{
+		Use:   "renew --credentials DIR",
+		Short: "Exchange the certificate in --credentials DIR for a new one (new key, same name and role)",
+		Long: `Makes a new key on this machine and exchanges the certificate in the
+--credentials directory for a new one valid for another year, with the same name
+and role; the old certificate is revoked. Any user may renew its own certificate
+while it is valid and not yet replaced.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.credentials == "" {
+				return fmt.Errorf("pass --credentials DIR (or set FERRY_CREDENTIALS): the directory ferry user create wrote")
+			}
+			cur, err := pki.LoadCert(filepath.Join(g.credentials, client.CredCert))
+			if err != nil {
+				return err
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			key, csr, err := pki.NewKeyAndCSR(cur.Subject.CommonName)
+			if err != nil {
+				return err
+			}
+			u, err := cl.RenewUser(cmd.Context(), csr)
+			if err != nil {
+				return err
+			}
+			if err := pki.ReplacePair(filepath.Join(g.credentials, client.CredCert), filepath.Join(g.credentials, client.CredKey), []byte(u.Certificate), key); err != nil {
+				return fmt.Errorf("the cluster renewed the certificate (serial %s) but writing it failed: %w; ask an admin for a new one", u.Serial, err)
+			}
+			fmt.Printf("user %s (%s): new certificate valid until %s in %s; the old one is revoked\n",
+				u.Name, u.Role, u.Expires.Local().Format("2006-01-02"), g.credentials)
+			return nil
+		},
+	}
 	list := &cobra.Command{
 		Use: "list", Short: "List users", Args: cobra.NoArgs, Aliases: []string{"ls"},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -108,7 +144,7 @@ Roles: viewer (read only), operator (VM lifecycle, migration, drain), admin
 			return nil
 		},
 	}
-	c.AddCommand(create, list, remove)
+	c.AddCommand(create, renew, list, remove)
 	return c
 }
 

@@ -440,5 +440,5 @@ func (a *Agent) certSerials() []string { return *a.serials.Load() }
 // the certificates it replaces a moment before it records the new ones).
 func removal(v []byte) bool {
 	var r api.Revocation
-	return json.Unmarshal(v, &r) == nil && r.Reason == "removed"
+	return json.Unmarshal(v, &r) == nil && r.Reason == api.RevokedRemoved
 }

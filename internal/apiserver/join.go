@@ -1,6 +1,8 @@
 package apiserver
 
 import (
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -146,18 +148,19 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), Cluster: info})
 }
 
-// renew issues a host new certificates for new keys, with the identity of
-// the certificate it calls with (name and addresses come from that, never
-// from the request), and revokes the ones it replaces. Only hosts call it.
+// renew issues new certificates for new keys with the identity of the
+// certificate the caller calls with (name, role and addresses come from
+// that, never from the request), and revokes the ones it replaces: a host's
+// cluster and migration certificates, or a user's certificate.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	leaf := r.TLS.VerifiedChains[0][0]
-	if !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
-		writeError(w, errdefs.New(errdefs.ErrPermissionDenied, "only a host's certificate is renewed here (users get a new one with ferry user create)"))
-		return
-	}
 	var req api.RenewRequest
 	if err := decode(w, r, &req, false); err != nil {
 		writeError(w, err)
+		return
+	}
+	if !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
+		s.renewUser(w, r, leaf, req)
 		return
 	}
 	cas, err := s.signers()
@@ -189,10 +192,10 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	}
 	// The replaced certificates: the one that called, and the migration
 	// certificate the host reported beside it.
-	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node, Reason: "renewed"}}
+	revs := []api.Revocation{{Serial: pki.SerialHex(leaf), Holder: "node " + node, Reason: api.RevokedRenewed}}
 	if nodes, err := s.st.ListNodes(r.Context()); err == nil {
 		if n := nodeNamed(nodes, node); n != nil && len(n.CertSerials) == 2 && n.CertSerials[0] == pki.SerialHex(leaf) {
-			revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node, Reason: "renewed"})
+			revs = append(revs, api.Revocation{Serial: n.CertSerials[1], Holder: "node " + node, Reason: api.RevokedRenewed})
 		}
 	}
 	if err := s.revoke(r.Context(), revs); err != nil {
@@ -203,4 +206,56 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	s.event(r, api.Event{Kind: "certificates-renewed", Node: node, Message: fmt.Sprintf("host %s renewed its certificates (valid until %s); the old ones are revoked", node, cert.NotAfter.UTC().Format(time.RFC3339))})
 	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
 		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM)})
+}
+
+// renewUser gives a user a new certificate, with the role on record, in
+// place of the current one it calls with; that one is revoked. A
+// certificate that is not its user's current one (renewed already, or a
+// host's administrator credentials, which no user record holds) is refused.
+func (s *Server) renewUser(w http.ResponseWriter, r *http.Request, leaf *x509.Certificate, req api.RenewRequest) {
+	if req.MigrationCSR != "" {
+		writeError(w, errdefs.Invalid("migration_csr: a user has no migration certificate"))
+		return
+	}
+	name, serial := leaf.Subject.CommonName, pki.SerialHex(leaf)
+	current := func() (*api.User, int64, error) {
+		u, rev, err := s.st.GetUserRevision(r.Context(), name)
+		if errors.Is(err, errdefs.ErrNotFound) || err == nil && u.Serial != serial {
+			return nil, 0, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %s is not user %q's current certificate (ask an admin for a new one: ferry user create)", serial, name))
+		}
+		return u, rev, err
+	}
+	u, _, err := current()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	cas, err := s.signers()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	cert, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), name, u.Role, nil, UserCertValidity)
+	if err != nil {
+		writeError(w, errdefs.Invalid("csr: "+err.Error()))
+		return
+	}
+	renewed := *u
+	renewed.Serial, renewed.Expires = pki.SerialHex(cert), cert.NotAfter.UTC()
+	put := func() (*store.GuardedPut, error) {
+		_, rev, err := current() // still this certificate's user, unchanged
+		if err != nil {
+			return nil, err
+		}
+		return &store.GuardedPut{Key: store.UserPrefix + name, Value: store.UserRecord(renewed), PutIfRevision: rev}, nil
+	}
+	revs := []api.Revocation{{Serial: serial, Holder: "user " + name, Reason: api.RevokedRenewed}}
+	if err := s.revokeAnd(r.Context(), revs, put); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("user certificate renewed", "user", name, "serial", renewed.Serial)
+	s.event(r, api.Event{Kind: "user-renewed", Message: fmt.Sprintf("user %s renewed its certificate (valid until %s); the old one is revoked", name, renewed.Expires.Format(time.RFC3339))})
+	renewed.Certificate, renewed.CA = string(certPEM), string(cas.Cluster.PEM)
+	writeJSON(w, http.StatusOK, renewed)
 }

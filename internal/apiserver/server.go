@@ -109,7 +109,7 @@ func (s *Server) routes() []route {
 		// Joining hosts have no certificate yet: a token admits them.
 		{"GET /v1/join/ca", anyone, s.joinCA},
 		{"POST /v1/join", anyone, s.join},
-		// A host renews its own certificates (the handler checks it is one).
+		// A host or a user renews its own certificate(s), same identity and role.
 		{"POST /v1/renew", view, s.renew},
 	}
 }

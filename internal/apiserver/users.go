@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -93,7 +94,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if err := s.revoke(r.Context(), []api.Revocation{{Serial: u.Serial, Holder: "user " + name, Reason: "removed"}}, store.UserPrefix+name); err != nil {
+	if err := s.revoke(r.Context(), []api.Revocation{{Serial: u.Serial, Holder: "user " + name, Reason: api.RevokedRemoved}}, store.UserPrefix+name); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -138,7 +139,7 @@ func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) {
 	}
 	var revs []api.Revocation
 	for _, sn := range node.CertSerials {
-		revs = append(revs, api.Revocation{Serial: sn, Holder: "node " + name, Reason: "removed"})
+		revs = append(revs, api.Revocation{Serial: sn, Holder: "node " + name, Reason: api.RevokedRemoved})
 	}
 	if err := s.revoke(ctx, revs, store.NodePrefix+name, store.NodeMetaPrefix+name); err != nil {
 		writeError(w, err)
@@ -155,38 +156,62 @@ func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) {
 // agent writes them where etcd and QEMU read them) and deletes del, in one
 // transaction.
 func (s *Server) revoke(ctx context.Context, revs []api.Revocation, del ...string) error {
+	return s.revokeAnd(ctx, revs, nil, del...)
+}
+
+// revokeAnd is revoke that also writes what put returns, only if that key
+// did not change since put read it. put is called again when the change is
+// retried; a nil put writes nothing.
+func (s *Server) revokeAnd(ctx context.Context, revs []api.Revocation, put func() (*store.GuardedPut, error), del ...string) error {
 	cas, err := s.signers()
 	if err != nil {
 		return err
 	}
-	known, err := s.st.ListRevoked(ctx)
-	if err != nil {
-		return err
-	}
 	now := time.Now().UTC()
-	var serials []*big.Int
-	for _, sn := range known {
-		if n, ok := new(big.Int).SetString(sn, 16); ok {
-			serials = append(serials, n)
-		}
-	}
 	for i := range revs {
 		revs[i].Time = now
-		n, ok := new(big.Int).SetString(revs[i].Serial, 16)
-		if !ok {
-			return errdefs.Invalid(fmt.Sprintf("serial %q is not hex", revs[i].Serial))
+	}
+	// Two revocations at once (two hosts renewing) must not each sign a
+	// list without the other's certificate: the store refuses the second
+	// one, made from the old set, and it is made again from the new one.
+	for attempt := 1; ; attempt++ {
+		known, based, err := s.st.RevokedState(ctx)
+		if err != nil {
+			return err
 		}
-		serials = append(serials, n)
+		var entries []pki.RevokedCert
+		for _, r := range append(known, revs...) {
+			n, ok := new(big.Int).SetString(r.Serial, 16)
+			if !ok {
+				return errdefs.Invalid(fmt.Sprintf("serial %q is not hex", r.Serial))
+			}
+			// A renewed certificate's holder stays trusted (open
+			// connections may finish); every other reason withdraws trust.
+			reason := pki.ReasonCessationOfOperation
+			if r.Reason == api.RevokedRenewed {
+				reason = pki.ReasonSuperseded
+			}
+			entries = append(entries, pki.RevokedCert{Serial: n, Reason: reason})
+		}
+		crl, err := cas.Cluster.CRLWithReasons(entries)
+		if err != nil {
+			return err
+		}
+		mcrl, err := cas.Migration.CRLWithReasons(entries)
+		if err != nil {
+			return err
+		}
+		change := store.RevocationChange{Revs: revs, CRL: crl, MigrationCRL: pki.CRLPEM(mcrl), Based: based, Delete: del}
+		if put != nil {
+			if change.Put, err = put(); err != nil {
+				return err
+			}
+		}
+		err = s.st.Revoke(ctx, change)
+		if !errors.Is(err, errdefs.ErrConflict) || attempt == 5 || ctx.Err() != nil {
+			return err
+		}
 	}
-	crl, err := cas.Cluster.CRL(serials)
-	if err != nil {
-		return err
-	}
-	mcrl, err := cas.Migration.CRL(serials)
-	if err != nil {
-		return err
-	}
-	return s.st.Revoke(ctx, revs, crl, pki.CRLPEM(mcrl), del...)
 }
 
 // revoked reports whether a verified client certificate was revoked.

@@ -20,8 +20,8 @@ type RevocationFile struct {
 
 	mu      sync.Mutex
 	stamp   fileStamp
-	serials map[string]bool
-	err     error // why the file in place could not be used, if it could not
+	serials map[string]int // serial (hex) → reason
+	err     error          // why the file in place could not be used, if it could not
 }
 
 // fileStamp tells versions of a file apart: a list replaced by rename
@@ -38,13 +38,28 @@ func NewRevocationFile(path string, ca *x509.Certificate) *RevocationFile {
 	return &RevocationFile{path: path, ca: ca}
 }
 
-// Revoked reports whether c is on the list. A file that cannot be read,
-// parsed or verified leaves the last good list in use (Err says why).
+// Revoked reports whether c is on the list, for any reason. A file that
+// cannot be read, parsed or verified leaves the last good list in use (Err
+// says why).
 func (r *RevocationFile) Revoked(c *x509.Certificate) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.refresh()
-	return r.serials[SerialHex(c)]
+	_, ok := r.serials[SerialHex(c)]
+	return ok
+}
+
+// Distrusted reports whether c is on the list for a reason other than its
+// renewal: its holder (a removed host or user) is no longer trusted, and
+// connections it made before must end too. A certificate superseded by a
+// renewal is refused on new connections only; its holder moves to the new
+// one on its own.
+func (r *RevocationFile) Distrusted(c *x509.Certificate) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refresh()
+	reason, ok := r.serials[SerialHex(c)]
+	return ok && reason != ReasonSuperseded
 }
 
 // Err is why the file in place is not in use, or nil.
@@ -80,7 +95,7 @@ func (r *RevocationFile) refresh() {
 	r.stamp, r.serials, r.err = stamp, serials, nil
 }
 
-func (r *RevocationFile) load() (map[string]bool, error) {
+func (r *RevocationFile) load() (map[string]int, error) {
 	data, err := os.ReadFile(r.path)
 	if err != nil {
 		return nil, err
@@ -95,9 +110,9 @@ func (r *RevocationFile) load() (map[string]bool, error) {
 	if err := crl.CheckSignatureFrom(r.ca); err != nil {
 		return nil, fmt.Errorf("not signed by the CA: %w", err)
 	}
-	serials := make(map[string]bool, len(crl.RevokedCertificateEntries))
+	serials := make(map[string]int, len(crl.RevokedCertificateEntries))
 	for _, e := range crl.RevokedCertificateEntries {
-		serials[e.SerialNumber.Text(16)] = true
+		serials[e.SerialNumber.Text(16)] = e.ReasonCode
 	}
 	return serials, nil
 }

@@ -68,4 +68,19 @@ func TestRevocationFile(t *testing.T) {
 	if !rf.Revoked(b) || rf.Revoked(a) || rf.Err() != nil {
 		t.Fatalf("PEM list of b: b %v, a %v, err %v", rf.Revoked(b), rf.Revoked(a), rf.Err())
 	}
+	if !rf.Distrusted(b) {
+		t.Fatal("a revocation without a reason does not withdraw trust")
+	}
+	// Reasons: a superseded (renewed) certificate is revoked but its holder
+	// is still trusted; a removed one is distrusted.
+	der, err = ca.CRLWithReasons([]RevokedCert{{Serial: a.SerialNumber, Reason: ReasonSuperseded}, {Serial: b.SerialNumber, Reason: ReasonCessationOfOperation}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(path, der); err != nil {
+		t.Fatal(err)
+	}
+	if !rf.Revoked(a) || rf.Distrusted(a) || !rf.Revoked(b) || !rf.Distrusted(b) {
+		t.Fatalf("renewed a: revoked %v distrusted %v; removed b: revoked %v distrusted %v", rf.Revoked(a), rf.Distrusted(a), rf.Revoked(b), rf.Distrusted(b))
+	}
 }

@@ -28,10 +28,11 @@ type EmbedConfig struct {
 	// certificates from CA only, revoked ones (CRL, re-read on every
 	// connection by etcd) refused. URLs must then be https.
 	TLS *TLSFiles
-	// Revoked, when set, is asked on every call and every streamed message
-	// whether the caller's certificate has been revoked (etcd itself asks
-	// only when a connection is made).
-	Revoked func(*x509.Certificate) bool
+	// Distrusted, when set, is asked on every call and every streamed
+	// message whether the caller's certificate was revoked because its
+	// holder is trusted no more (etcd itself checks its revocation list only
+	// when a connection is made).
+	Distrusted func(*x509.Certificate) bool
 }
 
 // TLSFiles names the PEM files of a TLS identity.
@@ -89,8 +90,8 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	} else if cu.Hostname() != "127.0.0.1" || pu.Hostname() != "127.0.0.1" {
 		return nil, fmt.Errorf("a plaintext etcd listens only on 127.0.0.1 (tests), not %s", c.ClientURL)
 	}
-	if c.Revoked != nil {
-		cfg.GRPCAdditionalServerOptions = revocationOptions(c.Revoked)
+	if c.Distrusted != nil {
+		cfg.GRPCAdditionalServerOptions = revocationOptions(c.Distrusted)
 	}
 	// The JSON gateway would call gRPC with the server's own certificate on
 	// behalf of its callers, out of the revocation check's sight; Ferry does

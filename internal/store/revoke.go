@@ -13,13 +13,14 @@ import (
 )
 
 // revocationOptions make the embedded etcd server refuse calls whose client
-// certificate revoked says is revoked: every unary call, the start of every
+// certificate distrusted says was revoked (a removed host or user, not a
+// renewal, whose holder moves to its new certificate): every unary call, the start of every
 // stream, and every message a stream sends or receives afterwards. etcd
 // checks its revocation list only when a connection is made, so without
 // this a removed host's connection made before its removal (and its open
 // watches) would go on working. Open streams are also checked every
 // recheckEvery, so that a watch on quiet keys ends too.
-func revocationOptions(revoked func(*x509.Certificate) bool) []grpc.ServerOption {
+func revocationOptions(distrusted func(*x509.Certificate) bool) []grpc.ServerOption {
 	check := func(ctx context.Context) error {
 		p, ok := peer.FromContext(ctx)
 		if !ok {
@@ -30,7 +31,7 @@ func revocationOptions(revoked func(*x509.Certificate) bool) []grpc.ServerOption
 			return nil // etcd's own TLS settings decide about such callers
 		}
 		c := ti.State.PeerCertificates[0]
-		if revoked(c) {
+		if distrusted(c) {
 			return status.Errorf(codes.Unauthenticated, "certificate %q (serial %s) has been revoked", c.Subject.CommonName, c.SerialNumber.Text(16))
 		}
 		return nil

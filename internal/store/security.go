@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -27,10 +26,8 @@ const (
 func (s *Store) CreateUser(ctx context.Context, u api.User) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	u.Certificate, u.CA = "", ""
-	b, _ := json.Marshal(u)
 	k := UserPrefix + u.Name
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(b))).Commit()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, UserRecord(u))).Commit()
 	if err != nil {
 		return unavailable(err)
 	}
@@ -60,43 +57,113 @@ func (s *Store) ListUsers(ctx context.Context) ([]api.User, error) {
 
 // GetUser returns one user.
 func (s *Store) GetUser(ctx context.Context, name string) (*api.User, error) {
+	u, _, err := s.GetUserRevision(ctx, name)
+	return u, err
+}
+
+// GetUserRevision returns one user and the revision its record was last
+// written at (for a GuardedPut).
+func (s *Store) GetUserRevision(ctx context.Context, name string) (*api.User, int64, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(ctx, UserPrefix+name)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, 0, unavailable(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no user %q", name))
+		return nil, 0, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no user %q", name))
 	}
 	var u api.User
 	if err := json.Unmarshal(resp.Kvs[0].Value, &u); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return &u, nil
+	return &u, resp.Kvs[0].ModRevision, nil
 }
 
-// Revoke records certificates as revoked and deletes the keys in del, in
-// one transaction, together with the newly signed revocation lists.
-func (s *Store) Revoke(ctx context.Context, revs []api.Revocation, crl, migCRL []byte, del ...string) error {
+// UserRecord is a user as stored (without certificate and CA).
+func UserRecord(u api.User) string {
+	u.Certificate, u.CA = "", ""
+	b, _ := json.Marshal(u)
+	return string(b)
+}
+
+// RevocationChange is one change to the set of revoked certificates,
+// made in one transaction with the revocation lists signed for the new set.
+type RevocationChange struct {
+	Revs              []api.Revocation
+	CRL, MigrationCRL []byte
+	// Based is the revision RevokedState returned for the set the lists
+	// were made from: if another revocation came since, the change fails
+	// with ErrConflict and must be made again, or one list would lack the
+	// other's certificate.
+	Based int64
+	// Delete lists keys to delete with the change.
+	Delete []string
+	// Put writes Key=Value with the change, if the key's ModRevision is
+	// still PutIfRevision.
+	Put *GuardedPut
+}
+
+// GuardedPut is a write that happens only if its key did not change since
+// it was read at ModRevision PutIfRevision.
+type GuardedPut struct {
+	Key, Value    string
+	PutIfRevision int64
+}
+
+// RevokedState returns every revocation, by serial, and the revision at
+// which the revocation lists last changed (0: never), read together.
+func (s *Store) RevokedState(ctx context.Context) ([]api.Revocation, int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(RevokedPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+		clientv3.OpGet(CRLKey, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return nil, 0, unavailable(err)
+	}
+	var out []api.Revocation
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		r := api.Revocation{Serial: NameFromKey(kv.Key)}
+		json.Unmarshal(kv.Value, &r) // a record unreadable still revokes its serial
+		r.Serial = NameFromKey(kv.Key)
+		out = append(out, r)
+	}
+	var rev int64
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		rev = kvs[0].ModRevision
+	}
+	return out, rev, nil
+}
+
+// Revoke makes c: records its certificates as revoked and stores the new
+// revocation lists, deletes and writes its keys, or, if another
+// revocation or the guarded key came first, nothing (ErrConflict).
+func (s *Store) Revoke(ctx context.Context, c RevocationChange) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	var ops []clientv3.Op
-	for _, r := range revs {
+	for _, r := range c.Revs {
 		b, _ := json.Marshal(r)
 		ops = append(ops, clientv3.OpPut(RevokedPrefix+r.Serial, string(b)))
 	}
-	if crl != nil {
-		ops = append(ops, clientv3.OpPut(CRLKey, string(crl)))
-	}
-	if migCRL != nil {
-		ops = append(ops, clientv3.OpPut(MigrationCRLKey, string(migCRL)))
-	}
-	for _, k := range del {
+	ops = append(ops, clientv3.OpPut(CRLKey, string(c.CRL)), clientv3.OpPut(MigrationCRLKey, string(c.MigrationCRL)))
+	for _, k := range c.Delete {
 		ops = append(ops, clientv3.OpDelete(k))
 	}
-	_, err := s.cli.Txn(ctx).Then(ops...).Commit()
-	return unavailable(err)
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(CRLKey), "=", c.Based)}
+	if p := c.Put; p != nil {
+		ops = append(ops, clientv3.OpPut(p.Key, p.Value))
+		conds = append(conds, clientv3.Compare(clientv3.ModRevision(p.Key), "=", p.PutIfRevision))
+	}
+	resp, err := s.cli.Txn(ctx).If(conds...).Then(ops...).Commit()
+	if err != nil {
+		return unavailable(err)
+	}
+	if !resp.Succeeded {
+		return errdefs.New(errdefs.ErrConflict, "the revoked certificates changed meanwhile")
+	}
+	return nil
 }
 
 // IsRevoked reports whether the certificate with this serial (hex) was revoked.
@@ -108,22 +175,6 @@ func (s *Store) IsRevoked(ctx context.Context, serial string) (bool, error) {
 		return false, unavailable(err)
 	}
 	return resp.Count > 0, nil
-}
-
-// ListRevoked returns every revoked serial (hex), sorted.
-func (s *Store) ListRevoked(ctx context.Context) ([]string, error) {
-	ctx, cancel := bounded(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(ctx, RevokedPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	var out []string
-	for _, kv := range resp.Kvs {
-		out = append(out, NameFromKey(kv.Key))
-	}
-	sort.Strings(out)
-	return out, nil
 }
 
 // CRLs returns the signed revocation lists (nil when none was made yet).

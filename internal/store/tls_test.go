@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
@@ -44,8 +45,8 @@ func TestEmbeddedTLS(t *testing.T) {
 	defer cancel()
 	e, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: t.TempDir(), Name: "t",
 		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
-		TLS:     &store.TLSFiles{CA: filepath.Join(dir, pki.CACert), Cert: filepath.Join(dir, pki.ServerCert), Key: filepath.Join(dir, pki.ServerKey), CRL: crl},
-		Revoked: pki.NewRevocationFile(crl, ca.Cert).Revoked})
+		TLS:        &store.TLSFiles{CA: filepath.Join(dir, pki.CACert), Cert: filepath.Join(dir, pki.ServerCert), Key: filepath.Join(dir, pki.ServerKey), CRL: crl},
+		Distrusted: pki.NewRevocationFile(crl, ca.Cert).Distrusted})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,5 +142,64 @@ func TestConsumeToken(t *testing.T) {
 	}
 	if err := st.ConsumeToken(ctx, "cccc", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Fatalf("unknown: %v", err)
+	}
+}
+
+// Two revocations made from the same state: the second is refused, so that
+// no revocation list lacks the other's certificate; a guarded write is
+// refused once its key changed.
+func TestRevokeConflicts(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	known, based, err := st.RevokedState(ctx)
+	if err != nil || len(known) != 0 || based != 0 {
+		t.Fatalf("fresh store: %v %d %v", known, based, err)
+	}
+	change := func(serial string, based int64) store.RevocationChange {
+		return store.RevocationChange{Revs: []api.Revocation{{Serial: serial, Holder: "node " + serial}},
+			CRL: []byte("crl " + serial), MigrationCRL: []byte("mcrl " + serial), Based: based}
+	}
+	if err := st.Revoke(ctx, change("aa", based)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Revoke(ctx, change("bb", based)); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("a revocation from an old state: %v, want a conflict", err)
+	}
+	known, based2, err := st.RevokedState(ctx)
+	if err != nil || len(known) != 1 || known[0].Serial != "aa" || known[0].Holder != "node aa" || based2 <= based {
+		t.Fatalf("after one revocation: %v %d %v", known, based2, err)
+	}
+	if err := st.Revoke(ctx, change("bb", based2)); err != nil {
+		t.Fatalf("made again from the new state: %v", err)
+	}
+	crl, mcrl, err := st.CRLs(ctx)
+	if err != nil || string(crl) != "crl bb" || string(mcrl) != "mcrl bb" {
+		t.Fatalf("lists %q %q %v", crl, mcrl, err)
+	}
+
+	if err := st.CreateUser(ctx, api.User{Name: "alice", Role: "viewer", Serial: "01"}); err != nil {
+		t.Fatal(err)
+	}
+	_, urev, err := st.GetUserRevision(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, based3, _ := st.RevokedState(ctx)
+	put := func(serial string, rev int64) *store.GuardedPut {
+		return &store.GuardedPut{Key: store.UserPrefix + "alice", Value: store.UserRecord(api.User{Name: "alice", Role: "viewer", Serial: serial}), PutIfRevision: rev}
+	}
+	c := change("01", based3)
+	c.Put = put("02", urev)
+	if err := st.Revoke(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	_, based4, _ := st.RevokedState(ctx)
+	c = change("02", based4)
+	c.Put = put("03", urev) // read before the first renewal
+	if err := st.Revoke(ctx, c); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("a guarded write over a changed key: %v, want a conflict", err)
+	}
+	if u, err := st.GetUser(ctx, "alice"); err != nil || u.Serial != "02" {
+		t.Fatalf("alice: %+v %v", u, err)
 	}
 }

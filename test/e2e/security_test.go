@@ -81,7 +81,87 @@ func TestSecurity(t *testing.T) {
 
 	t.Run("certificates renew without restarts", func(t *testing.T) { checkRenewal(t, b, cl) })
 
+	t.Run("users renew their certificates", func(t *testing.T) { checkUserRenewal(t, b) })
+
 	t.Run("removed host is refused everywhere", func(t *testing.T) { checkRemovedHost(t, b, cl) })
+}
+
+// checkUserRenewal drives the CLI in host 0's namespace: an admin makes a
+// user, the user renews its certificate with its own credentials, the new
+// one works with the same role, and the old one is refused, for calls and
+// for a second renewal.
+func checkUserRenewal(t *testing.T, b *testbed.Bed) {
+	h := b.Hosts[0]
+	ferry := func(args ...string) (string, error) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, ferryBin}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	dir := filepath.Join(t.TempDir(), "rita")
+	if out, err := ferry("--data-dir", h.DataDir, "user", "create", "rita", "--role", "operator", "--out", dir); err != nil {
+		t.Fatalf("user create: %v\n%s", err, out)
+	}
+	old := t.TempDir()
+	for _, f := range []string{client.CredCert, client.CredKey, client.CredCA, client.CredServer} {
+		data, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(old, f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := pki.LoadCert(filepath.Join(dir, client.CredCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ferry("--credentials", dir, "user", "renew")
+	if err != nil {
+		t.Fatalf("user renew: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	after, err := pki.LoadCert(filepath.Join(dir, client.CredCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || after.Subject.CommonName != "rita" ||
+		!slices.Equal(after.Subject.Organization, []string{pki.RoleOperator}) || after.NotAfter.Before(before.NotAfter) {
+		t.Fatalf("renewed certificate: serial %s (was %s), subject %v, until %v (was %v)",
+			pki.SerialHex(after), pki.SerialHex(before), after.Subject, after.NotAfter, before.NotAfter)
+	}
+	if out, err := ferry("--credentials", dir, "vm", "list"); err != nil || !strings.Contains(out, "sec") {
+		t.Errorf("the renewed certificate cannot list VMs: %v\n%s", err, out)
+	}
+	// The operator role came along: still no user management.
+	if out, err := ferry("--credentials", dir, "user", "list"); err == nil || !strings.Contains(out, "needs admin") {
+		t.Errorf("the renewed operator may list users: %v\n%q", err, out)
+	}
+	if out, err := ferry("--credentials", old, "vm", "list"); err == nil || !strings.Contains(out, "revoked") {
+		t.Errorf("the replaced certificate still calls the API: %v\n%s", err, out)
+	}
+	if out, err := ferry("--credentials", old, "user", "renew"); err == nil {
+		t.Errorf("the replaced certificate was renewed again:\n%s", out)
+	}
+	// The testbed's administrator credentials belong to no user record.
+	adm := t.TempDir()
+	for from, to := range map[string]string{pki.AdminCert: client.CredCert, pki.AdminKey: client.CredKey, pki.CACert: client.CredCA} {
+		data, err := os.ReadFile(filepath.Join(b.Dir, "pki", from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(adm, to), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(adm, client.CredServer), []byte("https://"+h.Addr+":7443\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ferry("--credentials", adm, "user", "renew"); err == nil || !strings.Contains(out, "not user") {
+		t.Errorf("renewed credentials of no user: %v\n%s", err, out)
+	}
+	if out, err := ferry("--data-dir", h.DataDir, "user", "remove", "rita"); err != nil {
+		t.Fatalf("user remove: %v\n%s", err, out)
+	}
 }
 
 // userClient makes a user with role through admin and returns a client
