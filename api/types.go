@@ -326,11 +326,14 @@ type JoinRequest struct {
 
 // JoinResponse carries a joining host's certificates and the CAs (PEM).
 type JoinResponse struct {
-	Certificate          string      `json:"certificate"`
-	CA                   string      `json:"ca"`
-	MigrationCertificate string      `json:"migration_certificate"`
-	MigrationCA          string      `json:"migration_ca"`
-	Cluster              ClusterInfo `json:"cluster"`
+	Certificate          string `json:"certificate"`
+	CA                   string `json:"ca"`
+	MigrationCertificate string `json:"migration_certificate"`
+	MigrationCA          string `json:"migration_ca"`
+	// UserCA is the CA of users' certificates, which the host's API admits
+	// (etcd does not).
+	UserCA  string      `json:"user_ca"`
+	Cluster ClusterInfo `json:"cluster"`
 }
 
 // RenewRequest is the body of POST /v1/renew: a host asks for new

@@ -190,7 +190,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if adv != nil {
 		migHosts = append(migHosts, adv.String())
 	}
-	ca, mca, err := hostCredentials(ctx, o, pkiDir, hosts, migHosts, log)
+	cas, err := hostCredentials(ctx, o, pkiDir, hosts, migHosts, log)
 	if err != nil {
 		return err
 	}
@@ -216,8 +216,8 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		}
 	}
 	crlPath := filepath.Join(pkiDir, pki.CRLFile)
-	if _, err := os.Stat(crlPath); err != nil && ca.Key != nil {
-		if err := ca.WriteCRL(crlPath, nil); err != nil {
+	if _, err := os.Stat(crlPath); err != nil && cas.Cluster.Key != nil {
+		if err := cas.Cluster.WriteCRL(crlPath, nil); err != nil {
 			return fmt.Errorf("revocation list: %w", err)
 		}
 	}
@@ -245,7 +245,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			InitialCluster: initialCluster, Existing: initialCluster != "",
 			TLS: &store.TLSFiles{CA: filepath.Join(pkiDir, pki.CACert), Cert: filepath.Join(pkiDir, pki.ServerCert),
 				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath},
-			Distrusted: pki.NewRevocationFile(crlPath, ca.Cert).Distrusted})
+			Distrusted: pki.NewRevocationFile(crlPath, cas.Cluster.Cert).Distrusted})
 		if err != nil {
 			return err
 		}
@@ -311,7 +311,8 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return ag.ConsoleLog(vm.Spec.Name), nil
 	}, log)
 	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
-	apiSrv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca}
+	apiSrv.CAs = &apiserver.Signers{Cluster: cas.Cluster, Migration: cas.Migration, Users: cas.Users}
+	apiSrv.ClusterCA = cas.Cluster.Cert
 	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		apiSrv.Cluster.EtcdEndpoints = urls
 	}

@@ -32,9 +32,9 @@ func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 //     makes its keys, checks the cluster's CA against the token's
 //     fingerprint, and is certified by the cluster (joinWithToken).
 //   - Otherwise it uses the certificates it has.
-func hostCredentials(ctx context.Context, o *agentOpts, pkiDir string, hosts, migHosts []string, log *slog.Logger) (*pki.CA, *pki.CA, error) {
+func hostCredentials(ctx context.Context, o *agentOpts, pkiDir string, hosts, migHosts []string, log *slog.Logger) (*hostCAs, error) {
 	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	caCert, caKey := filepath.Join(pkiDir, pki.CACert), filepath.Join(pkiDir, pki.CAKey)
 	switch {
@@ -42,39 +42,49 @@ func hostCredentials(ctx context.Context, o *agentOpts, pkiDir string, hosts, mi
 		// A host that holds (or founds) the cluster's CAs.
 		ca, err := pki.EnsureCA(pkiDir, "ferry cluster CA")
 		if err != nil {
-			return nil, nil, fmt.Errorf("cluster CA: %w", err)
+			return nil, fmt.Errorf("cluster CA: %w", err)
 		}
 		if err := ca.EnsureLeaf(pkiDir, pki.ServerCert, pki.ServerKey, o.node, pki.RoleNode, hosts); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		if err := ca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
-			return nil, nil, err
+		uca, err := pki.EnsureUserCA(pkiDir)
+		if err != nil {
+			return nil, fmt.Errorf("user CA: %w", err)
+		}
+		if err := uca.EnsureLeaf(pkiDir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
+			return nil, err
 		}
 		mca, err := pki.EnsureMigrationCA(pkiDir)
 		if err != nil {
-			return nil, nil, fmt.Errorf("migration CA: %w", err)
+			return nil, fmt.Errorf("migration CA: %w", err)
 		}
 		if err := mca.EnsureMigration(pkiDir, o.node, migHosts); err != nil {
-			return nil, nil, fmt.Errorf("migration certificate: %w", err)
+			return nil, fmt.Errorf("migration certificate: %w", err)
 		}
-		return ca, mca, nil
+		return &hostCAs{Cluster: ca, Migration: mca, Users: uca}, nil
 	case !exists(filepath.Join(pkiDir, pki.ServerCert)):
 		if o.join == "" || o.token == "" {
-			return nil, nil, errors.New("this host has no certificate: join a cluster with --join ADDR --token TOKEN (ferry cluster token create), or start the first server with --server")
+			return nil, errors.New("this host has no certificate: join a cluster with --join ADDR --token TOKEN (ferry cluster token create), or start the first server with --server")
 		}
 		if err := joinWithToken(ctx, o, pkiDir, migHosts[1:], log); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	ca, err := pki.LoadCACert(caCert)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cluster CA: %w", err)
+		return nil, fmt.Errorf("cluster CA: %w", err)
 	}
 	mca, err := pki.LoadCACert(filepath.Join(pkiDir, pki.MigrationCACert))
 	if err != nil {
-		return nil, nil, fmt.Errorf("migration CA: %w", err)
+		return nil, fmt.Errorf("migration CA: %w", err)
 	}
-	return ca, mca, nil
+	return &hostCAs{Cluster: ca, Migration: mca}, nil
+}
+
+// hostCAs are the CAs a host knows: with their keys on a server that holds
+// them, else the cluster and migration CA certificates only (Users nil).
+type hostCAs struct {
+	Cluster, Migration, Users *pki.CA
 }
 
 // joinWithToken asks the cluster at o.join for this host's certificates.
@@ -152,7 +162,7 @@ func joinWithToken(ctx context.Context, o *agentOpts, pkiDir string, addrs []str
 		name string
 		data []byte
 		mode os.FileMode
-	}{{pki.CACert, caPEM, 0o644}, {pki.MigrationCACert, []byte(jr.MigrationCA), 0o644},
+	}{{pki.CACert, caPEM, 0o644}, {pki.MigrationCACert, []byte(jr.MigrationCA), 0o644}, {pki.UserCACert, []byte(jr.UserCA), 0o644},
 		{pki.ServerKey, key, 0o600}, {pki.ServerCert, []byte(jr.Certificate), 0o644}} {
 		if err := os.WriteFile(filepath.Join(pkiDir, f.name), f.data, f.mode); err != nil {
 			return err
@@ -257,6 +267,11 @@ func renewOnce(ctx context.Context, pkiDir, apiAddr string) error {
 	}
 	if err := pki.WriteMigrationCreds(pkiDir, []byte(jr.MigrationCertificate), mkey, []byte(jr.MigrationCA)); err != nil {
 		return err
+	}
+	if jr.UserCA != "" && !pki.HoldsKey(pkiDir, pki.UserCAKey) {
+		if err := pki.WriteFileAtomic(filepath.Join(pkiDir, pki.UserCACert), []byte(jr.UserCA)); err != nil {
+			return err
+		}
 	}
 	return pki.ReplacePair(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.ServerKey), []byte(jr.Certificate), key)
 }

@@ -37,7 +37,11 @@ func TestRenewCertificates(t *testing.T) {
 	if err := ca.EnsureLeaf(dir, pki.ServerCert, pki.ServerKey, "n1", pki.RoleNode, []string{"127.0.0.1", "n1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := ca.EnsureLeaf(dir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
+	uca, err := pki.EnsureUserCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := uca.EnsureLeaf(dir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := mca.EnsureMigration(dir, "n1", []string{"n1", "198.18.0.11"}); err != nil {
@@ -65,7 +69,8 @@ func TestRenewCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := apiserver.New(st, nil, slog.Default())
-	srv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca}
+	srv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca, Users: uca}
+	srv.ClusterCA = ca.Cert
 	// Served as the agent serves it (httptest's StartTLS would add a
 	// certificate of its own, preferred to GetCertificate without SNI).
 	srvTLS, err := pki.ServerTLS(dir)

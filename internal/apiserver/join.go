@@ -145,7 +145,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("host joined", "node", req.Node, "token", tok.ID)
 	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
-		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), Cluster: info})
+		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), UserCA: string(cas.Users.PEM), Cluster: info})
 }
 
 // renew issues new certificates for new keys with the identity of the
@@ -159,8 +159,12 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
+	if s.fromUserCA(r) {
 		s.renewUser(w, r, leaf, req)
+		return
+	}
+	if !slices.Contains(leaf.Subject.Organization, pki.RoleNode) {
+		writeError(w, errdefs.New(errdefs.ErrPermissionDenied, "the cluster CA certifies hosts only; this certificate is not a host's"))
 		return
 	}
 	cas, err := s.signers()
@@ -205,7 +209,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("host certificates renewed", "node", node, "serial", pki.SerialHex(cert))
 	s.event(r, api.Event{Kind: "certificates-renewed", Node: node, Message: fmt.Sprintf("host %s renewed its certificates (valid until %s); the old ones are revoked", node, cert.NotAfter.UTC().Format(time.RFC3339))})
 	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
-		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM)})
+		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), UserCA: string(cas.Users.PEM)})
 }
 
 // renewUser gives a user a new certificate, with the role on record, in
@@ -235,7 +239,7 @@ func (s *Server) renewUser(w http.ResponseWriter, r *http.Request, leaf *x509.Ce
 		writeError(w, err)
 		return
 	}
-	cert, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), name, u.Role, nil, UserCertValidity)
+	cert, certPEM, err := cas.Users.SignCSR([]byte(req.CSR), name, u.Role, nil, UserCertValidity)
 	if err != nil {
 		writeError(w, errdefs.Invalid("csr: "+err.Error()))
 		return

@@ -5,6 +5,7 @@ package apiserver
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type Server struct {
 	// CAs sign users' and joining hosts' certificates and revocation
 	// lists; nil on a host without the CA keys.
 	CAs *Signers
+	// ClusterCA is the CA of hosts' certificates; a client certificate
+	// that chains to another CA the TLS layer trusts is a user's.
+	ClusterCA *x509.Certificate
 	// public are the routes served without a client certificate (joining).
 	public map[string]bool
 }
@@ -117,7 +121,8 @@ func (s *Server) routes() []route {
 type roleKey struct{}
 
 // authenticate admits only clients with a certificate from the cluster CA
-// (the TLS layer verified it) that carries a known role.
+// (hosts) or the user CA (the TLS layer verified it) that carries a known
+// role.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
@@ -136,13 +141,20 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, err)
 			return
 		}
-		role, ok := pki.RoleOf(leaf)
+		role, ok := pki.RoleOf(leaf, s.fromUserCA(r))
 		if !ok {
 			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), roleKey{}, role)))
 	})
+}
+
+// fromUserCA reports whether the request's verified certificate is a
+// user's (from the user CA), not a host's (from the cluster CA).
+func (s *Server) fromUserCA(r *http.Request) bool {
+	chain := r.TLS.VerifiedChains[0]
+	return s.ClusterCA != nil && !chain[len(chain)-1].Equal(s.ClusterCA)
 }
 
 // authorize lets the request through if its role is at least need.

@@ -21,12 +21,14 @@ const UserCertValidity = 365 * 24 * time.Hour
 // Signers are the CAs of an API host that holds their keys; a host without
 // them cannot issue or revoke certificates and says so.
 type Signers struct {
-	Cluster   *pki.CA
-	Migration *pki.CA
+	Cluster   *pki.CA // hosts
+	Migration *pki.CA // hosts' migration streams
+	Users     *pki.CA // people and tools, with roles
 }
 
 func (s *Server) signers() (*Signers, error) {
-	if s.CAs == nil || s.CAs.Cluster == nil || s.CAs.Cluster.Key == nil || s.CAs.Migration == nil || s.CAs.Migration.Key == nil {
+	if s.CAs == nil || s.CAs.Cluster == nil || s.CAs.Cluster.Key == nil || s.CAs.Migration == nil || s.CAs.Migration.Key == nil ||
+		s.CAs.Users == nil || s.CAs.Users.Key == nil {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "this host holds no CA keys: ask the API of a server host")
 	}
 	return s.CAs, nil
@@ -58,7 +60,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("user %q already exists (remove it first to issue a new certificate)", req.Name)))
 		return
 	}
-	cert, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), req.Name, role.String(), nil, UserCertValidity)
+	cert, certPEM, err := cas.Users.SignCSR([]byte(req.CSR), req.Name, role.String(), nil, UserCertValidity)
 	if err != nil {
 		writeError(w, errdefs.Invalid(err.Error()))
 		return

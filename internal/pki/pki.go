@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -28,6 +29,12 @@ const (
 	ServerKey  = "server.key"
 	AdminCert  = "admin.crt"
 	AdminKey   = "admin.key"
+	// UserCACert/UserCAKey: the CA of people's and tools' certificates
+	// (roles), apart from the cluster CA of hosts. etcd trusts only the
+	// cluster CA, so no user certificate, whatever its role, reaches etcd's
+	// client or peer ports; the API trusts both.
+	UserCACert = "user-ca.crt"
+	UserCAKey  = "user-ca.key"
 )
 
 // Role names carried in client certificates (their Organization).
@@ -78,16 +85,20 @@ func ParseRole(s string) (Role, error) {
 	return NoRole, fmt.Errorf("role must be admin, operator or viewer, not %q", s)
 }
 
-// RoleOf is the API role of a verified client certificate: the highest
-// role its Organization names (a host's certificate counts as a viewer).
-func RoleOf(c *x509.Certificate) (Role, bool) {
+// RoleOf is the API role of a verified client certificate: for one from
+// the user CA (fromUserCA) the highest role its Organization names; for one
+// from the cluster CA, viewer if it is a host's, else none (the cluster CA
+// certifies hosts only).
+func RoleOf(c *x509.Certificate, fromUserCA bool) (Role, bool) {
 	best := NoRole
 	for _, o := range c.Subject.Organization {
-		r, err := ParseRole(o)
-		if o == RoleNode {
-			r, err = Viewer, nil
+		if !fromUserCA {
+			if o == RoleNode {
+				best = Viewer
+			}
+			continue
 		}
-		if err == nil && r > best {
+		if r, err := ParseRole(o); err == nil && r > best {
 			best = r
 		}
 	}
@@ -217,19 +228,75 @@ func ServerTLS(dir string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: server certificate: %w", err)
 	}
-	pool, err := caPool(dir)
+	pools, err := newClientPools(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
+	base := &tls.Config{
 		GetCertificate: rl.GetCertificate,
-		ClientCAs:      pool,
 		// A certificate, if given, must verify; without one the API serves
 		// only the join routes (a host with a token has no certificate yet)
 		// and refuses everything else (apiserver.authenticate).
 		ClientAuth: tls.VerifyClientCertIfGiven,
 		MinVersion: tls.VersionTLS13,
-	}, nil
+	}
+	cfg := base.Clone()
+	// Clients verify against the cluster CA and the user CA, whose
+	// certificate a host that joined learns from the store after it starts.
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		c.ClientCAs = pools.get()
+		return c, nil
+	}
+	cfg.ClientCAs = pools.get()
+	return cfg, nil
+}
+
+// clientPools is the pool of CAs an API server admits clients of: the
+// cluster CA and, once its file is there, the user CA; re-read when the
+// user CA file changes.
+type clientPools struct {
+	dir     string
+	cluster []byte
+
+	mu    sync.Mutex
+	stamp fileStamp
+	pool  *x509.CertPool
+}
+
+func newClientPools(dir string) (*clientPools, error) {
+	b, err := os.ReadFile(filepath.Join(dir, CACert))
+	if err != nil {
+		return nil, fmt.Errorf("pki: CA certificate: %w", err)
+	}
+	p := &clientPools{dir: dir, cluster: b}
+	if p.get() == nil {
+		return nil, errors.New("pki: CA certificate is not PEM")
+	}
+	return p, nil
+}
+
+func (p *clientPools) get() *x509.CertPool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	path := filepath.Join(p.dir, UserCACert)
+	st, err := os.Stat(path)
+	var stamp fileStamp
+	if err == nil {
+		stamp = stampOf(st)
+	}
+	if p.pool != nil && stamp == p.stamp {
+		return p.pool
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(p.cluster) {
+		return nil
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		pool.AppendCertsFromPEM(b)
+	}
+	p.pool, p.stamp = pool, stamp
+	return pool
 }
 
 // ClientTLS is the TLS config of a client holding certFile/keyFile from
@@ -287,6 +354,17 @@ const (
 	// MigrationOrg is the Organization of every migration certificate.
 	MigrationOrg = "ferry-migration"
 )
+
+// HoldsKey reports whether dir holds the key file (a CA's).
+func HoldsKey(dir, keyFile string) bool {
+	_, err := os.Stat(filepath.Join(dir, keyFile))
+	return err == nil
+}
+
+// EnsureUserCA loads the user CA from dir, creating it if there is none.
+func EnsureUserCA(dir string) (*CA, error) {
+	return ensureCA(dir, UserCACert, UserCAKey, "ferry user CA")
+}
 
 // EnsureMigrationCA loads the migration CA from dir, creating it if there is none.
 func EnsureMigrationCA(dir string) (*CA, error) {

@@ -70,6 +70,14 @@ func (r *RevocationFile) Err() error {
 	return r.err
 }
 
+func stampOf(st os.FileInfo) fileStamp {
+	stamp := fileStamp{mod: st.ModTime(), size: st.Size()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		stamp.ino = sys.Ino
+	}
+	return stamp
+}
+
 func (r *RevocationFile) refresh() {
 	st, err := os.Stat(r.path)
 	if err != nil {
@@ -80,10 +88,7 @@ func (r *RevocationFile) refresh() {
 		r.err = err
 		return
 	}
-	stamp := fileStamp{mod: st.ModTime(), size: st.Size()}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		stamp.ino = sys.Ino
-	}
+	stamp := stampOf(st)
 	if stamp == r.stamp {
 		return
 	}

@@ -1,6 +1,8 @@
 package pki
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"strings"
 	"testing"
 )
@@ -53,7 +55,7 @@ func TestSignCSRIgnoresRequestedSubject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := RoleOf(cert); cert.Subject.CommonName != "alice" || r != Viewer {
+	if r, _ := RoleOf(cert, true); cert.Subject.CommonName != "alice" || r != Viewer {
 		t.Errorf("subject %v role %v", cert.Subject, r)
 	}
 	if _, _, err := ca.SignCSR([]byte("not a csr"), "x", RoleViewer, nil, 3600e9); err == nil {
@@ -62,5 +64,30 @@ func TestSignCSRIgnoresRequestedSubject(t *testing.T) {
 	noKey := &CA{Cert: ca.Cert, PEM: ca.PEM}
 	if _, _, err := noKey.SignCSR(csr, "x", RoleViewer, nil, 3600e9); err == nil {
 		t.Error("a CA without its key signed")
+	}
+}
+
+// The cluster CA certifies hosts only: a certificate of it that names a
+// user role gets none, and a user CA certificate naming the host
+// organisation is no host.
+func TestRoleOfDependsOnTheCA(t *testing.T) {
+	cert := func(orgs ...string) *x509.Certificate {
+		return &x509.Certificate{Subject: pkix.Name{CommonName: "x", Organization: orgs}}
+	}
+	for _, c := range []struct {
+		orgs     []string
+		fromUser bool
+		want     Role
+	}{
+		{[]string{RoleNode}, false, Viewer},
+		{[]string{RoleAdmin}, false, NoRole},
+		{[]string{RoleNode, RoleAdmin}, false, Viewer},
+		{[]string{RoleAdmin}, true, Admin},
+		{[]string{RoleViewer, RoleOperator}, true, Operator},
+		{[]string{RoleNode}, true, NoRole},
+	} {
+		if got, ok := RoleOf(cert(c.orgs...), c.fromUser); got != c.want || ok != (c.want != NoRole) {
+			t.Errorf("RoleOf(%v, fromUserCA %v) = %v, %v; want %v", c.orgs, c.fromUser, got, ok, c.want)
+		}
 	}
 }

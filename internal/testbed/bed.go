@@ -129,11 +129,14 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	// operator's part for servers after the first); the other hosts join
 	// with one-time tokens. The testbed's own admin credentials are made
 	// beside them.
-	ca, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA")
+	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
+		return b, err
+	}
+	uca, err := pki.EnsureUserCA(filepath.Join(dir, "pki"))
 	if err != nil {
 		return b, err
 	}
-	if err := ca.EnsureLeaf(filepath.Join(dir, "pki"), pki.AdminCert, pki.AdminKey, "testbed-admin", pki.RoleAdmin, nil); err != nil {
+	if err := uca.EnsureLeaf(filepath.Join(dir, "pki"), pki.AdminCert, pki.AdminKey, "testbed-admin", pki.RoleAdmin, nil); err != nil {
 		return b, err
 	}
 	if _, err := pki.EnsureMigrationCA(filepath.Join(dir, "pki")); err != nil {
@@ -247,7 +250,7 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 	}
 	h.token = ""
 	if i < Servers(len(b.Hosts)) {
-		for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey} {
+		for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey, pki.UserCACert, pki.UserCAKey} {
 			data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
 			if err != nil {
 				return err

@@ -83,7 +83,97 @@ func TestSecurity(t *testing.T) {
 
 	t.Run("users renew their certificates", func(t *testing.T) { checkUserRenewal(t, b) })
 
+	t.Run("user certificates do not open etcd", func(t *testing.T) { checkUserNotEtcd(t, b, cl) })
+
 	t.Run("removed host is refused everywhere", func(t *testing.T) { checkRemovedHost(t, b, cl) })
+}
+
+// checkUserNotEtcd shows that an admin user's certificate, which the API
+// obeys, opens neither etcd's client port nor its peer port: users come
+// from the user CA, etcd trusts only the cluster CA of hosts. (Were it
+// otherwise, any user could write the cluster's state past its role.)
+func checkUserNotEtcd(t *testing.T, b *testbed.Bed, admin *client.Client) {
+	ctx := ctxT(t, time.Minute)
+	key, csr, err := pki.NewKeyAndCSR("eve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := admin.CreateUser(ctx, api.UserCreateRequest{Name: "eve", Role: pki.RoleAdmin, CSR: string(csr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.DeleteUser(context.Background(), "eve")
+	if _, err := clientFor(t, b, []byte(u.Certificate), key, []byte(u.CA)).ListNodes(ctx); err != nil {
+		t.Fatalf("the user's certificate does not work with the API: %v", err)
+	}
+	pair, err := tls.X509KeyPair([]byte(u.Certificate), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(u.CA))
+	// Presented whatever CAs the server names as acceptable (with
+	// Certificates, Go would send nothing to a server that names another).
+	cfg := &tls.Config{GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
+		RootCAs: pool, MinVersion: tls.VersionTLS12}
+	h := b.Hosts[0]
+	dial := testbed.DialIn(h.NS)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + h.Addr + ":2379"}, TLS: cfg,
+		DialTimeout: 3 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dial(ctx, "tcp", addr)
+		})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := cli.Put(gctx, "/ferry/v1/eve-was-here", "x"); err == nil {
+		t.Fatal("etcd's client port took a write from a user's certificate")
+	} else {
+		t.Logf("etcd client port refuses the user: %v", err)
+	}
+	// Both ports, by hand: the server must refuse the user's certificate
+	// with a TLS alert; the host's own certificate, the control, is served.
+	handshake := func(port string, cfg *tls.Config) error {
+		raw, err := dial(ctx, "tcp", net.JoinHostPort(h.Addr, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tls.Client(raw, cfg)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if err := c.Handshake(); err != nil {
+			return err
+		}
+		// TLS 1.3 reports a refused client certificate on the first read; a
+		// server that accepted it waits for the client to speak.
+		c.SetDeadline(time.Now().Add(time.Second))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return err
+	}
+	hostCfg, err := pki.ClientTLS(filepath.Join(h.DataDir, "pki"), pki.ServerCert, pki.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostCfg.ServerName = h.Addr
+	cfg.ServerName = h.Addr
+	for _, port := range []string{"2379", "2380"} {
+		if err := handshake(port, hostCfg.Clone()); err != nil {
+			t.Fatalf("control: etcd port %s refuses the host's own certificate: %v", port, err)
+		}
+		err := handshake(port, cfg.Clone())
+		if err == nil || !strings.Contains(err.Error(), "remote error: tls: ") {
+			t.Errorf("etcd port %s did not refuse a user's certificate with a TLS alert: %v", port, err)
+		} else {
+			t.Logf("etcd port %s refuses the user's certificate: %v", port, err)
+		}
+	}
 }
 
 // checkUserRenewal drives the CLI in host 0's namespace: an admin makes a
