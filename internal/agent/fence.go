@@ -27,7 +27,7 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 		if was {
 			a.log.Warn("lease renewed again after an outage")
 			if why != "" {
-				go a.event(context.WithoutCancel(ctx), api.Event{Kind: "self-fenced", Node: a.cfg.Node, Message: why})
+				go a.eventDurable(context.WithoutCancel(ctx), api.Event{Kind: "self-fenced", Node: a.cfg.Node, Message: why})
 			}
 		}
 		a.feedWatchdog()

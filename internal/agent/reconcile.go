@@ -454,6 +454,29 @@ func (a *Agent) event(ctx context.Context, ev api.Event) {
 	}
 }
 
+// eventDurable records an event that must not be lost to the outage it
+// reports (a self-fencing is recorded as etcd comes back, often over a
+// connection that is still dying): it retries for up to a minute. The
+// event keeps its time, so a retry after a lost answer writes the same key.
+func (a *Agent) eventDurable(ctx context.Context, ev api.Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	var err error
+	for end := time.Now().Add(time.Minute); ; {
+		if err = a.st.PutEvent(ctx, ev); err == nil || ctx.Err() != nil || time.Now().After(end) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		a.log.Warn("recording event", "kind", ev.Kind, "err", err)
+	}
+}
+
 func (a *Agent) putStatus(ctx context.Context, name string, st api.VMStatus) {
 	if st.Since.IsZero() {
 		st.Since = time.Now().UTC()

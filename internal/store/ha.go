@@ -2,12 +2,12 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -109,8 +109,11 @@ func (s *Store) PutEvent(ctx context.Context, ev api.Event) error {
 		ev.Time = time.Now().UTC()
 	}
 	b, _ := json.Marshal(ev)
-	// The random suffix keeps two events of the same instant apart.
-	key := fmt.Sprintf("%s%020d-%s-%s", EventPrefix, ev.Time.UnixNano(), ev.Kind, uuid.NewString()[:8])
+	// The suffix, from the event's content, keeps two events of the same
+	// instant apart, and makes writing one event again (a retry after a
+	// lost answer) idempotent.
+	sum := sha256.Sum256(b)
+	key := fmt.Sprintf("%s%020d-%s-%x", EventPrefix, ev.Time.UnixNano(), ev.Kind, sum[:4])
 	_, err := s.cli.Put(ctx, key, string(b))
 	return unavailable(err)
 }

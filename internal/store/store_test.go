@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
@@ -219,5 +220,31 @@ func TestTakeover(t *testing.T) {
 	m, _, _ = st.GetMigration(ctx, "m")
 	if vm.Node != "h2" || m.Phase != api.MigSwitchover {
 		t.Fatalf("placement %q, phase %q after takeover", vm.Node, m.Phase)
+	}
+}
+
+// Writing the same event again (a retry after a lost answer) keeps one
+// record; two different events of the same instant are both kept.
+func TestPutEventIdempotent(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	at := time.Now().UTC()
+	ev := api.Event{Time: at, Kind: "self-fenced", Node: "h3", Message: "no lease renewal for 1.4s"}
+	for i := 0; i < 2; i++ {
+		if err := st.PutEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := ev
+	other.Node = "h4"
+	if err := st.PutEvent(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := st.ListEvents(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Node == evs[1].Node {
+		t.Fatalf("events %+v, want one for h3 and one for h4", evs)
 	}
 }
