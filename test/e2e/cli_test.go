@@ -61,7 +61,7 @@ func TestCLI(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want a one-line error containing %q", c.args, code, stderr, c.want)
 		}
 	}
-	if _, _, code := ferry("vm", "delete", "cli1"); code != 0 {
-		t.Fatal("delete failed")
+	if _, stderr, code := ferry("vm", "delete", "cli1"); code != 0 {
+		t.Fatalf("delete failed (exit %d): %s", code, stderr)
 	}
 }
