@@ -489,14 +489,22 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := s.st.UpdateSpec(r.Context(), name, func(sp *api.VMSpec) error {
+	spec, err := s.st.UpdateSpec(r.Context(), name, func(sp *api.VMSpec) error {
 		sp.Deleting = true
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		writeError(w, err)
 		return
 	}
 	vm, err := s.st.GetVM(r.Context(), name)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		// The host it was placed on removed it already (a stopped guest
+		// goes in milliseconds): the deletion asked for is done.
+		s.log.Info("vm deletion requested", "vm", name)
+		writeJSON(w, http.StatusAccepted, &api.VM{Spec: *spec})
+		return
+	}
 	if err != nil {
 		writeError(w, err)
 		return
