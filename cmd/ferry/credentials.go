@@ -268,7 +268,7 @@ func renewOnce(ctx context.Context, pkiDir, apiAddr string) error {
 	if err := pki.WriteMigrationCreds(pkiDir, []byte(jr.MigrationCertificate), mkey, []byte(jr.MigrationCA)); err != nil {
 		return err
 	}
-	if jr.UserCA != "" && !pki.HoldsKey(pkiDir, pki.UserCAKey) {
+	if jr.UserCA != "" && !exists(filepath.Join(pkiDir, pki.UserCAKey)) {
 		if err := pki.WriteFileAtomic(filepath.Join(pkiDir, pki.UserCACert), []byte(jr.UserCA)); err != nil {
 			return err
 		}

@@ -355,12 +355,6 @@ const (
 	MigrationOrg = "ferry-migration"
 )
 
-// HoldsKey reports whether dir holds the key file (a CA's).
-func HoldsKey(dir, keyFile string) bool {
-	_, err := os.Stat(filepath.Join(dir, keyFile))
-	return err == nil
-}
-
 // EnsureUserCA loads the user CA from dir, creating it if there is none.
 func EnsureUserCA(dir string) (*CA, error) {
 	return ensureCA(dir, UserCACert, UserCAKey, "ferry user CA")
