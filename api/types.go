@@ -50,7 +50,25 @@ type VMSpec struct {
 	HA           bool   `json:"ha,omitempty"`
 	HAPriority   int    `json:"ha_priority,omitempty"`
 	AntiAffinity string `json:"anti_affinity,omitempty"`
+	// Machine is the versioned machine type (e.g. pc-i440fx-10.0) the guest
+	// first booted with, recorded by its host at that start; every later
+	// start and move keeps it, so the guest's virtual hardware does not
+	// change under it when hosts upgrade QEMU.
+	Machine string `json:"machine,omitempty"`
+	// Boot is how the built-in image's kernel was loaded at the first start
+	// (BootPVH; empty for guests first started before Ferry knew it, which
+	// keep the compressed kernel): a migration target must load the same.
+	Boot string `json:"boot,omitempty"`
 }
+
+// Kernel forms of the built-in image.
+const (
+	// BootPVH loads the uncompressed kernel through its PVH entry point:
+	// no decompression inside the guest, which under TCG took seconds.
+	BootPVH = "pvh"
+	// BootBzImage loads the compressed kernel (Ferry before PVH).
+	BootBzImage = "bzimage"
+)
 
 // VMStatus is what the hosting agent observed, written by the agent.
 type VMStatus struct {
@@ -68,6 +86,9 @@ type VMStatus struct {
 	// Restarts counts how often the agent restarted an HA guest that exited
 	// on its own (reset after it has run for a while).
 	Restarts int `json:"restarts,omitempty"`
+	// QEMUVersion is the version of the QEMU the guest runs in: a guest is
+	// never moved to an older one.
+	QEMUVersion string `json:"qemu_version,omitempty"`
 }
 
 // Guest is what the agent's probe learned from the guest itself.
@@ -129,6 +150,48 @@ type Node struct {
 	// CertSerials are the serial numbers (hex) of the host's cluster and
 	// migration certificates: what `ferry node remove` revokes.
 	CertSerials []string `json:"cert_serials,omitempty"`
+	// QEMU is what the host's QEMU can do, read from it at agent start.
+	QEMU *QEMUInfo `json:"qemu,omitempty"`
+}
+
+// QEMUInfo is what a host's QEMU binary reported about itself through QMP
+// (query-version, query-machines, query-migrate-capabilities,
+// query-migrate-parameters) when the agent started.
+type QEMUInfo struct {
+	Version string `json:"version"`           // e.g. 10.0.2
+	Package string `json:"package,omitempty"` // e.g. Debian 1:10.0.2+ds-2
+	// Machines are the machine types it can run; Aliases maps an alias
+	// (pc, q35) to the versioned type it stands for.
+	Machines []string          `json:"machines"`
+	Aliases  map[string]string `json:"aliases,omitempty"`
+	// Capabilities and Parameters are the migration capabilities and
+	// parameters it knows; only these are ever set.
+	Capabilities []string `json:"migration_capabilities"`
+	Parameters   []string `json:"migration_parameters"`
+	// MultifdCompression lists the multifd compression methods it was
+	// built with (zstd, zlib, ...).
+	MultifdCompression []string `json:"multifd_compression,omitempty"`
+	// NoLiveMigration says why this host may not live-migrate guests
+	// (empty when it may), e.g. QEMU older than 9.0 under TCG.
+	NoLiveMigration string `json:"no_live_migration,omitempty"`
+}
+
+// HasCapability reports whether the QEMU knows a migration capability.
+func (q *QEMUInfo) HasCapability(c string) bool { return q != nil && contains(q.Capabilities, c) }
+
+// HasParameter reports whether the QEMU knows a migration parameter.
+func (q *QEMUInfo) HasParameter(p string) bool { return q != nil && contains(q.Parameters, p) }
+
+// HasMachine reports whether the QEMU can run a machine type.
+func (q *QEMUInfo) HasMachine(m string) bool { return q != nil && contains(q.Machines, m) }
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 // NodeMeta is what operators set on a node (kept apart from the record its
@@ -180,6 +243,19 @@ const (
 	StrategyMultifd      = "multifd"
 )
 
+// Ways a migration stream is carried between hosts.
+const (
+	// TransportAgent: QEMU streams to a local socket and the hosts' agents
+	// carry it over mutual TLS (the default): only the migration's source
+	// is admitted, and large TLS records keep the cost low.
+	TransportAgent = "agent-tls"
+	// TransportQEMU: QEMU's own TLS channel with the same certificates and
+	// the same source authorization (one TLS record per page and header).
+	TransportQEMU = "qemu-tls"
+	// TransportPlain: unencrypted, only where the cluster allows it.
+	TransportPlain = "plaintext"
+)
+
 // MigrateRequest is the body of POST /v1/vms/{name}/migrate.
 type MigrateRequest struct {
 	To           string `json:"to"`                      // a host name, or "auto"
@@ -190,6 +266,9 @@ type MigrateRequest struct {
 	// Plaintext sends the guest's memory unencrypted and unauthenticated;
 	// refused unless the cluster's security settings allow it.
 	Plaintext bool `json:"plaintext,omitempty"`
+	// Transport picks how an encrypted stream is carried: agent-tls (the
+	// default) or qemu-tls; both admit only the migration's source.
+	Transport string `json:"transport,omitempty"`
 }
 
 // MigrationOptions are the validated options of a migration.
@@ -197,9 +276,32 @@ type MigrationOptions struct {
 	MaxBandwidth  int64  `json:"max_bandwidth,omitempty"` // bytes/s, 0 unlimited
 	MaxDowntimeMS int64  `json:"max_downtime_ms"`
 	Strategy      string `json:"strategy"`
-	Compress      bool   `json:"compress,omitempty"`
+	// Compress: multifd with compressed pages (zstd where both QEMUs have
+	// it, else zlib).
+	Compress bool `json:"compress,omitempty"`
 	// Plaintext: no TLS (allowed by an operator for this cluster).
 	Plaintext bool `json:"plaintext,omitempty"`
+	// Transport: TransportAgent, TransportQEMU or TransportPlain.
+	Transport string `json:"transport,omitempty"`
+}
+
+// MigrationPlan is what both QEMUs are told for one migration, made when the
+// migration is recorded from what both hosts' QEMUs know (QEMUInfo): every
+// capability named here is set explicitly (QEMU keeps them between
+// migrations), and no capability or parameter a QEMU lacks is in it.
+type MigrationPlan struct {
+	Capabilities       map[string]bool `json:"capabilities"`                  // both sides
+	SourceCapabilities map[string]bool `json:"source_capabilities,omitempty"` // source only
+	Parameters         map[string]any  `json:"parameters,omitempty"`          // both sides
+	SourceParameters   map[string]any  `json:"source_parameters,omitempty"`   // source only
+	// Postcopy: switch to post-copy once the first pass is done.
+	Postcopy bool `json:"postcopy,omitempty"`
+	// PauseBeforeSwitchover: the source stops at pre-switchover and goes on
+	// only if the migration was not cancelled meanwhile.
+	PauseBeforeSwitchover bool `json:"pause_before_switchover,omitempty"`
+	// Machine and Boot the target starts the guest with (the guest's own).
+	Machine string `json:"machine,omitempty"`
+	Boot    string `json:"boot,omitempty"`
 }
 
 // MigrationProgress is the last progress the source reported.
@@ -225,6 +327,7 @@ type Migration struct {
 	Target      string            `json:"target"`
 	Phase       string            `json:"phase"`
 	Options     MigrationOptions  `json:"options"`
+	Plan        *MigrationPlan    `json:"plan,omitempty"`
 	Cancel      bool              `json:"cancel,omitempty"`
 	TargetURI   string            `json:"target_uri,omitempty"`
 	TargetLease int64             `json:"target_lease,omitempty"`

@@ -168,14 +168,14 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	if err != nil {
 		return fmt.Errorf("--listen %q: %w", o.listen, err)
 	}
-	qv, err := qemu.BinaryVersion(ctx)
-	if err != nil {
-		return err
-	}
 	for _, d := range []string{dataDir, o.runDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return err
 		}
+	}
+	qinfo, err := qemu.Probe(ctx, o.runDir)
+	if err != nil {
+		return err
 	}
 
 	// Credentials (credentials.go): a host with the CA keys (the first
@@ -275,6 +275,12 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return err
 	}
 	log.Info("accelerator chosen", "accel", accel, "reason", why)
+	qinfo.NoLiveMigration = migrate.NoLiveMigration(accel, qinfo.Version)
+	log.Info("QEMU", "version", qinfo.Version, "package", qinfo.Package, "pc", qinfo.Aliases["pc"],
+		"migration_capabilities", len(qinfo.Capabilities), "multifd_compression", qinfo.MultifdCompression)
+	if qinfo.NoLiveMigration != "" {
+		log.Warn("this host cannot live-migrate guests", "why", qinfo.NoLiveMigration)
+	}
 
 	exe, err := os.Executable()
 	if err != nil {
@@ -282,7 +288,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 	acfg := agent.Config{
 		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
-		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMUVersion: qv, Log: log,
+		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMU: qinfo, Log: log,
 		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(dataDir, "failpoints"),
 		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: crlPath, CertSerials: serials,
 	}

@@ -25,6 +25,11 @@ func imageCmd() *cobra.Command {
 				return err
 			}
 			fmt.Printf("image tiny: kernel %s\n  %s\n  %s\n", t.Manifest.KernelVersion, t.Kernel, t.Initrd)
+			if t.PVHKernel != "" {
+				fmt.Printf("  %s (uncompressed, booted through PVH)\n", t.PVHKernel)
+			} else {
+				fmt.Printf("  no PVH kernel: %s (guests boot the compressed kernel, slowly under TCG)\n", t.Manifest.PVHMissing)
+			}
 			return nil
 		},
 	}

@@ -35,14 +35,72 @@ func nodeCmd(g *globals) *cobra.Command {
 				}
 				rows = append(rows, []string{n.Name, state, n.Address, n.Accel, fmt.Sprint(n.CPUs),
 					api.FormatMiB(n.UsedMiB) + "/" + api.FormatMiB(n.MemoryMiB), fmt.Sprint(n.VMs),
-					fmt.Sprintf("%.2f", n.Load1), n.QEMUVersion, age(n.Heartbeat)})
+					fmt.Sprintf("%.2f", n.Load1), qemuColumn(n), age(n.Heartbeat)})
 			}
 			table(os.Stdout, []string{"NAME", "STATE", "ADDRESS", "ACCEL", "CPUS", "MEMORY(USED/TOTAL)", "VMS", "LOAD", "QEMU", "HEARTBEAT"}, rows)
 			return nil
 		},
 	})
-	c.AddCommand(nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g))
+	c.AddCommand(nodeShowCmd(g), nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g))
 	return c
+}
+
+// qemuColumn is the QEMU version, marked when the host cannot live-migrate.
+func qemuColumn(n api.Node) string {
+	if n.QEMU == nil {
+		return n.QEMUVersion
+	}
+	if n.QEMU.NoLiveMigration != "" {
+		return n.QEMU.Version + " (no live migration)"
+	}
+	return n.QEMU.Version
+}
+
+func nodeShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "show HOST", Short: "Show one host: state, capacity, and what its QEMU can do", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.outputClient()
+			if err != nil {
+				return err
+			}
+			nodes, err := cl.ListNodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				if n.Name != args[0] {
+					continue
+				}
+				if g.output == "json" {
+					return printJSON(os.Stdout, n)
+				}
+				state := n.State
+				if n.Maintenance {
+					state += ", maintenance"
+				}
+				fmt.Printf("name:        %s\nstate:       %s\naddress:     %s\naccel:       %s\n", n.Name, state, n.Address, n.Accel)
+				fmt.Printf("cpus:        %d\nmemory:      %s used of %s\nvms:         %d\nload:        %.2f\nheartbeat:   %s ago\n",
+					n.CPUs, api.FormatMiB(n.UsedMiB), api.FormatMiB(n.MemoryMiB), n.VMs, n.Load1, age(n.Heartbeat))
+				if len(n.Degraded) > 0 {
+					fmt.Printf("degraded:    %s\n", strings.Join(n.Degraded, "; "))
+				}
+				if q := n.QEMU; q != nil {
+					fmt.Printf("qemu:        %s (%s)\n", q.Version, q.Package)
+					fmt.Printf("  pc machine:          %s (%d machine types)\n", q.Aliases["pc"], len(q.Machines))
+					fmt.Printf("  migration caps:      %s\n", strings.Join(q.Capabilities, " "))
+					fmt.Printf("  multifd compression: %s\n", dash(strings.Join(q.MultifdCompression, " ")))
+					live := "yes"
+					if q.NoLiveMigration != "" {
+						live = "NO: " + q.NoLiveMigration
+					}
+					fmt.Printf("  live migration:      %s\n", live)
+				}
+				return nil
+			}
+			return exitError{code: 1, msg: fmt.Sprintf("host %q is not in the cluster", args[0])}
+		},
+	}
 }
 
 func nodeDrainCmd(g *globals) *cobra.Command {

@@ -168,8 +168,18 @@ func showVM(g *globals, vm *api.VM) error {
 	if s.DiskMiB > 0 {
 		rows = append(rows, []string{"disk:", api.FormatMiB(s.DiskMiB)})
 	}
+	if s.Machine != "" {
+		m := s.Machine
+		if s.Boot != "" {
+			m += " (kernel: " + s.Boot + ")"
+		}
+		rows = append(rows, []string{"machine:", m})
+	}
 	if st.PID > 0 {
 		rows = append(rows, []string{"pid:", fmt.Sprint(st.PID)}, []string{"accel:", st.Accel})
+		if st.QEMUVersion != "" {
+			rows = append(rows, []string{"qemu:", st.QEMUVersion})
+		}
 	}
 	if st.Endpoint != "" && st.Phase == api.PhaseRunning {
 		rows = append(rows, []string{"http:", "http://" + st.Endpoint + "/"})

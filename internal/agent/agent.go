@@ -40,7 +40,9 @@ type Config struct {
 	ImageDir    string // built-in images
 	Accel       string // kvm or tcg (already resolved)
 	CPUModel    string
-	QEMUVersion string
+	// QEMU is what this host's QEMU binary can do (qemu.Probe), reported
+	// with the node; migrations and placement decide by it.
+	QEMU *api.QEMUInfo
 	// GuestHostAddr is the host address on which user-mode guests' port 80 is
 	// forwarded (loopback).
 	GuestHostAddr string
@@ -109,6 +111,9 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	}
 	if err := cfg.HA.Check(); err != nil {
 		return nil, fmt.Errorf("agent: unsafe HA timing: %w", err)
+	}
+	if cfg.QEMU == nil {
+		return nil, fmt.Errorf("agent: no QEMU information (qemu.Probe)")
 	}
 	if cfg.GuestHostAddr == "" {
 		cfg.GuestHostAddr = "127.0.0.1"
@@ -295,7 +300,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		CPUs:        runtime.NumCPU(),
 		MemoryMiB:   memTotalMiB(),
 		Accel:       a.cfg.Accel,
-		QEMUVersion: a.cfg.QEMUVersion,
+		QEMUVersion: a.cfg.QEMU.Version,
+		QEMU:        a.cfg.QEMU,
 		Images:      []string{},
 		Load1:       load1(),
 		Heartbeat:   time.Now().UTC(),

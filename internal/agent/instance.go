@@ -27,6 +27,10 @@ type runtimeRecord struct {
 	MemoryMiB int       `json:"memory_mib"`
 	Accel     string    `json:"accel"`
 	Started   time.Time `json:"started"`
+	// QEMUVersion is the version of the QEMU process (from its QMP
+	// greeting): after an upgrade of the binary, re-attached guests still
+	// run in the old one.
+	QEMUVersion string `json:"qemu_version,omitempty"`
 	// Incoming marks the target QEMU of a migration that has not been
 	// resumed yet: a restarted agent resumes it only if this host owns the
 	// VM and the stream completed, and kills it otherwise.

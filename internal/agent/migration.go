@@ -15,7 +15,6 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/hostnet"
-	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/revert"
 )
@@ -140,9 +139,16 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 
 // prepareIncoming starts the target QEMU paused, listening for the stream.
 func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Migration) (string, error) {
+	plan := m.Plan
+	if plan == nil {
+		return "", errors.New("the migration has no plan (recorded by an older Ferry)")
+	}
+	if plan.Machine != "" && !a.cfg.QEMU.HasMachine(plan.Machine) {
+		return "", fmt.Errorf("this host's QEMU %s cannot run the guest's machine type %s", a.cfg.QEMU.Version, plan.Machine)
+	}
 	r := revert.New()
 	defer r.Fail()
-	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, r)
+	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, plan.Machine, plan.Boot, r)
 	if err != nil {
 		return "", err
 	}
@@ -163,13 +169,12 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		return "", err
 	}
 	r.Add(func() { c.Close() })
-	plan := migrate.PlanFor(m.Options)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := c.SetMigrationCapabilities(cctx, plan.Both); err != nil {
+	if err := c.SetMigrationCapabilities(cctx, plan.Capabilities); err != nil {
 		return "", err
 	}
-	if err := c.SetMigrationParameters(cctx, plan.BothParams); err != nil {
+	if err := c.SetMigrationParameters(cctx, plan.Parameters); err != nil {
 		return "", err
 	}
 	port, err := freePort(a.cfg.Address)
@@ -191,7 +196,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 	}
 	in := &instance{name: spec.Name, memoryMiB: spec.MemoryMiB, qmp: c,
 		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
-			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel},
+			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, QEMUVersion: a.cfg.QEMU.Version},
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
 		incoming: true, mac: spec.MAC, ha: spec.HA}
 	in.rec.Incoming, in.rec.MigrationID, in.rec.MAC, in.rec.HA = true, m.ID, spec.MAC, spec.HA

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/qemu"
 )
@@ -56,19 +57,27 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		}
 		return nil // pending: the target prepares
 	}
-	plan := migrate.PlanFor(m.Options)
+	plan := m.Plan
+	if plan == nil {
+		a.finishMigration(ctx, m.VM, api.MigFailed, "the migration has no plan (recorded by an older Ferry)")
+		return nil
+	}
+	if why := migrate.NoLiveMigration(a.cfg.Accel, in.qmp.Version().String()); why != "" {
+		a.finishMigration(ctx, m.VM, api.MigFailed, "the guest's QEMU on "+a.cfg.Node+" cannot live-migrate it: "+why)
+		return nil
+	}
 	caps := map[string]bool{}
-	for k, v := range plan.Both {
+	for k, v := range plan.Capabilities {
 		caps[k] = v
 	}
-	for k, v := range plan.SourceOnly {
+	for k, v := range plan.SourceCapabilities {
 		caps[k] = v
 	}
 	params := map[string]any{}
-	for k, v := range plan.BothParams {
+	for k, v := range plan.Parameters {
 		params[k] = v
 	}
-	for k, v := range plan.SourceParams {
+	for k, v := range plan.SourceParameters {
 		params[k] = v
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -123,8 +132,11 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 	defer tick.Stop()
 	var lastWrite time.Time
 	lastBytes, lastProgress := int64(-1), time.Now()
-	postcopyStarted := false
-	plan := migrate.PlanFor(m.Options)
+	postcopyStarted, continued := false, false
+	plan := m.Plan
+	if plan == nil {
+		plan = &api.MigrationPlan{}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -149,6 +161,31 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			m, rev = cur, crev
 		}
 		switch info.Status {
+		case "pre-switchover":
+			// The guest is stopped here and the target has its memory but
+			// not its device state: the last point at which a cancel needs
+			// no compare-and-swap against the target's takeover.
+			if continued {
+				break
+			}
+			failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.PreSwitchover)
+			if cur, _, err := a.st.GetMigration(ctx, m.VM); err == nil && cur != nil && cur.ID == m.ID {
+				m = cur
+			}
+			if m.Cancel {
+				a.cancelSource(ctx, in, m, "cancelled")
+				return nil
+			}
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := in.qmp.MigrateContinue(cctx)
+			cancel()
+			if err != nil {
+				a.log.Warn("continuing at pre-switchover", "vm", m.VM, "err", err)
+				break // the next query tells what QEMU did
+			}
+			continued = true
+			in.steps = append(in.steps, a.step("source paused at pre-switchover; continued", time.Now()))
+			continue
 		case "completed":
 			doneAt := time.Now()
 			// QEMU 7.2 reports "completed" a moment before it has computed

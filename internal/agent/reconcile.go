@@ -155,7 +155,8 @@ func (a *Agent) runningStatus(in *instance) api.VMStatus {
 	g := in.guest
 	in.mu.Unlock()
 	return api.VMStatus{Phase: api.PhaseRunning, Node: a.cfg.Node, PID: in.rec.PID, StartSeq: in.rec.StartSeq,
-		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started, Restarts: in.rec.Restarts}
+		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started, Restarts: in.rec.Restarts,
+		QEMUVersion: in.qmp.Version().String()}
 }
 
 // start launches the guest: ownership first, then QEMU paused, a fencing
@@ -191,7 +192,11 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	}
 	r.Add(func() { a.st.ReleaseOwner(context.Background(), name, a.cfg.Node) })
 
-	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, r)
+	machine, boot, err := a.coldBoot(spec)
+	if err != nil {
+		return err
+	}
+	cfg, endpoint, tap, err := a.guestConfig(ctx, spec, machine, boot, r)
 	if err != nil {
 		return err
 	}
@@ -208,7 +213,8 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	})
 	rec := runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket,
 		Endpoint: endpoint, Tap: tap, StartSeq: spec.StartSeq,
-		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC(), HA: spec.HA, Restarts: restarts}
+		MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, Started: time.Now().UTC(), HA: spec.HA, Restarts: restarts,
+		QEMUVersion: a.cfg.QEMU.Version}
 	if err := a.saveRecord(name, rec); err != nil {
 		return err
 	}
@@ -260,9 +266,54 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	}
 	r.Success()
 	a.launches.started()
-	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint)
+	a.log.Info("guest started", "vm", name, "pid", pid, "endpoint", rec.Endpoint, "machine", machine, "boot", boot)
+	a.recordBoot(ctx, spec, machine, boot)
 	a.putStatus(ctx, name, a.runningStatus(in))
 	return nil
+}
+
+// coldBoot is the machine type and kernel form a fresh boot of the guest
+// uses: what it first booted with, or — on its first start — this QEMU's
+// current pc machine and the PVH kernel where the image has one.
+func (a *Agent) coldBoot(spec api.VMSpec) (machine, boot string, err error) {
+	machine = spec.Machine
+	if machine == "" {
+		if machine = a.cfg.QEMU.Aliases["pc"]; machine == "" {
+			machine = "pc"
+		}
+	} else if !a.cfg.QEMU.HasMachine(machine) {
+		return "", "", errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf(
+			"this host's QEMU %s cannot run the guest's machine type %s (it first booted on another QEMU); start it on a host whose QEMU has it",
+			a.cfg.QEMU.Version, machine))
+	}
+	boot = spec.Boot
+	if boot == "" && spec.Image == api.ImageTiny {
+		boot = api.BootBzImage
+		if img, err := image.Find(a.cfg.ImageDir); err == nil && img.PVHKernel != "" {
+			boot = api.BootPVH
+		}
+	}
+	return machine, boot, nil
+}
+
+// recordBoot records the machine type and kernel form of a guest's first
+// boot in its record, so every later start and move keeps them.
+func (a *Agent) recordBoot(ctx context.Context, spec api.VMSpec, machine, boot string) {
+	if spec.Machine != "" && spec.Boot == boot {
+		return
+	}
+	_, err := a.st.UpdateSpec(ctx, spec.Name, func(s *api.VMSpec) error {
+		if s.Machine == "" {
+			s.Machine = machine
+		}
+		if s.Boot == "" {
+			s.Boot = boot
+		}
+		return nil
+	})
+	if err != nil {
+		a.log.Warn("recording the guest's machine type", "vm", spec.Name, "err", err)
+	}
 }
 
 // StatusSocket is where a guest's second QMP monitor listens, for observers
@@ -273,7 +324,7 @@ func StatusSocket(runDir, name string) string { return filepath.Join(runDir, nam
 // the shared storage, a tap on the overlay or a user-mode forward, clean
 // sockets) and returns the QEMU configuration, the guest's HTTP endpoint and
 // its tap. r undoes what was made.
-func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reverter) (*qemu.Config, string, string, error) {
+func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, machine, boot string, r *revert.Reverter) (*qemu.Config, string, string, error) {
 	name := spec.Name
 	dir := a.vmDir(name)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -285,7 +336,7 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reve
 	}
 	cfg := &qemu.Config{
 		Name: name, UUID: spec.UUID, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
-		Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
+		Machine: machine, Accel: a.cfg.Accel, CPUModel: a.cfg.CPUModel,
 		QMPSocket:     filepath.Join(a.cfg.RunDir, name+".qmp"),
 		StatusSocket:  StatusSocket(a.cfg.RunDir, name),
 		ConsoleSocket: filepath.Join(a.cfg.RunDir, name+".con"),
@@ -324,7 +375,10 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, r *revert.Reve
 		if err != nil {
 			return nil, "", "", err
 		}
-		cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
+		if cfg.Kernel, err = img.KernelFor(boot); err != nil {
+			return nil, "", "", err
+		}
+		cfg.Initrd = img.Initrd
 		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, store.Gateway)
 	}
 	// Start from clean sockets; a stale one would make QEMU fail to bind.

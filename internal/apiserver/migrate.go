@@ -3,6 +3,7 @@ package apiserver
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -25,7 +26,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext}
+	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext, Transport: req.Transport}
 	if req.MaxBandwidth != "" {
 		b, err := api.ParseSize(req.MaxBandwidth)
 		if err != nil {
@@ -47,7 +48,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	if req.Plaintext {
+	if opts.Plaintext {
 		sec, err := s.st.Security(ctx)
 		if err != nil {
 			writeError(w, err)
@@ -82,6 +83,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	source := nodeNamed(nodes, vm.Node)
 	// Room counts guests already on their way to a host (see sched.FreeMemory).
 	free := sched.FreeMemory(nodes, vms, store.Migrations(migs))
 	target := req.To
@@ -91,14 +93,24 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	case "auto":
 		var cands []api.Node
+		var why []string
 		for _, n := range sched.Schedulable(nodes) {
-			if n.Name != vm.Node {
-				cands = append(cands, n)
+			if n.Name == vm.Node {
+				continue
 			}
+			if err := migrate.CheckTarget(vm, source, &n); err != nil {
+				why = append(why, err.Error())
+				continue
+			}
+			cands = append(cands, n)
 		}
 		target = sched.Pick(cands, free, vm.Spec)
 		if target == "" {
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "no other ready host has room for this guest"))
+			msg := "no other ready host has room for this guest"
+			if len(why) > 0 {
+				msg += "; " + strings.Join(why, "; ")
+			}
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, msg))
 			return
 		}
 	default:
@@ -129,10 +141,19 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s has no room: %d MiB free (guests placed there and on their way counted), the guest needs %d MiB", target, free[target], vm.Spec.MemoryMiB)))
 			return
 		}
+		if err := migrate.CheckTarget(vm, source, found); err != nil {
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, err.Error()))
+			return
+		}
+	}
+	plan, err := migrate.PlanFor(opts, vm, source, nodeNamed(nodes, target))
+	if err != nil {
+		writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, err.Error()))
+		return
 	}
 	// Queued: the leader admits it within the per-host and per-cluster limits.
 	m := &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: target, Phase: api.MigQueued,
-		Options: opts, Started: time.Now().UTC(), Reason: "operator"}
+		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator"}
 	if err := s.st.StartMigration(ctx, m); err != nil {
 		writeError(w, err)
 		return

@@ -26,6 +26,10 @@ const (
 	// TargetListening is on the target of a migration, once its QEMU
 	// listens for the stream and before the source is told where.
 	TargetListening = "target-listening"
+	// PreSwitchover is on the source of a migration, once its QEMU stopped
+	// the guest at pre-switchover (pause-before-switchover) and before the
+	// source decides whether to go on or cancel.
+	PreSwitchover = "pre-switchover"
 )
 
 // Delay returns how long point is armed to sleep in file, or 0.

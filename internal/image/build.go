@@ -30,9 +30,27 @@ var wantedModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "i6300esb
 
 // Tiny is the location of a built "tiny" image.
 type Tiny struct {
-	Kernel   string   `json:"kernel"`
-	Initrd   string   `json:"initrd"`
-	Manifest Manifest `json:"manifest"`
+	Kernel string `json:"kernel"` // the compressed kernel (bzImage)
+	// PVHKernel is the same kernel uncompressed, booted through its PVH
+	// entry point (see pvh.go); empty if the kernel has none.
+	PVHKernel string   `json:"pvh_kernel,omitempty"`
+	Initrd    string   `json:"initrd"`
+	Manifest  Manifest `json:"manifest"`
+}
+
+// KernelFor returns the kernel to load for a boot form (api.BootPVH or
+// api.BootBzImage), or an error if the image has no such kernel.
+func (t *Tiny) KernelFor(boot string) (string, error) {
+	switch boot {
+	case "pvh":
+		if t.PVHKernel == "" {
+			return "", fmt.Errorf("image tiny has no PVH kernel (%s): rebuild it with `ferry image build --force`", t.Manifest.PVHMissing)
+		}
+		return t.PVHKernel, nil
+	case "bzimage", "":
+		return t.Kernel, nil
+	}
+	return "", fmt.Errorf("unknown boot form %q", boot)
 }
 
 // Manifest records what an image was built from.
@@ -42,6 +60,10 @@ type Manifest struct {
 	GuestSHA256   string    `json:"guest_sha256"`
 	Modules       []string  `json:"modules"`
 	Built         time.Time `json:"built"`
+	// PVH: vmlinux is the uncompressed kernel with a PVH entry point;
+	// PVHMissing says why there is none.
+	PVH        bool   `json:"pvh"`
+	PVHMissing string `json:"pvh_missing,omitempty"`
 }
 
 // Find returns the tiny image under dir, or an error saying how to build it.
@@ -54,8 +76,11 @@ func Find(dir string) (*Tiny, error) {
 	if err := json.Unmarshal(b, &t.Manifest); err != nil {
 		return nil, fmt.Errorf("image tiny in %s has a broken manifest: rebuild with `ferry image build --force`", dir)
 	}
-	for _, p := range []string{t.Kernel, t.Initrd} {
-		if _, err := os.Stat(p); err != nil {
+	if t.Manifest.PVH {
+		t.PVHKernel = filepath.Join(dir, "tiny", "vmlinux")
+	}
+	for _, p := range []string{t.Kernel, t.Initrd, t.PVHKernel} {
+		if _, err := os.Stat(p); p != "" && err != nil {
 			return nil, fmt.Errorf("image tiny is incomplete (%v): rebuild with `ferry image build --force`", err)
 		}
 	}
@@ -103,7 +128,8 @@ func Build(ctx context.Context, o BuildOptions) (*Tiny, error) {
 		}
 	}
 	if !o.Force {
-		if t, err := Find(o.Dir); err == nil && t.Manifest.GuestSHA256 == guestSum && t.Manifest.KernelPackage == pkg {
+		if t, err := Find(o.Dir); err == nil && t.Manifest.GuestSHA256 == guestSum && t.Manifest.KernelPackage == pkg &&
+			(t.Manifest.PVH || t.Manifest.PVHMissing != "") {
 			o.Log.Info("image tiny is up to date", "dir", o.Dir, "kernel", t.Manifest.KernelVersion)
 			return t, nil
 		}
@@ -167,18 +193,33 @@ func Build(ctx context.Context, o BuildOptions) (*Tiny, error) {
 		return nil, err
 	}
 	man := Manifest{KernelPackage: pkg, KernelVersion: version, GuestSHA256: guestSum, Modules: order, Built: time.Now().UTC()}
+	files := []struct {
+		name string
+		data []byte
+	}{{"vmlinuz", kb}, {"initrd.img", gz.Bytes()}}
+	if vmlinux, err := extractPVH(kb); err != nil {
+		man.PVHMissing = err.Error()
+		o.Log.Warn("no PVH kernel: guests boot the compressed kernel, which is slow under TCG", "why", err)
+		os.Remove(filepath.Join(out, "vmlinux"))
+	} else {
+		man.PVH = true
+		files = append(files, struct {
+			name string
+			data []byte
+		}{"vmlinux", vmlinux})
+	}
 	mb, _ := json.MarshalIndent(man, "", "  ")
 	// Write the manifest last: Find treats an image without one as unbuilt.
 	os.Remove(filepath.Join(out, "manifest.json"))
-	for _, f := range []struct {
+	for _, f := range append(files, struct {
 		name string
 		data []byte
-	}{{"vmlinuz", kb}, {"initrd.img", gz.Bytes()}, {"manifest.json", mb}} {
+	}{"manifest.json", mb}) {
 		if err := writeAtomic(filepath.Join(out, f.name), f.data); err != nil {
 			return nil, err
 		}
 	}
-	o.Log.Info("built image tiny", "dir", out, "kernel", version, "modules", len(order), "initrd_bytes", gz.Len())
+	o.Log.Info("built image tiny", "dir", out, "kernel", version, "pvh", man.PVH, "modules", len(order), "initrd_bytes", gz.Len())
 	return Find(o.Dir)
 }
 

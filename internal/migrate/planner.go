@@ -146,7 +146,9 @@ func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		return err
 	}
 	draining := map[string]bool{}
-	for _, n := range nodes {
+	byName := map[string]*api.Node{}
+	for i, n := range nodes {
+		byName[n.Name] = &nodes[i]
 		if n.Maintenance {
 			draining[n.Name] = true
 		}
@@ -172,11 +174,21 @@ func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		if hasMig && !api.MigrationTerminal(cur.Phase) {
 			continue // already moving
 		}
-		to := sched.Pick(targets, free, vm.Spec)
+		running := vm.Spec.Power == api.PowerRunning && vm.Status.Phase == api.PhaseRunning
+		cands := targets
+		if running {
+			// A live move only to a host whose QEMU can take the guest.
+			cands = nil
+			for i := range targets {
+				if CheckTarget(&vm, byName[vm.Node], &targets[i]) == nil {
+					cands = append(cands, targets[i])
+				}
+			}
+		}
+		to := sched.Pick(cands, free, vm.Spec)
 		if to == "" {
 			continue // nowhere to go yet; try again on the next pass
 		}
-		running := vm.Spec.Power == api.PowerRunning && vm.Status.Phase == api.PhaseRunning
 		if !running {
 			if vm.Status.Phase == api.PhaseStarting || vm.Status.Phase == api.PhaseStopping {
 				continue // wait until it settles
@@ -193,8 +205,13 @@ func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		}
 		opts := api.MigrationOptions{}
 		Validate(&opts)
+		plan, err := PlanFor(opts, &vm, byName[vm.Node], byName[to])
+		if err != nil {
+			p.log.Warn("drain: cannot plan the move", "vm", vm.Spec.Name, "to", to, "err", err)
+			continue
+		}
 		m := &api.Migration{ID: uuid.NewString(), VM: vm.Spec.Name, Source: vm.Node, Target: to, Phase: api.MigQueued,
-			Options: opts, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
+			Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
 		rev := int64(0)
 		if hasMig {
 			rev = cur.Rev

@@ -1,10 +1,14 @@
 // Package migrate holds what Ferry knows about moving a running guest:
-// which QEMU capabilities and parameters each strategy needs. The hosts'
+// which QEMU capabilities and parameters each strategy needs, which hosts a
+// guest may move to, and the planner that admits migrations. The hosts'
 // agents carry migrations out; the store records them.
 package migrate
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/ferryvm/ferry/api"
 )
@@ -15,21 +19,14 @@ const DefaultMaxDowntimeMS = 300
 // MultifdChannels is the number of parallel streams for the multifd strategy.
 const MultifdChannels = 4
 
-// Plan is what both QEMUs are told for one migration.
-type Plan struct {
-	// Capabilities for both sides (they must agree on these).
-	Both map[string]bool
-	// SourceOnly capabilities. Not pause-before-switchover: with it, QEMU
-	// 7.2 under TCG corrupts guest memory (reproduced with plain QMP, no
-	// Ferry, within 5 migrations of a guest dirtying 32 MiB/s); the handover
-	// gates on the target's -S instead.
-	SourceOnly map[string]bool
-	// Params for both sides, and for the source only.
-	BothParams   map[string]any
-	SourceParams map[string]any
-	// Postcopy: switch to post-copy once the first pass is done.
-	Postcopy bool
-}
+// DefaultTransport carries encrypted migration streams when none is asked for.
+var DefaultTransport = api.TransportQEMU
+
+// MinTCGVersion is the oldest QEMU that live-migrates TCG guests without
+// losing memory: before 9.0 (upstream commit 03bfc2188f, "physmem: Fix
+// migration dirty bitmap coherency with TCG memory access") pages a guest
+// wrote during the copy could be sent stale; docs/KNOWN-ISSUES.md.
+const MinTCGVersion = "9.0.0"
 
 // Validate checks options and fills defaults.
 func Validate(o *api.MigrationOptions) error {
@@ -50,42 +47,209 @@ func Validate(o *api.MigrationOptions) error {
 	if o.MaxBandwidth < 0 {
 		return fmt.Errorf("max bandwidth must not be negative")
 	}
-	if o.Compress && (o.Strategy == api.StrategyPostcopy || o.Strategy == api.StrategyMultifd) {
-		return fmt.Errorf("--compress does not combine with the %s strategy in QEMU 7.2", o.Strategy)
+	if o.Compress && o.Strategy == api.StrategyPostcopy {
+		return fmt.Errorf("--compress sends pages through multifd, which does not combine with post-copy")
+	}
+	switch {
+	case o.Plaintext && o.Transport != "" && o.Transport != api.TransportPlain:
+		return fmt.Errorf("plaintext and transport %s contradict each other", o.Transport)
+	case o.Plaintext || o.Transport == api.TransportPlain:
+		o.Plaintext, o.Transport = true, api.TransportPlain
+	case o.Transport == "":
+		o.Transport = DefaultTransport
+	case o.Transport != api.TransportAgent && o.Transport != api.TransportQEMU:
+		return fmt.Errorf("transport %q is not %s, %s or %s", o.Transport, api.TransportAgent, api.TransportQEMU, api.TransportPlain)
 	}
 	return nil
 }
 
-// PlanFor maps options to QEMU capabilities and parameters.
-func PlanFor(o api.MigrationOptions) Plan {
-	// Every capability is set explicitly: QEMU keeps them between
-	// migrations, and a guest that arrived by one strategy must not carry it
-	// into the next.
-	p := Plan{
-		Both:       map[string]bool{"events": true, "postcopy-ram": false, "multifd": false, "compress": false},
-		SourceOnly: map[string]bool{"auto-converge": false},
-		BothParams: map[string]any{},
-		SourceParams: map[string]any{
+// NoLiveMigration says why a host with this accelerator and QEMU version may
+// not live-migrate guests, or "" when it may.
+func NoLiveMigration(accel, version string) string {
+	if accel == "tcg" && CompareVersions(version, MinTCGVersion) < 0 {
+		return fmt.Sprintf("QEMU %s loses guest memory when it live-migrates software-emulated (TCG) guests; "+
+			"live migration needs QEMU %s or newer (Debian 12: apt-get install -t bookworm-backports qemu-system-x86 qemu-utils, "+
+			"or run Ferry's scripts/deps.sh; Debian 13 has it in main), then restart the agent", version, strings.TrimSuffix(MinTCGVersion, ".0"))
+	}
+	return ""
+}
+
+// CompareVersions compares dotted QEMU versions numerically (-1, 0, 1).
+func CompareVersions(a, b string) int {
+	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < max(len(pa), len(pb)); i++ {
+		var x, y int
+		if i < len(pa) {
+			x, _ = strconv.Atoi(pa[i])
+		}
+		if i < len(pb) {
+			y, _ = strconv.Atoi(pb[i])
+		}
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// CheckTarget says why a running guest may not live-migrate from host src
+// to host dst, or returns nil: both hosts' QEMUs must allow live migration,
+// the target's QEMU must not be older than the one the guest runs in, and it
+// must run the guest's machine type.
+func CheckTarget(vm *api.VM, src, dst *api.Node) error {
+	switch {
+	case src == nil || src.QEMU == nil:
+		return fmt.Errorf("the source host %s has not reported its QEMU yet (an older agent?)", vm.Node)
+	case dst.QEMU == nil:
+		return fmt.Errorf("host %s has not reported its QEMU yet (an older agent?)", dst.Name)
+	case src.QEMU.NoLiveMigration != "":
+		return fmt.Errorf("the source host %s cannot live-migrate: %s", src.Name, src.QEMU.NoLiveMigration)
+	case dst.QEMU.NoLiveMigration != "":
+		return fmt.Errorf("host %s cannot live-migrate: %s", dst.Name, dst.QEMU.NoLiveMigration)
+	}
+	running := vm.Status.QEMUVersion
+	if running == "" {
+		running = src.QEMU.Version
+	}
+	if CompareVersions(dst.QEMU.Version, running) < 0 {
+		return fmt.Errorf("host %s has QEMU %s, older than the QEMU %s the guest runs in: Ferry never moves a guest to an older QEMU (its device state may not load there); upgrade %s first",
+			dst.Name, dst.QEMU.Version, running, dst.Name)
+	}
+	if m := GuestMachine(vm, src); m != "" && !dst.QEMU.HasMachine(m) {
+		return fmt.Errorf("host %s's QEMU %s cannot run the guest's machine type %s", dst.Name, dst.QEMU.Version, m)
+	}
+	return nil
+}
+
+// GuestMachine is the versioned machine type a running guest has: the one
+// recorded at its first boot, or — for a guest started before Ferry recorded
+// it, with the unversioned "pc" — what "pc" meant to its host's QEMU.
+func GuestMachine(vm *api.VM, src *api.Node) string {
+	if vm.Spec.Machine != "" || src == nil || src.QEMU == nil {
+		return vm.Spec.Machine
+	}
+	return src.QEMU.Aliases["pc"]
+}
+
+// PlanFor maps validated options to the capabilities and parameters both
+// QEMUs are told, using only what both know. It refuses options that need
+// something one of them lacks, saying which host and what.
+func PlanFor(o api.MigrationOptions, vm *api.VM, src, dst *api.Node) (*api.MigrationPlan, error) {
+	s, d := src.QEMU, dst.QEMU
+	if s == nil || d == nil {
+		return nil, fmt.Errorf("hosts %s and %s must both report their QEMU before a migration between them", src.Name, dst.Name)
+	}
+	need := func(what string, onSource, onTarget bool) error {
+		var lack []string
+		if onSource && !s.HasCapability(what) {
+			lack = append(lack, fmt.Sprintf("%s (QEMU %s)", src.Name, s.Version))
+		}
+		if onTarget && !d.HasCapability(what) {
+			lack = append(lack, fmt.Sprintf("%s (QEMU %s)", dst.Name, d.Version))
+		}
+		if len(lack) > 0 {
+			return fmt.Errorf("the %s strategy needs QEMU's %s migration capability, which %s lacks", o.Strategy, what, strings.Join(lack, " and "))
+		}
+		return nil
+	}
+	both := func(c string) bool { return s.HasCapability(c) && d.HasCapability(c) }
+	bothParam := func(p string) bool { return s.HasParameter(p) && d.HasParameter(p) }
+	p := &api.MigrationPlan{
+		Capabilities:       map[string]bool{},
+		SourceCapabilities: map[string]bool{},
+		Parameters:         map[string]any{},
+		SourceParameters: map[string]any{
 			"downtime-limit": o.MaxDowntimeMS,
-			// 0 is unlimited in QEMU's newer versions but throttles in 7.2;
-			// "unlimited" is therefore a very large number.
+			// 0 is unlimited in current QEMU but throttled in old ones: a
+			// very large number means unlimited in every version.
 			"max-bandwidth": unlimitedIfZero(o.MaxBandwidth),
 		},
+		Machine: GuestMachine(vm, src),
+		Boot:    vm.Spec.Boot,
 	}
+	if p.Boot == "" && vm.Spec.Image == api.ImageTiny {
+		p.Boot = api.BootBzImage // started before Ferry recorded it: the compressed kernel
+	}
+	// Every capability either side would otherwise keep from an earlier
+	// migration is set explicitly, on both sides where both know it.
+	for _, c := range []string{"events", "postcopy-ram", "postcopy-preempt", "multifd"} {
+		if both(c) {
+			p.Capabilities[c] = false
+		}
+	}
+	p.Capabilities["events"] = true
+	for _, c := range []string{"auto-converge", "pause-before-switchover"} {
+		if s.HasCapability(c) {
+			p.SourceCapabilities[c] = false
+		}
+	}
+	multifd := o.Strategy == api.StrategyMultifd || o.Compress
 	switch o.Strategy {
 	case api.StrategyAutoConverge:
-		p.SourceOnly["auto-converge"] = true
+		if err := need("auto-converge", true, false); err != nil {
+			return nil, err
+		}
+		p.SourceCapabilities["auto-converge"] = true
 	case api.StrategyPostcopy:
-		p.Both["postcopy-ram"] = true
+		if err := need("postcopy-ram", true, true); err != nil {
+			return nil, err
+		}
+		p.Capabilities["postcopy-ram"] = true
 		p.Postcopy = true
-	case api.StrategyMultifd:
-		p.Both["multifd"] = true
-		p.BothParams["multifd-channels"] = MultifdChannels
+		// A second channel for the pages the guest faults on, so they do
+		// not wait behind the background stream.
+		if both("postcopy-preempt") {
+			p.Capabilities["postcopy-preempt"] = true
+		}
+		if s.HasParameter("max-postcopy-bandwidth") {
+			p.SourceParameters["max-postcopy-bandwidth"] = o.MaxBandwidth // 0: unlimited
+		}
+	}
+	if multifd {
+		what := o.Strategy
+		if o.Compress {
+			what = "compress"
+		}
+		if !both("multifd") {
+			return nil, fmt.Errorf("%s needs QEMU's multifd migration capability on %s (QEMU %s) and %s (QEMU %s)", what, src.Name, s.Version, dst.Name, d.Version)
+		}
+		p.Capabilities["multifd"] = true
+		if bothParam("multifd-channels") {
+			p.Parameters["multifd-channels"] = MultifdChannels
+		}
+		if bothParam("zero-page-detection") {
+			// Zero pages found by the multifd threads, not the main one.
+			p.Parameters["zero-page-detection"] = "multifd"
+		}
+	}
+	if bothParam("multifd-compression") {
+		p.Parameters["multifd-compression"] = "none"
 	}
 	if o.Compress {
-		p.Both["compress"] = true
+		method := ""
+		for _, m := range []string{"zstd", "zlib"} {
+			if slices.Contains(s.MultifdCompression, m) && slices.Contains(d.MultifdCompression, m) {
+				method = m
+				break
+			}
+		}
+		if method == "" {
+			return nil, fmt.Errorf("--compress needs a multifd compression method (zstd or zlib) that both %s (%v) and %s (%v) have",
+				src.Name, s.MultifdCompression, dst.Name, d.MultifdCompression)
+		}
+		p.Parameters["multifd-compression"] = method
 	}
-	return p
+	if s.HasCapability("pause-before-switchover") {
+		p.SourceCapabilities["pause-before-switchover"] = true
+		p.PauseBeforeSwitchover = true
+	}
+	if s.HasParameter("avail-switchover-bandwidth") {
+		p.SourceParameters["avail-switchover-bandwidth"] = 0 // QEMU's own estimate until the source measures the link
+	}
+	return p, nil
 }
 
 func unlimitedIfZero(b int64) int64 {

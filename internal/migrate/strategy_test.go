@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/ferryvm/ferry/api"
@@ -8,15 +9,25 @@ import (
 
 func TestValidate(t *testing.T) {
 	ok := api.MigrationOptions{}
-	if err := Validate(&ok); err != nil || ok.Strategy != api.StrategyPrecopy || ok.MaxDowntimeMS != DefaultMaxDowntimeMS {
+	if err := Validate(&ok); err != nil || ok.Strategy != api.StrategyPrecopy || ok.MaxDowntimeMS != DefaultMaxDowntimeMS || ok.Transport != DefaultTransport {
 		t.Fatalf("defaults: %+v %v", ok, err)
+	}
+	plain := api.MigrationOptions{Plaintext: true}
+	if err := Validate(&plain); err != nil || plain.Transport != api.TransportPlain {
+		t.Fatalf("plaintext: %+v %v", plain, err)
+	}
+	compress := api.MigrationOptions{Compress: true}
+	if err := Validate(&compress); err != nil {
+		t.Fatalf("compress with pre-copy is multifd with compression: %v", err)
 	}
 	for _, bad := range []api.MigrationOptions{
 		{Strategy: "teleport"},
-		{MaxDowntimeMS: 120000},
-		{MaxBandwidth: -1},
-		{Strategy: api.StrategyMultifd, Compress: true},
+		{MaxDowntimeMS: -1},
+		{MaxDowntimeMS: 70000},
+		{MaxBandwidth: -5},
 		{Strategy: api.StrategyPostcopy, Compress: true},
+		{Transport: "carrier-pigeon"},
+		{Plaintext: true, Transport: api.TransportQEMU},
 	} {
 		b := bad
 		if Validate(&b) == nil {
@@ -25,30 +36,169 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// Every plan names every capability, so a guest that arrived by one
-// strategy does not carry it into the next (QEMU keeps capabilities).
-func TestPlanSetsEveryCapability(t *testing.T) {
-	all := []string{"events", "postcopy-ram", "multifd", "compress", "auto-converge"}
-	for _, s := range []string{api.StrategyPrecopy, api.StrategyAutoConverge, api.StrategyPostcopy, api.StrategyMultifd} {
-		p := PlanFor(api.MigrationOptions{Strategy: s, MaxDowntimeMS: 300})
-		for _, c := range all {
-			_, both := p.Both[c]
-			_, src := p.SourceOnly[c]
-			if !both && !src {
-				t.Errorf("%s: capability %s not set explicitly", s, c)
+// qemu72 and qemu10 are what QEMU 7.2 and 10.0 report (query-migrate-capabilities
+// and -parameters, abridged to what Ferry looks at).
+var (
+	qemu72 = &api.QEMUInfo{Version: "7.2.22", Machines: []string{"pc-i440fx-7.2"},
+		Capabilities: []string{"auto-converge", "compress", "events", "multifd", "pause-before-switchover", "postcopy-ram", "return-path"},
+		Parameters:   []string{"compress-level", "downtime-limit", "max-bandwidth", "max-postcopy-bandwidth", "multifd-channels", "multifd-compression"},
+		MultifdCompression: []string{"zstd", "zlib"}}
+	qemu10 = &api.QEMUInfo{Version: "10.0.2", Machines: []string{"pc-i440fx-7.2", "pc-i440fx-10.0"},
+		Capabilities: []string{"auto-converge", "events", "multifd", "pause-before-switchover", "postcopy-preempt", "postcopy-ram", "return-path"},
+		Parameters: []string{"avail-switchover-bandwidth", "downtime-limit", "max-bandwidth", "max-postcopy-bandwidth", "multifd-channels",
+			"multifd-compression", "zero-page-detection"},
+		MultifdCompression: []string{"zstd", "zlib"}}
+)
+
+func node(name string, q *api.QEMUInfo) *api.Node { return &api.Node{Name: name, State: "ready", QEMU: q} }
+
+func TestPlanUsesOnlyKnownCapabilities(t *testing.T) {
+	vm := &api.VM{Spec: api.VMSpec{Name: "g", Machine: "pc-i440fx-10.0"}, Node: "h1"}
+	src, dst := node("h1", qemu10), node("h2", qemu10)
+	for _, c := range []struct {
+		opts     api.MigrationOptions
+		caps     map[string]bool
+		params   map[string]any
+		postcopy bool
+	}{
+		{opts: api.MigrationOptions{Strategy: api.StrategyPrecopy},
+			caps: map[string]bool{"events": true, "postcopy-ram": false, "postcopy-preempt": false, "multifd": false}},
+		{opts: api.MigrationOptions{Strategy: api.StrategyPostcopy},
+			caps: map[string]bool{"postcopy-ram": true, "postcopy-preempt": true, "multifd": false}, postcopy: true},
+		{opts: api.MigrationOptions{Strategy: api.StrategyMultifd},
+			caps:   map[string]bool{"multifd": true, "postcopy-ram": false},
+			params: map[string]any{"multifd-channels": MultifdChannels, "zero-page-detection": "multifd", "multifd-compression": "none"}},
+		{opts: api.MigrationOptions{Strategy: api.StrategyPrecopy, Compress: true},
+			caps:   map[string]bool{"multifd": true},
+			params: map[string]any{"multifd-compression": "zstd"}},
+	} {
+		o := c.opts
+		if err := Validate(&o); err != nil {
+			t.Fatal(err)
+		}
+		p, err := PlanFor(o, vm, src, dst)
+		if err != nil {
+			t.Fatalf("%+v: %v", o, err)
+		}
+		if _, ok := p.Capabilities["compress"]; ok {
+			t.Errorf("%s: plan sets the compress capability QEMU 10 does not have", o.Strategy)
+		}
+		for k, v := range c.caps {
+			if got, ok := p.Capabilities[k]; !ok || got != v {
+				t.Errorf("%s: capability %s = %v (set: %v), want %v", o.Strategy, k, got, ok, v)
 			}
 		}
-		if _, ok := p.SourceOnly["pause-before-switchover"]; ok && p.SourceOnly["pause-before-switchover"] {
-			t.Errorf("%s: pause-before-switchover must stay off (QEMU 7.2/TCG memory loss)", s)
+		for k, v := range c.params {
+			if p.Parameters[k] != v {
+				t.Errorf("%s: parameter %s = %v, want %v", o.Strategy, k, p.Parameters[k], v)
+			}
+		}
+		if p.Postcopy != c.postcopy || !p.PauseBeforeSwitchover || p.Machine != "pc-i440fx-10.0" {
+			t.Errorf("%s: %+v", o.Strategy, p)
+		}
+		if p.SourceParameters["max-bandwidth"].(int64) <= 0 {
+			t.Errorf("max-bandwidth %v", p.SourceParameters["max-bandwidth"])
 		}
 	}
-	if !PlanFor(api.MigrationOptions{Strategy: api.StrategyPostcopy}).Postcopy {
-		t.Error("postcopy plan does not switch to post-copy")
+
+	// Between 7.2 and 10.0 only what both know is set: no postcopy-preempt
+	// (7.2 lacks it), and no compress (10.0 lacks it).
+	p, err := PlanFor(api.MigrationOptions{Strategy: api.StrategyPostcopy, MaxDowntimeMS: 300}, vm, node("h1", qemu72), dst)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if PlanFor(api.MigrationOptions{Strategy: api.StrategyMultifd}).BothParams["multifd-channels"] != MultifdChannels {
-		t.Error("multifd plan lacks its channels on both sides")
+	if _, ok := p.Capabilities["postcopy-preempt"]; ok {
+		t.Errorf("postcopy-preempt set although the source lacks it: %v", p.Capabilities)
 	}
-	if PlanFor(api.MigrationOptions{}).SourceParams["max-bandwidth"].(int64) <= 0 {
-		t.Error("unlimited bandwidth must not be 0 (QEMU 7.2 throttles)")
+	if _, ok := p.Capabilities["compress"]; ok {
+		t.Errorf("compress set: %v", p.Capabilities)
+	}
+	if _, ok := p.SourceParameters["avail-switchover-bandwidth"]; ok {
+		t.Errorf("avail-switchover-bandwidth set on a source that lacks it")
+	}
+}
+
+func TestPlanRefusesWhatAQEMULacks(t *testing.T) {
+	vm := &api.VM{Spec: api.VMSpec{Name: "g"}, Node: "h1"}
+	noMultifd := *qemu10
+	noMultifd.Capabilities = []string{"events", "postcopy-ram"}
+	noZstd := *qemu10
+	noZstd.MultifdCompression = []string{"zlib"}
+	noCompression := *qemu10
+	noCompression.MultifdCompression = nil
+	for _, c := range []struct {
+		opts     api.MigrationOptions
+		src, dst *api.QEMUInfo
+		want     string // in the error; "" means accepted
+	}{
+		{api.MigrationOptions{Strategy: api.StrategyMultifd}, qemu10, &noMultifd, "h2 (QEMU 10.0.2)"},
+		{api.MigrationOptions{Strategy: api.StrategyPostcopy}, &noMultifd, qemu10, ""},
+		{api.MigrationOptions{Strategy: api.StrategyAutoConverge}, &noMultifd, qemu10, "auto-converge migration capability, which h1"},
+		{api.MigrationOptions{Compress: true}, qemu10, &noCompression, "compression method"},
+		{api.MigrationOptions{Compress: true}, qemu10, &noZstd, ""}, // zlib then
+		{api.MigrationOptions{}, nil, qemu10, "must both report their QEMU"},
+	} {
+		o := c.opts
+		if err := Validate(&o); err != nil {
+			t.Fatal(err)
+		}
+		p, err := PlanFor(o, vm, node("h1", c.src), node("h2", c.dst))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v refused: %v", o, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%+v: error %v, want one saying %q", o, err, c.want)
+		}
+		if c.want == "" && err == nil && o.Compress && p.Parameters["multifd-compression"] != "zlib" {
+			t.Errorf("compression %v, want zlib (the only common one)", p.Parameters["multifd-compression"])
+		}
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	old := *qemu72
+	old.NoLiveMigration = NoLiveMigration("tcg", "7.2.22")
+	if old.NoLiveMigration == "" || !strings.Contains(old.NoLiveMigration, "bookworm-backports") {
+		t.Fatalf("TCG on 7.2 must be refused with how to upgrade: %q", old.NoLiveMigration)
+	}
+	if NoLiveMigration("kvm", "7.2.22") != "" || NoLiveMigration("tcg", "9.0.0") != "" || NoLiveMigration("tcg", "10.0.2") != "" {
+		t.Fatal("refused a host that may migrate")
+	}
+	newer := *qemu10
+	newer.Version = "10.1.0"
+	kvm72 := *qemu72 // under KVM 7.2 may migrate, but not to an older QEMU
+	for _, c := range []struct {
+		name     string
+		vm       api.VM
+		src, dst *api.QEMUInfo
+		want     string
+	}{
+		{"same version", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-10.0"}}, qemu10, qemu10, ""},
+		{"to a newer QEMU", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-10.0"}}, qemu10, &newer, ""},
+		{"to an older QEMU", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-7.2"}, Status: api.VMStatus{QEMUVersion: "10.1.0"}}, &newer, qemu10, "older than the QEMU 10.1.0"},
+		{"machine type unknown to the target", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-10.0"}}, qemu10, &kvm72, "older than"},
+		{"7.2 under TCG", api.VM{}, &old, qemu10, "loses guest memory"},
+		{"to 7.2 under TCG", api.VM{}, qemu10, &old, "loses guest memory"},
+		{"machine missing", api.VM{Spec: api.VMSpec{Machine: "pc-q35-10.0"}}, qemu10, qemu10, "cannot run the guest's machine type pc-q35-10.0"},
+	} {
+		c.vm.Node = "h1"
+		err := CheckTarget(&c.vm, node("h1", c.src), node("h2", c.dst))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		want int
+	}{{"7.2.22", "9.0.0", -1}, {"10.0.2", "9.0.0", 1}, {"9.0", "9.0.0", 0}, {"10.0.2", "10.0.10", -1}} {
+		if got := CompareVersions(c.a, c.b); got != c.want {
+			t.Errorf("%s vs %s: %d, want %d", c.a, c.b, got, c.want)
+		}
 	}
 }

@@ -43,6 +43,7 @@ type Config struct {
 	UUID      string
 	MemoryMiB int
 	CPUs      int
+	Machine   string // machine type, e.g. pc-i440fx-10.0; "pc" if empty
 	Accel     string // kvm or tcg
 	CPUModel  string
 
@@ -67,6 +68,13 @@ type Config struct {
 	Prefix []string
 }
 
+func (c *Config) machine() string {
+	if c.Machine == "" {
+		return "pc"
+	}
+	return c.Machine
+}
+
 // accelArg is the -accel value.
 func (c *Config) accelArg() string { return c.Accel }
 
@@ -81,6 +89,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("qemu: accelerator %q is not kvm or tcg", c.Accel)
 	case c.QMPSocket == "" || c.PidFile == "":
 		return fmt.Errorf("qemu: qmp socket and pidfile are required")
+	case strings.ContainsAny(c.Machine, ", "):
+		return fmt.Errorf("qemu: machine type %q is not a plain name", c.Machine)
 	case len(c.QMPSocket) > 107 || len(c.ConsoleSocket) > 107 || len(c.StatusSocket) > 107:
 		return fmt.Errorf("qemu: socket path longer than 107 bytes: %s", c.QMPSocket)
 	}
@@ -103,7 +113,7 @@ func (c *Config) Args() []string {
 	a := []string{
 		"-name", "guest=" + c.Name + ",debug-threads=on",
 		"-uuid", c.UUID,
-		"-machine", "pc",
+		"-machine", c.machine(),
 		"-accel", c.accelArg(),
 		"-m", strconv.Itoa(c.MemoryMiB),
 		"-smp", strconv.Itoa(c.CPUs),

@@ -55,6 +55,31 @@ func (c *Client) MigrateIncoming(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
 }
 
+// MigrateResume resumes a paused post-copy migration over a new stream to
+// uri (the target must be listening again: MigrateRecover).
+func (c *Client) MigrateResume(ctx context.Context, uri string) error {
+	return c.Execute(ctx, "migrate", map[string]any{"uri": uri, "resume": true}, nil)
+}
+
+// MigrateRecover makes a target whose post-copy migration paused listen for
+// the source's new stream on uri.
+func (c *Client) MigrateRecover(ctx context.Context, uri string) error {
+	return c.Execute(ctx, "migrate-recover", map[string]any{"uri": uri}, nil)
+}
+
+// MigratePause breaks a post-copy migration's stream on purpose (both sides
+// enter postcopy-paused and can be recovered); used when the stream stalls
+// without an error, as on a link that silently drops packets.
+func (c *Client) MigratePause(ctx context.Context) error {
+	return c.Execute(ctx, "migrate-pause", nil, nil)
+}
+
+// MigrateContinue lets a migration that stopped at pre-switchover (the
+// pause-before-switchover capability) send the device state.
+func (c *Client) MigrateContinue(ctx context.Context) error {
+	return c.Execute(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil)
+}
+
 // MigrateCancel cancels an outgoing migration.
 func (c *Client) MigrateCancel(ctx context.Context) error {
 	return c.Execute(ctx, "migrate_cancel", nil, nil)
@@ -83,6 +108,25 @@ func (c *Client) AnnounceSelf(ctx context.Context, rounds int) error {
 
 // Cont resumes the CPUs.
 func (c *Client) Cont(ctx context.Context) error { return c.Execute(ctx, "cont", nil, nil) }
+
+// Postcopy statuses in which the guest already runs on the target while
+// pages still arrive. A paused one waits for a new stream (recovery); it is
+// not a hang and not a failure.
+const (
+	StatusPostcopyActive       = "postcopy-active"
+	StatusPostcopyPaused       = "postcopy-paused"
+	StatusPostcopyRecoverSetup = "postcopy-recover-setup"
+	StatusPostcopyRecover      = "postcopy-recover"
+)
+
+// InPostcopy reports whether a status belongs to the post-copy phase.
+func InPostcopy(status string) bool {
+	switch status {
+	case StatusPostcopyActive, StatusPostcopyPaused, StatusPostcopyRecoverSetup, StatusPostcopyRecover:
+		return true
+	}
+	return false
+}
 
 // Terminal reports whether a migration status is final.
 func Terminal(status string) bool {

@@ -151,8 +151,8 @@ func Spread(nodes []api.Node, groups map[string]map[string]bool, spec api.VMSpec
 	return out
 }
 
-// Pick chooses the ready node with the most free memory that fits spec and
-// has its image; "" if none does.
+// Pick chooses the ready node with the most free memory that fits spec, has
+// its image and runs its machine type; "" if none does.
 func Pick(nodes []api.Node, free map[string]int, spec api.VMSpec) string {
 	cands := []api.Node{}
 	for _, n := range nodes {
@@ -161,6 +161,9 @@ func Pick(nodes []api.Node, free map[string]int, spec api.VMSpec) string {
 		}
 		if spec.Image == api.ImageTiny && !has(n.Images, api.ImageTiny) {
 			continue
+		}
+		if spec.Machine != "" && n.QEMU != nil && !n.QEMU.HasMachine(spec.Machine) {
+			continue // its QEMU cannot run the machine type the guest first booted with
 		}
 		cands = append(cands, n)
 	}

@@ -8,8 +8,10 @@ import (
 
 func TestPick(t *testing.T) {
 	nodes := []api.Node{
-		{Name: "a", State: "ready", MemoryMiB: 1024, Images: []string{"tiny"}},
-		{Name: "b", State: "ready", MemoryMiB: 4096, Images: []string{"tiny"}},
+		{Name: "a", State: "ready", MemoryMiB: 1024, Images: []string{"tiny"},
+			QEMU: &api.QEMUInfo{Version: "10.0.2", Machines: []string{"pc-i440fx-7.2", "pc-i440fx-10.0"}}},
+		{Name: "b", State: "ready", MemoryMiB: 4096, Images: []string{"tiny"},
+			QEMU: &api.QEMUInfo{Version: "9.2.0", Machines: []string{"pc-i440fx-7.2", "pc-i440fx-9.2"}}},
 		{Name: "c", State: "not-ready", MemoryMiB: 8192, Images: []string{"tiny"}},
 		{Name: "d", State: "ready", MemoryMiB: 8192},
 	}
@@ -22,6 +24,8 @@ func TestPick(t *testing.T) {
 		{api.VMSpec{MemoryMiB: 256, Image: "/img/x.qcow2"}, "d"}, // path images need no built-in image
 		{api.VMSpec{MemoryMiB: 5000, Image: "tiny"}, ""},         // fits nowhere with the image
 		{api.VMSpec{MemoryMiB: 9000, Image: "/img/x.qcow2"}, ""}, // fits nowhere
+		{api.VMSpec{MemoryMiB: 256, Image: "tiny", Machine: "pc-i440fx-10.0"}, "a"}, // only a's QEMU runs its machine type
+		{api.VMSpec{MemoryMiB: 256, Image: "tiny", Machine: "pc-i440fx-7.2"}, "b"},
 	}
 	for _, c := range cases {
 		if got := Pick(nodes, free, c.spec); got != c.want {
