@@ -32,14 +32,14 @@ import (
 
 // Config is the agent's view of its host.
 type Config struct {
-	Node        string // this host's name
-	Address     string // this host's address as other hosts see it
-	DataDir     string // per-VM state (logs, runtime records) under DataDir/vms
-	RunDir      string // QMP and console sockets; keep it short (107-byte socket paths)
-	StorageDir  string // VM disks
-	ImageDir    string // built-in images
-	Accel       string // kvm or tcg (already resolved)
-	CPUModel    string
+	Node       string // this host's name
+	Address    string // this host's address as other hosts see it
+	DataDir    string // per-VM state (logs, runtime records) under DataDir/vms
+	RunDir     string // QMP and console sockets; keep it short (107-byte socket paths)
+	StorageDir string // VM disks
+	ImageDir   string // built-in images
+	Accel      string // kvm or tcg (already resolved)
+	CPUModel   string
 	// QEMU is what this host's QEMU binary can do (qemu.Probe), reported
 	// with the node; migrations and placement decide by it.
 	QEMU *api.QEMUInfo

@@ -40,8 +40,8 @@ func TestValidate(t *testing.T) {
 // and -parameters, abridged to what Ferry looks at).
 var (
 	qemu72 = &api.QEMUInfo{Version: "7.2.22", Machines: []string{"pc-i440fx-7.2"},
-		Capabilities: []string{"auto-converge", "compress", "events", "multifd", "pause-before-switchover", "postcopy-ram", "return-path"},
-		Parameters:   []string{"compress-level", "downtime-limit", "max-bandwidth", "max-postcopy-bandwidth", "multifd-channels", "multifd-compression"},
+		Capabilities:       []string{"auto-converge", "compress", "events", "multifd", "pause-before-switchover", "postcopy-ram", "return-path"},
+		Parameters:         []string{"compress-level", "downtime-limit", "max-bandwidth", "max-postcopy-bandwidth", "multifd-channels", "multifd-compression"},
 		MultifdCompression: []string{"zstd", "zlib"}}
 	qemu10 = &api.QEMUInfo{Version: "10.0.2", Machines: []string{"pc-i440fx-7.2", "pc-i440fx-10.0"},
 		Capabilities: []string{"auto-converge", "events", "multifd", "pause-before-switchover", "postcopy-preempt", "postcopy-ram", "return-path"},
@@ -50,7 +50,9 @@ var (
 		MultifdCompression: []string{"zstd", "zlib"}}
 )
 
-func node(name string, q *api.QEMUInfo) *api.Node { return &api.Node{Name: name, State: "ready", QEMU: q} }
+func node(name string, q *api.QEMUInfo) *api.Node {
+	return &api.Node{Name: name, State: "ready", QEMU: q}
+}
 
 func TestPlanUsesOnlyKnownCapabilities(t *testing.T) {
 	vm := &api.VM{Spec: api.VMSpec{Name: "g", Machine: "pc-i440fx-10.0"}, Node: "h1"}

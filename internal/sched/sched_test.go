@@ -20,10 +20,10 @@ func TestPick(t *testing.T) {
 		spec api.VMSpec
 		want string
 	}{
-		{api.VMSpec{MemoryMiB: 256, Image: "tiny"}, "b"},         // most free among those with the image
-		{api.VMSpec{MemoryMiB: 256, Image: "/img/x.qcow2"}, "d"}, // path images need no built-in image
-		{api.VMSpec{MemoryMiB: 5000, Image: "tiny"}, ""},         // fits nowhere with the image
-		{api.VMSpec{MemoryMiB: 9000, Image: "/img/x.qcow2"}, ""}, // fits nowhere
+		{api.VMSpec{MemoryMiB: 256, Image: "tiny"}, "b"},                            // most free among those with the image
+		{api.VMSpec{MemoryMiB: 256, Image: "/img/x.qcow2"}, "d"},                    // path images need no built-in image
+		{api.VMSpec{MemoryMiB: 5000, Image: "tiny"}, ""},                            // fits nowhere with the image
+		{api.VMSpec{MemoryMiB: 9000, Image: "/img/x.qcow2"}, ""},                    // fits nowhere
 		{api.VMSpec{MemoryMiB: 256, Image: "tiny", Machine: "pc-i440fx-10.0"}, "a"}, // only a's QEMU runs its machine type
 		{api.VMSpec{MemoryMiB: 256, Image: "tiny", Machine: "pc-i440fx-7.2"}, "b"},
 	}
