@@ -339,6 +339,15 @@ type Migration struct {
 	Finished    time.Time         `json:"finished,omitempty"`
 	// Reason says who asked: "operator" or "drain of HOST".
 	Reason string `json:"reason,omitempty"`
+	// Post-copy recovery: when the stream breaks after the switchover (the
+	// guest runs on the target, pages still come from the source) both
+	// QEMUs pause; the source asks for a new stream (RecoverSeq), the
+	// target listens again and answers (RecoverReadySeq, RecoverURI), and
+	// the source resumes over it. Recoveries counts the resumed streams.
+	RecoverSeq      int    `json:"recover_seq,omitempty"`
+	RecoverReadySeq int    `json:"recover_ready_seq,omitempty"`
+	RecoverURI      string `json:"recover_uri,omitempty"`
+	Recoveries      int    `json:"recoveries,omitempty"`
 	// Timeline records when each step happened, for diagnosis.
 	Timeline []MigrationEvent `json:"timeline,omitempty"`
 }

@@ -1,17 +1,22 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"time"
 )
 
-// dirtier writes one byte into successive pages of a buffer so that the given
-// number of MiB per second become dirty, which is what makes live migration hard.
+// dirtier dirties the given number of MiB per second in a buffer, which is
+// what makes live migration hard. Every write is verifiable: a dirtied page
+// gets three words (at its start, middle and end) derived from its index and
+// how often it was written, and check finds any page whose words do not
+// match — a write lost in a migration (a page sent stale) shows up there.
 type dirtier struct {
 	mu    sync.Mutex
 	rate  float64
 	buf   []byte
+	gen   []uint32 // per page: how often it was written
 	stop  chan struct{}
 	pages uint64
 }
@@ -21,6 +26,11 @@ type dirtyInfo struct {
 	BufferMiB  int     `json:"buffer_mib"`
 	PagesDirty uint64  `json:"pages_dirtied"`
 }
+
+const pageSize = 4096
+
+// wordOffsets are where a dirtied page carries its check words.
+var wordOffsets = [...]int{0, pageSize/2 - 8, pageSize - 8}
 
 func newDirtier() *dirtier { return &dirtier{} }
 
@@ -33,7 +43,7 @@ func (d *dirtier) set(rate float64, sizeMiB int) error {
 	}
 	d.rate = rate
 	if rate == 0 {
-		d.buf = nil
+		// The buffer stays, so that what was written can still be checked.
 		return nil
 	}
 	if sizeMiB > 4096 {
@@ -41,18 +51,31 @@ func (d *dirtier) set(rate float64, sizeMiB int) error {
 	}
 	if len(d.buf) != sizeMiB<<20 {
 		d.buf = make([]byte, sizeMiB<<20)
+		d.gen = make([]uint32, len(d.buf)/pageSize)
 	}
 	stop := make(chan struct{})
 	d.stop = stop
-	go d.run(rate, d.buf, stop)
+	go d.run(rate, stop)
 	return nil
 }
 
-func (d *dirtier) run(rate float64, buf []byte, stop chan struct{}) {
-	const page = 4096
+// pageWord is what page p holds in its check words after write number g.
+func pageWord(p int, g uint32) uint64 {
+	if g == 0 {
+		return 0
+	}
+	x := uint64(p)<<32 | uint64(g)
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x | 1 // never 0, which a page never written holds
+}
+
+func (d *dirtier) run(rate float64, stop chan struct{}) {
 	const tick = 10 * time.Millisecond
-	npages := len(buf) / page
-	perTick := rate * (1 << 20) / page * tick.Seconds()
+	perTick := rate * (1 << 20) / pageSize * tick.Seconds()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var carry float64
@@ -68,18 +91,43 @@ func (d *dirtier) run(rate float64, buf []byte, stop chan struct{}) {
 			last = now
 			n := int(carry)
 			carry -= float64(n)
-			for i := 0; i < n; i++ {
-				buf[pos*page]++
+			d.mu.Lock()
+			npages := len(d.gen)
+			for i := 0; i < n && npages > 0; i++ {
+				d.gen[pos]++
+				w := pageWord(pos, d.gen[pos])
+				for _, off := range wordOffsets {
+					binary.LittleEndian.PutUint64(d.buf[pos*pageSize+off:], w)
+				}
 				pos++
 				if pos == npages {
 					pos = 0
 				}
 			}
-			d.mu.Lock()
 			d.pages += uint64(n)
 			d.mu.Unlock()
 		}
 	}
+}
+
+// check verifies every page of the buffer against its write count and
+// returns how many pages were checked and how many hold the wrong words.
+func (d *dirtier) check() (checked, bad int, first string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for p, g := range d.gen {
+		want := pageWord(p, g)
+		for _, off := range wordOffsets {
+			if got := binary.LittleEndian.Uint64(d.buf[p*pageSize+off:]); got != want {
+				if bad == 0 {
+					first = fmt.Sprintf("page %d (written %d times) holds %#x at offset %d, want %#x", p, g, got, off, want)
+				}
+				bad++
+				break
+			}
+		}
+	}
+	return len(d.gen), bad, first
 }
 
 func (d *dirtier) info() dirtyInfo {

@@ -29,6 +29,7 @@ type guest struct {
 	start  time.Time
 	ip     string
 	dirty  *dirtier
+	filled filled
 	disk   *seqDisk
 	wd     *watchdog
 }
@@ -59,6 +60,8 @@ func main() {
 	mux.HandleFunc("GET /", g.health)
 	mux.HandleFunc("GET /health", g.health)
 	mux.HandleFunc("POST /dirty", g.setDirty)
+	mux.HandleFunc("POST /memory", g.memoryFill)
+	mux.HandleFunc("GET /memory", g.memoryCheck)
 	mux.HandleFunc("GET /disk", g.diskState)
 	mux.HandleFunc("POST /disk/write", g.diskWrite)
 	mux.HandleFunc("POST /disk/stream", g.diskStream)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/tunnel"
 )
 
 // runtimeRecord is what the agent keeps on disk about a running guest so a
@@ -64,6 +65,10 @@ type instance struct {
 	mac       string
 	resumedAt time.Time
 	ha        bool // fenced with the host's lease; restarted elsewhere by the HA manager
+	// The ends of the agents' migration tunnel this guest's QEMU streams
+	// through, while it migrates (guarded by mu).
+	srcTunnel *tunnel.Source
+	tgtTunnel *tunnel.Target
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop

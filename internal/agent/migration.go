@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/internal/failpoint"
-	"github.com/ferryvm/ferry/internal/pki"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -126,6 +123,14 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 		}
 		return nil
 	case api.MigTargetReady, api.MigCopying, api.MigSwitchover:
+		if inc == nil && m.Phase == api.MigSwitchover {
+			a.mu.Lock()
+			run := a.vms[m.VM]
+			a.mu.Unlock()
+			if run != nil && run.migrationID == m.ID {
+				return a.followPostcopy(ctx, run, m)
+			}
+		}
 		if inc == nil {
 			if m.Phase == api.MigSwitchover {
 				a.finishMigration(ctx, m.VM, api.MigFailed, "the target lost its incoming QEMU (agent restart?) during switchover")
@@ -177,24 +182,14 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 	if err := c.SetMigrationParameters(cctx, plan.Parameters); err != nil {
 		return "", err
 	}
-	port, err := freePort(a.cfg.Address)
+	uri, tgt, err := a.listenIncoming(cctx, c, spec.Name, m)
 	if err != nil {
 		return "", err
 	}
-	uri := "tcp:" + net.JoinHostPort(a.cfg.Address, strconv.Itoa(port))
-	if !m.Options.Plaintext {
-		// Only the source of this migration may send the stream.
-		if a.cfg.MigrationTLSDir == "" {
-			return "", errors.New("this host has no migration credentials")
-		}
-		if err := c.SetupIncomingTLS(cctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, AllowDN: pki.MigrationDN(m.Source)}); err != nil {
-			return "", fmt.Errorf("migration TLS: %w", err)
-		}
+	if tgt != nil {
+		r.Add(tgt.Close)
 	}
-	if err := c.MigrateIncoming(cctx, uri); err != nil {
-		return "", err
-	}
-	in := &instance{name: spec.Name, memoryMiB: spec.MemoryMiB, qmp: c,
+	in := &instance{tgtTunnel: tgt, name: spec.Name, memoryMiB: spec.MemoryMiB, qmp: c,
 		rec: runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket, Endpoint: endpoint,
 			Tap: tap, StartSeq: spec.StartSeq, MemoryMiB: spec.MemoryMiB, Accel: a.cfg.Accel, QEMUVersion: a.cfg.QEMU.Version},
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16), migrationID: m.ID,
@@ -256,6 +251,20 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	// The network follows: check from here that the guest answers, and
 	// announce again if it does not.
 	go a.checkReachable(inc)
+	if info.Status != "completed" {
+		// Post-copy: the guest runs here while its remaining pages still
+		// come from the source; the migration completes when they have
+		// (followPostcopy).
+		a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
+			if cur.ID != m.ID {
+				return errors.New("another migration")
+			}
+			cur.Timeline = append(cur.Timeline, a.step("guest resumed on target (post-copy: pages still arriving)", resumed))
+			return nil
+		})
+		return nil
+	}
+	inc.closeTunnel()
 	a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
 		if cur.ID != m.ID {
 			return errors.New("another migration")
@@ -369,6 +378,7 @@ func (a *Agent) dropIncoming(ctx context.Context, inc *instance, why string) {
 	}
 	a.mu.Unlock()
 	inc.qmp.Close()
+	inc.closeTunnel()
 	if inc.rec.Incoming {
 		os.Remove(a.recordPath(inc.name))
 	}

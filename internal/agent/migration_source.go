@@ -24,7 +24,10 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		a.mu.Lock()
 		in := a.vms[m.VM]
 		a.mu.Unlock()
-		if in != nil && in.alive() && in.migrationID == m.ID {
+		if in != nil && in.alive() && (in.migrationID == m.ID || a.inPostcopy(ctx, in)) {
+			// Ours to follow to its end — also after an agent restart in
+			// post-copy, when the target still needs our pages.
+			in.migrationID = m.ID
 			return a.followSource(ctx, in, m, rev)
 		}
 		if in != nil && in.alive() {
@@ -85,11 +88,13 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 	if err == nil {
 		err = in.qmp.SetMigrationParameters(cctx, params)
 	}
+	var uri string
 	if err == nil {
-		err = a.sourceTLS(cctx, in.qmp, m)
+		uri, err = a.sendStream(cctx, in, m)
 	}
 	cancel()
 	if err != nil {
+		in.closeTunnel()
 		a.finishMigration(ctx, m.VM, api.MigFailed, "configuring the source: "+err.Error())
 		return nil
 	}
@@ -112,13 +117,18 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 	// the host's cache of it now so little is left for that moment.
 	syncFile(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
 	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-	err = in.qmp.Migrate(cctx, m.TargetURI)
+	err = in.qmp.Migrate(cctx, uri)
 	cancel()
 	if err != nil {
+		in.closeTunnel()
 		a.finishMigration(ctx, m.VM, api.MigFailed, "starting the migration: "+err.Error())
 		return nil
 	}
 	in.migrationID = m.ID
+	in.rec.MigrationID = m.ID
+	if err := a.saveRecord(m.VM, in.rec); err != nil {
+		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
+	}
 	copyStart := time.Now()
 	a.log.Info("migration started", "vm", m.VM, "to", m.Target, "strategy", m.Options.Strategy)
 	in.steps = append(in.steps, a.step("copy started", copyStart))
@@ -128,11 +138,15 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 // followSource polls the outgoing migration, reports progress, honours a
 // cancel, and once QEMU completes waits for the target's takeover.
 func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration, rev int64) error {
+	// The tunnel's source end lives until the migration ended here: by
+	// then the target has everything (it took over) or nothing is needed.
+	defer in.closeTunnel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var lastWrite time.Time
 	lastBytes, lastProgress := int64(-1), time.Now()
 	postcopyStarted, continued := false, false
+	var pc sourcePostcopy
 	plan := m.Plan
 	if plan == nil {
 		plan = &api.MigrationPlan{}
@@ -159,6 +173,9 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		cur, crev, err := a.st.GetMigration(ctx, m.VM)
 		if err == nil && cur != nil && cur.ID == m.ID {
 			m, rev = cur, crev
+		}
+		if qemu.InPostcopy(info.Status) {
+			a.followPostcopySource(ctx, in, m, info, &pc)
 		}
 		switch info.Status {
 		case "pre-switchover":
@@ -302,6 +319,15 @@ func (a *Agent) sourceFailed(ctx context.Context, in *instance, m *api.Migration
 	a.finishMigration(ctx, m.VM, phase, why+"; the guest keeps running on "+a.cfg.Node)
 }
 
+// inPostcopy reports whether the guest's QEMU is the source of a migration
+// in post-copy (its pages are still needed on the target).
+func (a *Agent) inPostcopy(ctx context.Context, in *instance) bool {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := in.qmp.QueryMigrate(qctx)
+	return err == nil && qemu.InPostcopy(info.Status)
+}
+
 // resumeSource runs the source guest again if the migration left it paused.
 func (a *Agent) resumeSource(ctx context.Context, in *instance) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -390,18 +416,4 @@ func (a *Agent) awaitTakeover(ctx context.Context, in *instance, m *api.Migratio
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// sourceTLS makes the stream TLS, accepting only the target's migration
-// certificate, or — for a migration the cluster allowed in plaintext —
-// turns TLS off explicitly (a guest migrated before keeps its settings).
-func (a *Agent) sourceTLS(ctx context.Context, c *qemu.Client, m *api.Migration) error {
-	if m.Options.Plaintext {
-		a.log.Warn("migrating in PLAINTEXT (allowed for this cluster)", "vm", m.VM, "to", m.Target)
-		return c.SetMigrationParameters(ctx, map[string]any{"tls-creds": ""})
-	}
-	if a.cfg.MigrationTLSDir == "" {
-		return errors.New("this host has no migration credentials")
-	}
-	return c.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, Hostname: m.Target})
 }

@@ -473,6 +473,7 @@ func (a *Agent) forget(ctx context.Context, in *instance) {
 	}
 	a.mu.Unlock()
 	in.qmp.Close()
+	in.closeTunnel()
 	os.Remove(a.recordPath(in.name))
 	os.Remove(in.rec.QMP)
 	os.Remove(StatusSocket(a.cfg.RunDir, in.name))

@@ -20,7 +20,7 @@ const DefaultMaxDowntimeMS = 300
 const MultifdChannels = 4
 
 // DefaultTransport carries encrypted migration streams when none is asked for.
-var DefaultTransport = api.TransportQEMU
+var DefaultTransport = api.TransportAgent
 
 // MinTCGVersion is the oldest QEMU that live-migrates TCG guests without
 // losing memory: before 9.0 (upstream commit 03bfc2188f, "physmem: Fix

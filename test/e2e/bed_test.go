@@ -110,10 +110,3 @@ func waitVM(t *testing.T, cl *client.Client, name string, timeout time.Duration,
 	}
 	return vm
 }
-
-// settle waits for freshly booted guests to go quiet before they are
-// migrated: QEMU 7.2 under TCG loses pages a guest dirties during a live
-// migration (docs/KNOWN-ISSUES.md), and a guest seconds after boot still
-// writes memory; twice in one CI run such a guest panicked after a move.
-// The benchmarks settle for the same 5 s.
-func settle() { time.Sleep(5 * time.Second) }

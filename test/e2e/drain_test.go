@@ -36,7 +36,6 @@ func TestDrainMovesEveryGuest(t *testing.T) {
 		}
 		boot[name] = vm.Status.Guest.BootID
 	}
-	settle()
 	for _, h := range []string{"h2", "h3"} {
 		if _, err := cl.UndrainNode(ctx, h); err != nil {
 			t.Fatal(err)

@@ -1,0 +1,139 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// handshakeTimeout bounds a TLS handshake on either end.
+const handshakeTimeout = 10 * time.Second
+
+// Target is the receiving end of a migration tunnel: a TLS listener that
+// admits only the migration's source and hands each connection to the
+// target QEMU's local socket.
+type Target struct {
+	ln     net.Listener
+	source string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	backend string // unix socket QEMU listens on (changes on a post-copy recovery)
+	conns   map[net.Conn]bool
+	closed  bool
+	wg      sync.WaitGroup
+
+	// Refused counts connections that did not pass the TLS checks.
+	Refused atomic.Int64
+	// Bytes counts what was carried to QEMU.
+	Bytes atomic.Int64
+}
+
+// Listen opens a target end on addr ("host:0" picks a port) for a migration
+// from host source, whose connections go to QEMU's socket at backend.
+func Listen(addr string, creds *Credentials, source, backend string, log *slog.Logger) (*Target, error) {
+	ln, err := tls.Listen("tcp", addr, creds.serverConfig(source))
+	if err != nil {
+		return nil, err
+	}
+	t := &Target{ln: ln, source: source, backend: backend, log: log, conns: map[net.Conn]bool{}}
+	t.wg.Add(1)
+	go t.accept()
+	return t, nil
+}
+
+// Addr is the address the source connects to.
+func (t *Target) Addr() string { return t.ln.Addr().String() }
+
+// SetBackend points new connections at another QEMU socket (the one a
+// post-copy recovery listens on).
+func (t *Target) SetBackend(path string) {
+	t.mu.Lock()
+	t.backend = path
+	t.mu.Unlock()
+}
+
+func (t *Target) accept() {
+	defer t.wg.Done()
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			return
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.serve(c.(*tls.Conn))
+		}()
+	}
+}
+
+func (t *Target) serve(c *tls.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	err := c.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		t.Refused.Add(1)
+		t.log.Warn("migration tunnel: connection refused", "from", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
+	}
+	t.mu.Lock()
+	backend, closed := t.backend, t.closed
+	t.mu.Unlock()
+	if closed {
+		c.Close()
+		return
+	}
+	q, err := net.DialTimeout("unix", backend, handshakeTimeout)
+	if err != nil {
+		t.log.Warn("migration tunnel: QEMU's socket", "path", backend, "err", err)
+		c.Close()
+		return
+	}
+	if !t.track(c, q) {
+		return
+	}
+	n := pipe(c, q)
+	t.Bytes.Add(n)
+	t.untrack(c, q)
+}
+
+func (t *Target) track(cs ...net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		for _, c := range cs {
+			c.Close()
+		}
+		return false
+	}
+	for _, c := range cs {
+		t.conns[c] = true
+	}
+	return true
+}
+
+func (t *Target) untrack(cs ...net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range cs {
+		delete(t.conns, c)
+	}
+}
+
+// Close stops listening and ends every connection.
+func (t *Target) Close() {
+	t.mu.Lock()
+	t.closed = true
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.ln.Close()
+	t.wg.Wait()
+}
