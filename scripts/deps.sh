@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Ferry needs on a Debian 12 or 13 host, idempotently: QEMU
-# (9.0 or newer), busybox, iproute2, qemu-utils, curl, and a Go toolchain new
-# enough for go.mod. Run as root. Safe to run again: it only installs what is
-# missing or too old.
+# (9.0 or newer), busybox, iproute2, qemu-utils, curl, nftables, and a Go
+# toolchain new enough for go.mod. Run as root. Safe to run again: it only
+# installs what is missing or too old.
 #
 # QEMU: Debian 12's main suite ships 7.2, whose TCG dirty tracking loses pages
 # written during a live migration (fixed upstream in 9.0, see
@@ -36,6 +36,7 @@ fi
 [ "${file_is_static}" = "1" ] || need_pkgs+=(busybox-static)
 have ip   || need_pkgs+=(iproute2)
 have curl || need_pkgs+=(curl)
+have nft  || need_pkgs+=(nftables) # the tests cut links between testbed hosts with it
 
 as_root() {
   if [ "$(id -u)" != 0 ]; then
