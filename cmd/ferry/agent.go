@@ -57,6 +57,7 @@ type agentOpts struct {
 	node          string
 	accel         string
 	cpuModel      string
+	guestTHP      string
 	runDir        string
 	imageDir      string
 	storageDir    string
@@ -104,6 +105,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.node, "node-name", "", "this host's name (default: the host name)")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if a probe guest boots under it), kvm or tcg")
 	f.StringVar(&o.cpuModel, "cpu-model", "", "QEMU CPU model (default: QEMU's)")
+	f.StringVar(&o.guestTHP, "guest-thp", "auto", "transparent huge pages for guest memory: on, off, or auto (off under TCG, where they slow migration targets and gain little)")
 	f.StringVar(&o.runDir, "run-dir", "/run/ferry", "directory for QMP and console sockets (keep the path short)")
 	f.StringVar(&o.imageDir, "image-dir", image.DefaultDir, "where built-in images are kept")
 	f.StringVar(&o.storageDir, "storage-dir", "", "where VM disks live (default: DATA-DIR/storage)")
@@ -275,6 +277,15 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return err
 	}
 	log.Info("accelerator chosen", "accel", accel, "reason", why)
+	switch thp := o.guestTHP; {
+	case thp == "off" || (thp == "auto" && accel == "tcg"):
+		if err := qemu.DisableTHP(); err != nil {
+			return err
+		}
+		log.Info("transparent huge pages off for guests", "why", "--guest-thp "+thp)
+	case thp != "on" && thp != "auto":
+		return fmt.Errorf("--guest-thp %q is not auto, on or off", thp)
+	}
 	qinfo.NoLiveMigration = migrate.NoLiveMigration(accel, qinfo.Version)
 	log.Info("QEMU", "version", qinfo.Version, "package", qinfo.Package, "pc", qinfo.Aliases["pc"],
 		"migration_capabilities", len(qinfo.Capabilities), "multifd_compression", qinfo.MultifdCompression)
@@ -362,7 +373,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		// another host leads — and reports the dead one — within about a
 		// second. Losing leadership in an etcd hiccup costs nothing but a new
 		// election: every controller write is fenced by the leader key.
-		leader.Run(ctx, st, o.node, time.Second, log, sched.New(st, log), planner, mgr)
+		leader.Run(ctx, st, o.node, time.Second, log, planner, sched.New(st, log), mgr)
 	}()
 	renewAt := o.join
 	if renewAt == "" {

@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -17,44 +14,239 @@ import (
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/testbed"
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 )
 
-// migResult is one measured migration.
+// Variants of a move the benchmark measures. Ferry's are migrations through
+// its API; the baselines are plain QMP migrate between two QEMUs started by
+// hand in the same host namespaces, over the same link.
+const (
+	varFerry        = "ferry"           // Ferry's default: the agents' TLS tunnel
+	varFerryQEMUTLS = "ferry-qemu-tls"  // Ferry with QEMU's own TLS channel
+	varFerryPlain   = "ferry-plaintext" // Ferry without encryption (allowed for the benchmark)
+	varRawTLS       = "qmp-tls"         // plain QMP with QEMU's TLS, the same certificates and source authorization
+	varRawPlain     = "qmp-plaintext"   // plain QMP without encryption
+)
+
+var allVariants = []string{varFerry, varFerryQEMUTLS, varFerryPlain, varRawTLS, varRawPlain}
+
+// migResult is one measured move.
 type migResult struct {
-	TotalMS     float64 `json:"total_ms"`      // target launch (raw) or API request (Ferry) -> guest runs on the target
+	// TotalMS: Ferry from the API request, a baseline from launching the
+	// target QEMU, to the guest running on the target.
+	TotalMS     float64 `json:"total_ms"`
 	QEMUTotalMS int64   `json:"qemu_total_ms"` // QEMU's own total-time
-	DowntimeMS  int64   `json:"downtime_ms"`   // QEMU-reported downtime
+	DowntimeMS  int64   `json:"downtime_ms"`   // as the source QEMU reports it
 	BytesSent   int64   `json:"bytes_sent"`
-	GapMS       float64 `json:"client_gap_ms"` // longest gap between successful TCP probes every 10 ms
-	// GuestAlive: the guest still answered HTTP 2 s after the move.
-	GuestAlive bool   `json:"guest_alive_after"`
-	Error      string `json:"error,omitempty"`
+	// GapMS is the longest time without a successful TCP connection to the
+	// guest from the client namespace (probing every 10 ms).
+	GapMS float64 `json:"client_gap_ms"`
+	// The switchover, from QEMU's event timestamps and the client's probes:
+	// the guest stopped on the source -> its stream complete on the target
+	// -> the guest running there -> the client's first connection after.
+	StopToStreamMS  float64 `json:"stop_to_stream_complete_ms"`
+	StreamToRunMS   float64 `json:"stream_complete_to_running_ms"`
+	RunToAnswerMS   float64 `json:"running_to_client_answer_ms"`
+	StopToAnswerMS  float64 `json:"stop_to_client_answer_ms"`
+	GuestAlive      bool    `json:"guest_alive_after"` // still answering 2 s after the move
+	MemoryIntact    bool    `json:"memory_intact"`     // ferry-guest's memory check passed
+	MemoryCheckInfo string  `json:"memory_check,omitempty"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// variantResult is one variant's runs at one dirty rate.
+type variantResult struct {
+	Runs   []migResult `json:"runs"`
+	Median migResult   `json:"median"`
+	Dead   int         `json:"guests_dead_after"`   // not answering, or memory damaged, after the move
+	Failed int         `json:"migrations_failed"`   // the move did not complete
 }
 
 type migScenario struct {
-	DirtyMiBs    float64     `json:"dirty_rate_mib_s"`
-	RawCrashes   int         `json:"raw_guests_crashed_after"`
-	FerryCrashes int         `json:"ferry_guests_crashed_after"`
-	RawRuns      []migResult `json:"raw_qemu_runs"`
-	FerryRuns    []migResult `json:"ferry_runs"`
-	Raw          migResult   `json:"raw_qemu_median"`
-	Ferry        migResult   `json:"ferry_median"`
-	// RatioTotal is Ferry's median total time over the baseline's.
-	RatioTotal float64 `json:"ratio_total_ferry_to_raw"`
-	// Ferry's own migration in plaintext (allowed for the benchmark's
-	// cluster), idle guests only: the cost of TLS is Ferry (TLS, the
-	// default) over this.
-	PlainRuns    []migResult `json:"ferry_plaintext_runs,omitempty"`
-	Plain        *migResult  `json:"ferry_plaintext_median,omitempty"`
-	RatioTLS     float64     `json:"ratio_total_tls_to_plaintext,omitempty"`
-	RatioTLSQEMU float64     `json:"ratio_qemu_total_tls_to_plaintext,omitempty"`
+	DirtyMiBs float64                   `json:"dirty_rate_mib_s"`
+	Variants  map[string]*variantResult `json:"variants"`
+	// Ratios of median totals.
+	RatioTLS        float64 `json:"ratio_ferry_to_qmp_tls"`             // like for like, encrypted
+	RatioPlain      float64 `json:"ratio_ferry_plaintext_to_qmp_plaintext"` // like for like, plaintext
+	TLSCost         float64 `json:"ratio_ferry_tls_to_ferry_plaintext"` // what encryption costs Ferry
+	TLSCostQEMU     float64 `json:"ratio_ferry_qemu_tls_to_ferry_plaintext"`
+	TLSCostBaseline float64 `json:"ratio_qmp_tls_to_qmp_plaintext"`
 }
 
-// medianResult takes the median of each figure over the successful runs.
+func benchMigrateCmd() *cobra.Command {
+	var rates []float64
+	var runs int
+	var asJSON bool
+	var imageDir, strategy string
+	var variants []string
+	c := &cobra.Command{
+		Use:   "migrate",
+		Short: "Live migration in a 2-host testbed: Ferry against plain QMP migrate, like for like, idle and dirtying guests",
+		Long: `Builds a 2-host testbed and, for each dirty rate and run, moves a fresh 256 MiB
+guest once per variant, the variants taking turns:
+
+  ferry            Ferry's default: QEMU streams to the agents, which carry it over TLS
+  ferry-qemu-tls   Ferry with QEMU's own TLS channel
+  ferry-plaintext  Ferry without encryption (the benchmark's cluster allows it)
+  qmp-tls          plain QMP migrate between two QEMUs started by hand, with QEMU's
+                   TLS, the same certificates and the same source authorization
+  qmp-plaintext    the same without encryption
+
+Every guest boots the same kernel and initramfs with the same devices and the same
+kind of disk on the shared storage; the baselines run in the same host namespaces
+over the same link with the same 300 ms downtime limit and no bandwidth limit.
+A client in the client namespace connects to the guest every 10 ms; the longest
+gap and the switchover's parts are reported. Each guest must still answer 2 s
+after its move with its memory intact (ferry-guest's check of every page it
+dirtied), or it counts as dead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, v := range variants {
+				if !slices.Contains(allVariants, v) {
+					return fmt.Errorf("--variants: %q is not one of %s", v, strings.Join(allVariants, ", "))
+				}
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, variants, !asJSON)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(os.Stdout, res)
+			}
+			printMigrateSummary(res["scenarios"].([]migScenario))
+			return nil
+		},
+	}
+	c.Flags().Float64SliceVar(&rates, "dirty", []float64{0, 16, 64}, "guest memory dirty rates to measure, MiB/s")
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	c.Flags().IntVar(&runs, "runs", 5, "runs per dirty rate and variant (medians are reported)")
+	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
+	c.Flags().StringVar(&strategy, "strategy", "precopy", "Ferry's strategy")
+	c.Flags().StringSliceVar(&variants, "variants", allVariants, "variants to measure")
+	return c
+}
+
+func printMigrateSummary(scs []migScenario) {
+	for _, s := range scs {
+		fmt.Printf("dirty %.0f MiB/s:\n", s.DirtyMiBs)
+		for _, v := range allVariants {
+			r := s.Variants[v]
+			if r == nil {
+				continue
+			}
+			m := r.Median
+			fmt.Printf("  %-16s total %6.0fms  downtime %4dms  gap %4.0fms (stop->stream %3.0f, ->running %3.0f, ->answer %3.0f)  dead %d/%d\n",
+				v, m.TotalMS, m.DowntimeMS, m.GapMS, m.StopToStreamMS, m.StreamToRunMS, m.RunToAnswerMS, r.Dead, len(r.Runs))
+		}
+		fmt.Printf("  ratios: ferry/qmp-tls %.2f  ferry-plaintext/qmp-plaintext %.2f  TLS cost: ferry %.2f, ferry-qemu-tls %.2f, qmp %.2f\n",
+			s.RatioTLS, s.RatioPlain, s.TLSCost, s.TLSCostQEMU, s.TLSCostBaseline)
+	}
+}
+
+func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, variants []string, verbose bool) (map[string]any, error) {
+	img, err := image.Find(imageDir)
+	if err != nil {
+		return nil, err
+	}
+	say := sayer(verbose)
+	// The agents start their TCG guests without huge pages (--guest-thp
+	// auto); the baseline's QEMUs, started from here, get the same.
+	if err := qemu.DisableTHP(); err != nil {
+		return nil, err
+	}
+	b, cl, err := benchBed(ctx, "fbm", 2, self, imageDir, say)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Down()
+	hc := b.HTTPClient(b.ClientNS, 5*time.Second)
+	// Plaintext runs measure what encryption costs; the cluster must allow
+	// them, as an operator would have to.
+	if _, err := cl.SetSecurity(ctx, api.SecurityRequest{PlaintextMigration: true, Reason: "benchmark: TLS against plaintext"}); err != nil {
+		return nil, err
+	}
+	nodes, err := cl.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var qemuVersion string
+	for _, n := range nodes {
+		if n.QEMU != nil {
+			qemuVersion = n.QEMU.Version
+		}
+	}
+	raw := &rawMigrator{b: b, img: img, hc: hc, say: say}
+	var out []migScenario
+	n := 0
+	for _, rate := range rates {
+		sc := migScenario{DirtyMiBs: rate, Variants: map[string]*variantResult{}}
+		for _, v := range variants {
+			sc.Variants[v] = &variantResult{}
+		}
+		for run := 0; run < runs; run++ {
+			// Rotate the order so that no variant always follows another.
+			order := append(append([]string(nil), variants[run%len(variants):]...), variants[:run%len(variants)]...)
+			for _, v := range order {
+				n++
+				var r migResult
+				switch v {
+				case varRawTLS, varRawPlain:
+					r = raw.move(ctx, rate, v == varRawTLS)
+				default:
+					opts := api.MigrateRequest{Strategy: strategy}
+					switch v {
+					case varFerryQEMUTLS:
+						opts.Transport = api.TransportQEMU
+					case varFerryPlain:
+						opts.Plaintext = true
+					}
+					r, err = ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, opts)
+					if err != nil {
+						return nil, err
+					}
+				}
+				say("%-16s dirty %2.0f MiB/s run %d: total %.0fms downtime %dms gap %.0fms (stop->stream %.0f ->running %.0f ->answer %.0f) alive %v memory %v %s",
+					v, rate, run+1, r.TotalMS, r.DowntimeMS, r.GapMS, r.StopToStreamMS, r.StreamToRunMS, r.RunToAnswerMS, r.GuestAlive, r.MemoryIntact, r.Error)
+				vr := sc.Variants[v]
+				vr.Runs = append(vr.Runs, r)
+			}
+		}
+		for _, vr := range sc.Variants {
+			vr.Median = medianResult(vr.Runs)
+			for _, r := range vr.Runs {
+				switch {
+				case r.Error != "":
+					vr.Failed++
+				case !r.GuestAlive || !r.MemoryIntact:
+					vr.Dead++
+				}
+			}
+		}
+		ratio := func(a, b string) float64 {
+			x, y := sc.Variants[a], sc.Variants[b]
+			if x == nil || y == nil || y.Median.TotalMS == 0 {
+				return 0
+			}
+			return x.Median.TotalMS / y.Median.TotalMS
+		}
+		sc.RatioTLS, sc.RatioPlain = ratio(varFerry, varRawTLS), ratio(varFerryPlain, varRawPlain)
+		sc.TLSCost, sc.TLSCostQEMU, sc.TLSCostBaseline = ratio(varFerry, varFerryPlain), ratio(varFerryQEMUTLS, varFerryPlain), ratio(varRawTLS, varRawPlain)
+		out = append(out, sc)
+	}
+	return map[string]any{
+		"benchmark": "migrate", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersion,
+		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
+		"strategy": strategy, "runs_per_rate": runs, "variants": variants, "scenarios": out,
+	}, nil
+}
+
+// medianResult takes the median of each figure over the completed runs.
 func medianResult(rs []migResult) migResult {
-	var tot, down, gap, qt, bytes []float64
+	var tot, down, gap, qt, bytes, s2s, s2r, r2a, s2a []float64
 	var errs []string
 	for _, r := range rs {
 		if r.Error != "" {
@@ -63,145 +255,15 @@ func medianResult(rs []migResult) migResult {
 		}
 		tot, down, gap = append(tot, r.TotalMS), append(down, float64(r.DowntimeMS)), append(gap, r.GapMS)
 		qt, bytes = append(qt, float64(r.QEMUTotalMS)), append(bytes, float64(r.BytesSent))
+		s2s, s2r, r2a, s2a = append(s2s, r.StopToStreamMS), append(s2r, r.StreamToRunMS), append(r2a, r.RunToAnswerMS), append(s2a, r.StopToAnswerMS)
 	}
 	m := migResult{TotalMS: median(tot), DowntimeMS: int64(median(down)), GapMS: median(gap),
-		QEMUTotalMS: int64(median(qt)), BytesSent: int64(median(bytes))}
+		QEMUTotalMS: int64(median(qt)), BytesSent: int64(median(bytes)),
+		StopToStreamMS: median(s2s), StreamToRunMS: median(s2r), RunToAnswerMS: median(r2a), StopToAnswerMS: median(s2a)}
 	if len(errs) > 0 {
 		m.Error = fmt.Sprintf("%d of %d runs failed: %s", len(errs), len(rs), errs[0])
 	}
 	return m
-}
-
-func benchMigrateCmd() *cobra.Command {
-	var rates []float64
-	var runs int
-	var asJSON bool
-	var imageDir, strategy string
-	c := &cobra.Command{
-		Use:   "migrate",
-		Short: "Live migration in a 2-host testbed: Ferry against plain QMP migrate, idle and dirtying guests",
-		Long: `Builds a 2-host testbed, and for each dirty rate migrates a 256 MiB guest with
-Ferry (API request to guest running on the target) and, as the baseline, the same
-guest (same devices, same disk on the shared storage) migrated by plain QMP
-migrate between two QEMUs started by hand in the same host namespaces over the
-same link. A client in the client namespace probes each guest over TCP every
-10 ms and the longest gap between answers is reported.
-
-Ferry's migrations are TLS (the default). For idle guests Ferry also migrates
-in plaintext (the benchmark's cluster allows it) and reports TLS against
-plaintext: what encryption and source authorization cost.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, !asJSON)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(os.Stdout, res)
-			}
-			for _, s := range res["scenarios"].([]migScenario) {
-				fmt.Printf("dirty %3.0f MiB/s: raw %6.0fms (downtime %3dms, gap %4.0fms)  ferry %6.0fms (downtime %3dms, gap %4.0fms)  ratio %.2f\n",
-					s.DirtyMiBs, s.Raw.TotalMS, s.Raw.DowntimeMS, s.Raw.GapMS, s.Ferry.TotalMS, s.Ferry.DowntimeMS, s.Ferry.GapMS, s.RatioTotal)
-				if s.Plain != nil {
-					fmt.Printf("                 ferry TLS %6.0fms against plaintext %6.0fms: ratio %.2f (QEMU's own total: %.2f)\n",
-						s.Ferry.TotalMS, s.Plain.TotalMS, s.RatioTLS, s.RatioTLSQEMU)
-				}
-			}
-			return nil
-		},
-	}
-	c.Flags().Float64SliceVar(&rates, "dirty", []float64{0, 16, 64}, "guest memory dirty rates to measure, MiB/s")
-	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
-	c.Flags().IntVar(&runs, "runs", 5, "runs per dirty rate (medians are reported)")
-	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
-	c.Flags().StringVar(&strategy, "strategy", "precopy", "Ferry's strategy")
-	return c
-}
-
-func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, verbose bool) (map[string]any, error) {
-	img, err := image.Find(imageDir)
-	if err != nil {
-		return nil, err
-	}
-	say := sayer(verbose)
-	b, cl, err := benchBed(ctx, "fbm", 2, self, imageDir, say)
-	if err != nil {
-		return nil, err
-	}
-	defer b.Down()
-	hc := b.HTTPClient(b.ClientNS, 5*time.Second)
-	// Plaintext runs (idle guests) measure what TLS costs; the cluster must
-	// allow them, as an operator would have to.
-	if _, err := cl.SetSecurity(ctx, api.SecurityRequest{PlaintextMigration: true, Reason: "benchmark: TLS against plaintext"}); err != nil {
-		return nil, err
-	}
-
-	var out []migScenario
-	n := 0
-	for _, rate := range rates {
-		sc := migScenario{DirtyMiBs: rate}
-		for run := 0; run < runs; run++ {
-			n++
-			// Alternate which goes first so that neither always meets a
-			// machine still busy with the other.
-			for _, ferryTurn := range []bool{run%2 == 0, run%2 != 0} {
-				if ferryTurn {
-					fr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, strategy, false)
-					if err != nil {
-						return nil, err
-					}
-					say("ferry (TLS), dirty %.0f MiB/s, run %d: %+v", rate, run+1, fr)
-					sc.FerryRuns = append(sc.FerryRuns, fr)
-					if rate == 0 {
-						pr, err := ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("plain%d", n), rate, strategy, true)
-						if err != nil {
-							return nil, err
-						}
-						say("ferry (plaintext), dirty %.0f MiB/s, run %d: %+v", rate, run+1, pr)
-						sc.PlainRuns = append(sc.PlainRuns, pr)
-					}
-				} else {
-					rr := rawMigrate(ctx, b, img, hc, rate, say)
-					say("raw qemu, dirty %.0f MiB/s, run %d: %+v", rate, run+1, rr)
-					sc.RawRuns = append(sc.RawRuns, rr)
-				}
-			}
-		}
-		sc.Ferry, sc.Raw = medianResult(sc.FerryRuns), medianResult(sc.RawRuns)
-		for _, r := range sc.FerryRuns {
-			if r.Error == "" && !r.GuestAlive {
-				sc.FerryCrashes++
-			}
-		}
-		for _, r := range sc.RawRuns {
-			if r.Error == "" && !r.GuestAlive {
-				sc.RawCrashes++
-			}
-		}
-		if sc.Raw.TotalMS > 0 {
-			sc.RatioTotal = sc.Ferry.TotalMS / sc.Raw.TotalMS
-		}
-		if len(sc.PlainRuns) > 0 {
-			p := medianResult(sc.PlainRuns)
-			sc.Plain = &p
-			if p.TotalMS > 0 {
-				sc.RatioTLS = sc.Ferry.TotalMS / p.TotalMS
-			}
-			if p.QEMUTotalMS > 0 {
-				sc.RatioTLSQEMU = float64(sc.Ferry.QEMUTotalMS) / float64(p.QEMUTotalMS)
-			}
-		}
-		out = append(out, sc)
-	}
-	return map[string]any{
-		"benchmark": "migrate", "date": time.Now().UTC().Format(time.RFC3339),
-		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
-		"strategy": strategy, "runs_per_rate": runs, "scenarios": out,
-	}, nil
 }
 
 // sayer prints progress to stderr when verbose.
@@ -235,286 +297,38 @@ func healthy(vm *api.VM) bool {
 	return vm != nil && vm.Status.Phase == api.PhaseRunning && vm.Status.Guest != nil && vm.Status.Guest.Healthy
 }
 
+// setDirty has the guest dirty memory at rate MiB/s over a 128 MiB buffer.
 func setDirty(ctx context.Context, hc *http.Client, ip string, rate float64) error {
+	if rate == 0 {
+		return nil
+	}
 	req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/dirty?rate=%g&size=128", ip, rate), nil)
 	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("asking the guest to dirty memory: %w", err)
 	}
 	resp.Body.Close()
-	if rate > 0 {
-		time.Sleep(time.Second) // let the rate establish itself
-	}
+	time.Sleep(time.Second) // let the rate establish itself
 	return nil
 }
 
-// prober connects to the guest's port 80 every 10 ms from the client
-// namespace and remembers the longest time without a successful connection.
-type prober struct {
-	mu     sync.Mutex
-	last   time.Time
-	maxGap time.Duration
-	done   chan struct{}
-	wg     sync.WaitGroup
-}
-
-func startProber(ns, ip string) *prober {
-	p := &prober{last: time.Now(), done: make(chan struct{})}
-	dial := testbed.DialIn(ns)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.done:
-				return
-			case <-t.C:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			c, err := dial(ctx, "tcp", ip+":80")
-			cancel()
-			if err != nil {
-				continue
-			}
-			c.Close()
-			now := time.Now()
-			p.mu.Lock()
-			if g := now.Sub(p.last); g > p.maxGap {
-				p.maxGap = g
-			}
-			p.last = now
-			p.mu.Unlock()
-		}
-	}()
-	return p
-}
-
-// stop ends probing and returns the longest gap in milliseconds.
-func (p *prober) stop() float64 {
-	close(p.done)
-	p.wg.Wait()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if g := time.Since(p.last); g > p.maxGap {
-		p.maxGap = g
-	}
-	return float64(p.maxGap.Microseconds()) / 1000
-}
-
-// rawMigrate boots the tiny guest with plain QEMU in host 1, then migrates
-// it with plain QMP to a QEMU started in host 2, and times it.
-func rawMigrate(ctx context.Context, b *testbed.Bed, img *image.Tiny, hc *http.Client, rate float64, say func(string, ...any)) migResult {
-	fail := func(err error) migResult { return migResult{Error: err.Error()} }
-	dir := filepath.Join(b.Dir, "raw")
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fail(err)
-	}
-	defer os.RemoveAll(dir)
-	disk := filepath.Join(b.StorageDir, "raw-disk0.qcow2")
-	os.Remove(disk)
-	defer os.Remove(disk)
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", disk, "256M").CombinedOutput(); err != nil {
-		return fail(fmt.Errorf("qemu-img: %v: %s", err, out))
-	}
-	const ip, mac, tap = "198.19.250.10", "52:54:00:13:fa:0a", "fyraw"
-	id := uuid.NewString()
-	cfgFor := func(i int) *qemu.Config {
-		h := b.Hosts[i]
-		return &qemu.Config{Name: "raw", UUID: id, MemoryMiB: 256, CPUs: 1, Accel: "tcg",
-			Kernel: img.Kernel, Initrd: img.Initrd,
-			Append:    "console=ttyS0 quiet panic=1 ferry.name=raw ferry.ip=" + ip + "/16",
-			QMPSocket: filepath.Join(dir, fmt.Sprintf("q%d", i)), PidFile: filepath.Join(dir, fmt.Sprintf("p%d", i)),
-			Disks: []qemu.Disk{{Path: disk, Format: "qcow2"}}, Watchdog: true,
-			Net:    &qemu.Net{Mode: "tap", Tap: tap, MAC: mac, MTU: 1450},
-			Prefix: []string{"ip", "netns", "exec", h.NS}}
-	}
-	var pids []int
-	defer func() {
-		for _, pid := range pids {
-			kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			qemu.Kill(kctx, pid, id)
-			cancel()
-		}
-		for _, h := range b.Hosts {
-			exec.Command("ip", "-n", h.NS, "link", "del", tap).Run()
-		}
-	}()
-	mkTap := func(i int) error {
-		ns := b.Hosts[i].NS
-		for _, args := range [][]string{
-			{"-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"},
-			{"-n", ns, "link", "set", tap, "master", "ferry0", "mtu", "1450", "up"},
-		} {
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-				return fmt.Errorf("ip %v: %v: %s", args, err, out)
-			}
-		}
-		return nil
-	}
-	if err := mkTap(0); err != nil {
-		return fail(err)
-	}
-	src := cfgFor(0)
-	pid, err := qemu.Launch(ctx, src, filepath.Join(dir, "log0"))
-	if err != nil {
-		return fail(err)
-	}
-	pids = append(pids, pid)
-	sq, err := qemu.Dial(ctx, src.QMPSocket)
-	if err != nil {
-		return fail(err)
-	}
-	defer sq.Close()
-	// Wait until the guest answers, then let it dirty memory.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := hc.Get("http://" + ip + "/health")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			return fail(fmt.Errorf("raw guest never answered: %v", err))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// Let the fresh guest settle as long as Ferry's had before its first move.
-	time.Sleep(5 * time.Second)
-	if err := setDirty(ctx, hc, ip, rate); err != nil {
-		return fail(err)
-	}
-	pr := startProber(b.ClientNS, ip)
-	gapDone := false
-	defer func() {
-		if !gapDone {
-			pr.stop()
-		}
-	}()
-
-	t0 := time.Now()
-	if err := mkTap(1); err != nil {
-		return fail(err)
-	}
-	dst := cfgFor(1)
-	port := 49152 + int(time.Now().UnixNano()%1000)
-	uri := "tcp:" + b.Hosts[1].Addr + ":" + strconv.Itoa(port)
-	dst.Incoming = uri
-	dpid, err := qemu.Launch(ctx, dst, filepath.Join(dir, "log1"))
-	if err != nil {
-		return fail(err)
-	}
-	pids = append(pids, dpid)
-	dq, err := qemu.Dial(ctx, dst.QMPSocket)
-	if err != nil {
-		return fail(err)
-	}
-	defer dq.Close()
-	if err := sq.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
-		return fail(err)
-	}
-	if err := sq.SetMigrationParameters(ctx, map[string]any{"downtime-limit": 300, "max-bandwidth": int64(1) << 40}); err != nil {
-		return fail(err)
-	}
-	if err := sq.Migrate(ctx, uri); err != nil {
-		return fail(err)
-	}
-	// The target runs by itself when the stream completes: wait for RESUME.
-	var info qemu.MigrationInfo
-	for {
-		select {
-		case ev := <-dq.Events():
-			if ev.Name != "RESUME" {
-				continue
-			}
-		case <-time.After(10 * time.Minute):
-			return fail(fmt.Errorf("raw migration did not finish"))
-		}
-		break
-	}
-	total := time.Since(t0)
-	for i := 0; i < 50; i++ {
-		if info, err = sq.QueryMigrate(ctx); err == nil && info.Status == "completed" && info.TotalTime > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(300 * time.Millisecond)
-	gap := pr.stop()
-	gapDone = true
-	r := migResult{TotalMS: float64(total.Microseconds()) / 1000, QEMUTotalMS: info.TotalTime, DowntimeMS: info.Downtime, GapMS: gap,
-		GuestAlive: aliveAfter(hc, ip)}
-	if info.RAM != nil {
-		r.BytesSent = info.RAM.Transferred
-	}
-	if info.Status != "completed" {
-		r.Error = "raw migration: " + info.Status + " " + info.ErrorDesc
-	}
-	return r
-}
-
-// ferryMigrateOnce creates a fresh guest, lets it settle and dirty memory,
-// migrates it with Ferry while a client probes it, and deletes it.
-func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc *http.Client, vmName string, rate float64, strategy string, plaintext bool) (migResult, error) {
-	if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: vmName}); err != nil {
-		return migResult{}, err
-	}
-	defer cl.DeleteVM(ctx, vmName)
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	vm, err := cl.WaitVM(wctx, vmName, func(vm *api.VM) (bool, error) { return healthy(vm), nil })
-	cancel()
-	if err != nil {
-		return migResult{}, err
-	}
-	time.Sleep(5 * time.Second) // the same settling time the baseline's guest gets
-	ip, _, _ := strings.Cut(vm.Spec.IP, "/")
-	to := b.Hosts[0].Name
-	if vm.Node == to {
-		to = b.Hosts[1].Name
-	}
-	if err := setDirty(ctx, hc, ip, rate); err != nil {
-		return migResult{}, err
-	}
-	pr := startProber(b.ClientNS, ip)
-	m, err := cl.MigrateVM(ctx, vmName, api.MigrateRequest{To: to, Strategy: strategy, Plaintext: plaintext})
-	if err != nil {
-		pr.stop()
-		return migResult{Error: err.Error()}, nil
-	}
-	wctx, cancel = context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	m, err = cl.WaitMigration(wctx, vmName, m.ID, nil)
-	time.Sleep(300 * time.Millisecond) // let the prober see the guest again
-	gap := pr.stop()
-	if err != nil {
-		return migResult{Error: err.Error()}, nil
-	}
-	// Ferry's total ends when the guest runs on the target, as the
-	// baseline's ends at the target's RESUME event.
-	end := m.Finished
-	for _, e := range m.Timeline {
-		if e.Step == "guest resumed on target" {
-			end = e.At
-		}
-	}
-	r := migResult{TotalMS: float64(end.Sub(m.Started).Microseconds()) / 1000, QEMUTotalMS: m.TotalTimeMS,
-		DowntimeMS: m.DowntimeMS, BytesSent: m.Progress.TransferredBytes, GapMS: gap, GuestAlive: aliveAfter(hc, ip)}
-	if m.Phase != api.MigCompleted {
-		r.Error = m.Phase + ": " + m.Error
-	}
-	return r, nil
-}
-
-// aliveAfter waits 2 s and checks the guest still answers: a guest whose
-// memory arrived damaged crashes within moments of the move.
-func aliveAfter(hc *http.Client, ip string) bool {
+// checkAfter waits 2 s and checks that the guest still answers and finds
+// its memory intact: a guest whose memory arrived damaged crashes within
+// moments, or fails the check.
+func checkAfter(hc *http.Client, ip string, r *migResult) {
 	time.Sleep(2 * time.Second)
-	resp, err := hc.Get("http://" + ip + "/health")
-	if err != nil {
-		return false
+	var c struct {
+		OK       bool   `json:"ok"`
+		Bad      int    `json:"dirty_pages_bad"`
+		Pages    int    `json:"dirty_pages_checked"`
+		FirstBad string `json:"first_bad"`
 	}
-	resp.Body.Close()
-	return resp.StatusCode == 200
+	if err := getJSON(hc, "http://"+ip+"/memory", &c); err != nil {
+		r.MemoryCheckInfo = err.Error()
+		return
+	}
+	r.GuestAlive, r.MemoryIntact = true, c.OK
+	if !c.OK {
+		r.MemoryCheckInfo = fmt.Sprintf("%d of %d dirtied pages stale: %s", c.Bad, c.Pages, c.FirstBad)
+	}
 }

@@ -58,12 +58,20 @@ type instance struct {
 	// it reacts at once.
 	migEvents chan string
 	steps     []api.MigrationEvent // the source's timeline, written once at the end
+	// preparedFor is the migration this source QEMU was configured for
+	// (capabilities, parameters, the stream's source end), and when.
+	preparedFor string
+	preparedAt  time.Time
 	// incoming: this is a migration target not yet resumed; resumed: the
 	// target has been checked for ownership and its CPUs run.
 	incoming  bool
 	resumed   bool
 	mac       string
 	resumedAt time.Time
+	// For a migration's timeline, as QEMU timestamps its events: when the
+	// guest last stopped (a source's switchover), when the stream had fully
+	// arrived (a target), and when the target took ownership (guarded by mu).
+	stoppedAt, streamDoneAt, takenOverAt time.Time
 	ha        bool // fenced with the host's lease; restarted elsewhere by the HA manager
 	// The ends of the agents' migration tunnel this guest's QEMU streams
 	// through, while it migrates (guarded by mu).
@@ -144,6 +152,10 @@ func (a *Agent) monitor(in *instance) {
 			in.mu.Lock()
 			in.exitReason = d.Reason
 			in.mu.Unlock()
+		case "STOP":
+			in.mu.Lock()
+			in.stoppedAt = eventTime(ev)
+			in.mu.Unlock()
 		case "MIGRATION":
 			var d struct {
 				Status string `json:"status"`
@@ -158,6 +170,9 @@ func (a *Agent) monitor(in *instance) {
 			// still arrive, as soon as the device state has (ownership
 			// moves when the target takes it over).
 			fast := in.incoming && (d.Status == "completed" || d.Status == "postcopy-active")
+			if fast && in.streamDoneAt.IsZero() {
+				in.streamDoneAt = eventTime(ev)
+			}
 			in.mu.Unlock()
 			if fast {
 				// Resume at once: every millisecond here is guest downtime.
@@ -188,6 +203,15 @@ func (a *Agent) monitor(in *instance) {
 	}
 	close(in.gone)
 	a.queue.add(in.name)
+}
+
+// eventTime is when QEMU says an event happened (its own clock, to the
+// microsecond), or now if it did not say.
+func eventTime(ev qemu.Event) time.Time {
+	if ev.Timestamp.IsZero() {
+		return time.Now()
+	}
+	return ev.Timestamp
 }
 
 func (in *instance) alive() bool {

@@ -58,6 +58,15 @@ func (a *Agent) migration(ctx context.Context, vm *api.VM) (bool, error) {
 		inc = nil
 	}
 	if api.MigrationTerminal(m.Phase) {
+		if m.Source == a.cfg.Node {
+			// A source end opened while the migration was pending.
+			a.mu.Lock()
+			src := a.vms[name]
+			a.mu.Unlock()
+			if src != nil && src.preparedFor == m.ID {
+				src.closeTunnel()
+			}
+		}
 		return false, nil
 	}
 	switch a.cfg.Node {
@@ -237,6 +246,15 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		return nil
 	}
 	resumed := inc.resumedAt
+	inc.mu.Lock()
+	var handover []api.MigrationEvent
+	if !inc.streamDoneAt.IsZero() {
+		handover = append(handover, a.step("stream complete on target", inc.streamDoneAt))
+	}
+	if !inc.takenOverAt.IsZero() {
+		handover = append(handover, a.step("ownership moved to target", inc.takenOverAt))
+	}
+	inc.mu.Unlock()
 	inc.rec.Started = resumed.UTC()
 	inc.rec.Incoming = false
 	if err := a.saveRecord(m.VM, inc.rec); err != nil {
@@ -259,7 +277,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 			if cur.ID != m.ID {
 				return errors.New("another migration")
 			}
-			cur.Timeline = append(cur.Timeline, a.step("guest resumed on target (post-copy: pages still arriving)", resumed))
+			cur.Timeline = append(append(cur.Timeline, handover...), a.step("guest resumed on target (post-copy: pages still arriving)", resumed))
 			return nil
 		})
 		return nil
@@ -271,7 +289,7 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 		}
 		cur.Phase = api.MigCompleted
 		cur.Finished = time.Now().UTC()
-		cur.Timeline = append(cur.Timeline, a.step("guest resumed on target", resumed), a.step("completed", cur.Finished))
+		cur.Timeline = append(append(cur.Timeline, handover...), a.step("guest resumed on target", resumed), a.step("completed", cur.Finished))
 		return nil
 	})
 	return nil
@@ -292,31 +310,40 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 	if err := a.mayRun(in); err != nil {
 		return false, err
 	}
-	owner, orev, err := a.st.Owner(ctx, in.name)
-	if err != nil {
-		return false, err
-	}
-	if owner != a.cfg.Node {
-		// The source may write the record meanwhile (progress): retry the
-		// compare-and-swap while the migration is still ours to take.
-		for attempt := 0; ; attempt++ {
-			m, rev, err := a.st.GetMigration(ctx, in.name)
+	// The source may write the record meanwhile (progress): retry the
+	// compare-and-swap while the migration is still ours to take. Every
+	// read here is guest downtime: the record comes first, the owner only
+	// when the record says we took over already (a retry after a restart).
+	var orev int64
+	for attempt := 0; ; attempt++ {
+		m, rev, err := a.st.GetMigration(ctx, in.name)
+		if err != nil {
+			return false, err
+		}
+		if m != nil && m.ID == in.migrationID && m.Phase == api.MigSwitchover && m.Target == a.cfg.Node {
+			owner, r, err := a.st.Owner(ctx, in.name)
 			if err != nil {
 				return false, err
 			}
-			if m == nil || m.ID != in.migrationID || m.Phase != api.MigCopying || m.Cancel || attempt == 20 {
+			if owner != a.cfg.Node {
 				return false, nil
 			}
-			trev, ok, err := a.st.Takeover(ctx, m, rev, a.lease())
-			if err != nil {
-				return false, err
-			}
-			if ok {
-				orev = trev
-				break
-			}
+			orev = r
+			break
 		}
-		failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.AfterTakeover)
+		if m == nil || m.ID != in.migrationID || m.Phase != api.MigCopying || m.Cancel || attempt == 20 {
+			return false, nil
+		}
+		trev, ok, err := a.st.Takeover(ctx, m, rev, a.lease())
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			orev = trev
+			in.takenOverAt = time.Now()
+			failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.AfterTakeover)
+			break
+		}
 	}
 	if err := a.mayRun(in); err != nil { // the takeover may have taken a while
 		return false, err
@@ -349,6 +376,14 @@ func (a *Agent) checkReachable(in *instance) {
 		return
 	}
 	hc := &http.Client{Timeout: 500 * time.Millisecond}
+	// Not at once: announce-self has told the network, and right after the
+	// switchover the guest (its TCG translation cache cold) has its hands
+	// full answering its own clients.
+	select {
+	case <-in.gone:
+		return
+	case <-time.After(time.Second):
+	}
 	for round := 0; round < 4; round++ {
 		deadline := time.Now().Add(2 * time.Second)
 		for time.Now().Before(deadline) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -49,25 +50,92 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		return nil
 	}
 	if m.Cancel {
+		in.closeTunnel()
 		a.finishMigration(ctx, m.VM, api.MigCancelled, "cancelled before the copy started")
 		return nil
 	}
-	if m.Phase != api.MigTargetReady {
-		if m.Phase == api.MigCopying {
-			// We restarted mid-copy: QEMU's outgoing migration may still
-			// run; follow it to its end.
-			return a.followSource(ctx, in, m, rev)
+	switch m.Phase {
+	case api.MigCopying:
+		// We restarted mid-copy: QEMU's outgoing migration may still run;
+		// follow it to its end.
+		return a.followSource(ctx, in, m, rev)
+	case api.MigPending:
+		// While the target prepares, so that target-ready only has to
+		// start the copy.
+		if err := a.prepareSource(ctx, in, m); err != nil {
+			in.closeTunnel()
+			a.finishMigration(ctx, m.VM, api.MigFailed, "configuring the source: "+err.Error())
 		}
-		return nil // pending: the target prepares
+		return nil
+	case api.MigTargetReady:
+	default:
+		return nil
+	}
+	if in.preparedFor != m.ID {
+		if err := a.prepareSource(ctx, in, m); err != nil {
+			in.closeTunnel()
+			a.finishMigration(ctx, m.VM, api.MigFailed, "configuring the source: "+err.Error())
+			return nil
+		}
+	}
+	uri := m.TargetURI
+	in.mu.Lock()
+	if s := in.srcTunnel; s != nil {
+		s.SetTarget(strings.TrimPrefix(m.TargetURI, "tcp:"))
+		uri = s.URI()
+	}
+	in.mu.Unlock()
+	// QEMU flushes the disk while the guest is paused for switchover; flush
+	// the host's cache of it now so little is left for that moment.
+	syncFile(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
+	in.migrationID = m.ID
+	in.rec.MigrationID = m.ID
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := in.qmp.Migrate(cctx, uri)
+	cancel()
+	if err != nil {
+		in.closeTunnel()
+		a.finishMigration(ctx, m.VM, api.MigFailed, "starting the migration: "+err.Error())
+		return nil
+	}
+	copyStart := time.Now()
+	// Copying, unless a cancel (or a failure) got in first: then the copy
+	// just begun is cancelled, and the guest, never paused, stays here.
+	cur, rev, err := a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
+		if cur.ID != m.ID || cur.Phase != api.MigTargetReady || cur.Cancel {
+			return errors.New("migration changed before the copy started")
+		}
+		cur.Phase = api.MigCopying
+		cur.Timeline = append(cur.Timeline, a.step("source configured", in.preparedAt), a.step("copy started", copyStart))
+		return nil
+	})
+	if err != nil {
+		if cur != nil {
+			m = cur
+		}
+		a.cancelSource(ctx, in, m, "the migration changed before the copy started")
+		return nil
+	}
+	m = cur
+	if err := a.saveRecord(m.VM, in.rec); err != nil {
+		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
+	}
+	a.log.Info("migration started", "vm", m.VM, "to", m.Target, "strategy", m.Options.Strategy)
+	return a.followSource(ctx, in, m, rev)
+}
+
+// prepareSource tells the source QEMU the migration's capabilities and
+// parameters and opens the stream's source end: everything but the copy.
+func (a *Agent) prepareSource(ctx context.Context, in *instance, m *api.Migration) error {
+	if in.preparedFor == m.ID {
+		return nil
 	}
 	plan := m.Plan
 	if plan == nil {
-		a.finishMigration(ctx, m.VM, api.MigFailed, "the migration has no plan (recorded by an older Ferry)")
-		return nil
+		return errors.New("the migration has no plan (recorded by an older Ferry)")
 	}
 	if why := migrate.NoLiveMigration(a.cfg.Accel, in.qmp.Version().String()); why != "" {
-		a.finishMigration(ctx, m.VM, api.MigFailed, "the guest's QEMU on "+a.cfg.Node+" cannot live-migrate it: "+why)
-		return nil
+		return errors.New("the guest's QEMU on " + a.cfg.Node + " cannot live-migrate it: " + why)
 	}
 	caps := map[string]bool{}
 	for k, v := range plan.Capabilities {
@@ -84,55 +152,18 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 		params[k] = v
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := in.qmp.SetMigrationCapabilities(cctx, caps)
-	if err == nil {
-		err = in.qmp.SetMigrationParameters(cctx, params)
+	defer cancel()
+	if err := in.qmp.SetMigrationCapabilities(cctx, caps); err != nil {
+		return err
 	}
-	var uri string
-	if err == nil {
-		uri, err = a.sendStream(cctx, in, m)
+	if err := in.qmp.SetMigrationParameters(cctx, params); err != nil {
+		return err
 	}
-	cancel()
-	if err != nil {
-		in.closeTunnel()
-		a.finishMigration(ctx, m.VM, api.MigFailed, "configuring the source: "+err.Error())
-		return nil
+	if err := a.sendStream(cctx, in, m); err != nil {
+		return err
 	}
-	// Copying, unless a cancel got in first.
-	m, rev, err = a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
-		if cur.ID != m.ID || cur.Phase != api.MigTargetReady || cur.Cancel {
-			return errors.New("migration changed before the copy started")
-		}
-		cur.Phase = api.MigCopying
-		cur.Timeline = append(cur.Timeline, a.step("source configured", time.Now()))
-		return nil
-	})
-	if err != nil {
-		if m != nil && m.Cancel {
-			a.finishMigration(ctx, m.VM, api.MigCancelled, "cancelled before the copy started")
-		}
-		return nil
-	}
-	// QEMU flushes the disk while the guest is paused for switchover; flush
-	// the host's cache of it now so little is left for that moment.
-	syncFile(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
-	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-	err = in.qmp.Migrate(cctx, uri)
-	cancel()
-	if err != nil {
-		in.closeTunnel()
-		a.finishMigration(ctx, m.VM, api.MigFailed, "starting the migration: "+err.Error())
-		return nil
-	}
-	in.migrationID = m.ID
-	in.rec.MigrationID = m.ID
-	if err := a.saveRecord(m.VM, in.rec); err != nil {
-		a.log.Warn("saving runtime record", "vm", m.VM, "err", err)
-	}
-	copyStart := time.Now()
-	a.log.Info("migration started", "vm", m.VM, "to", m.Target, "strategy", m.Options.Strategy)
-	in.steps = append(in.steps, a.step("copy started", copyStart))
-	return a.followSource(ctx, in, m, rev)
+	in.preparedFor, in.preparedAt, in.steps = m.ID, time.Now(), nil
+	return nil
 }
 
 // followSource polls the outgoing migration, reports progress, honours a
@@ -147,6 +178,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 	lastBytes, lastProgress := int64(-1), time.Now()
 	postcopyStarted, continued := false, false
 	var pc sourcePostcopy
+	downtime, lastRound := migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), int64(0)
 	plan := m.Plan
 	if plan == nil {
 		plan = &api.MigrationPlan{}
@@ -169,10 +201,16 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			}
 			continue
 		}
-		// Re-read the record: a cancel may have arrived.
-		cur, crev, err := a.st.GetMigration(ctx, m.VM)
-		if err == nil && cur != nil && cur.ID == m.ID {
-			m, rev = cur, crev
+		// Re-read the record: a cancel may have arrived. Not while the
+		// guest waits at pre-switchover: every millisecond there is
+		// downtime, the record of the last poll is recent, and a cancel
+		// that came since is still excluded by the target's takeover,
+		// which compares the record.
+		if info.Status != "pre-switchover" || continued {
+			cur, crev, err := a.st.GetMigration(ctx, m.VM)
+			if err == nil && cur != nil && cur.ID == m.ID {
+				m, rev = cur, crev
+			}
 		}
 		if qemu.InPostcopy(info.Status) {
 			a.followPostcopySource(ctx, in, m, info, &pc)
@@ -185,9 +223,11 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 			if continued {
 				break
 			}
-			failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.PreSwitchover)
-			if cur, _, err := a.st.GetMigration(ctx, m.VM); err == nil && cur != nil && cur.ID == m.ID {
-				m = cur
+			// After a pause (fault injection), read the record again.
+			if failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.PreSwitchover) {
+				if cur, _, err := a.st.GetMigration(ctx, m.VM); err == nil && cur != nil && cur.ID == m.ID {
+					m = cur
+				}
 			}
 			if m.Cancel {
 				a.cancelSource(ctx, in, m, "cancelled")
@@ -201,7 +241,10 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 				break // the next query tells what QEMU did
 			}
 			continued = true
-			in.steps = append(in.steps, a.step("source paused at pre-switchover; continued", time.Now()))
+			in.mu.Lock()
+			stopped := in.stoppedAt
+			in.mu.Unlock()
+			in.steps = append(in.steps, a.step("guest paused on source (pre-switchover)", stopped), a.step("switchover continued", time.Now()))
 			continue
 		case "completed":
 			doneAt := time.Now()
@@ -232,6 +275,19 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		if m.Cancel && m.Phase == api.MigCopying {
 			a.cancelSource(ctx, in, m, "cancelled")
 			return nil
+		}
+		if info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount > lastRound {
+			// A new round: the guest did not fit in the downtime limit
+			// yet; allow it more, up to the operator's limit.
+			lastRound = info.RAM.DirtySyncCount
+			if next := migrate.NextDowntimeMS(downtime, m.Options.MaxDowntimeMS); lastRound >= 3 && next != downtime {
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if err := in.qmp.SetMigrationParameters(cctx, map[string]any{"downtime-limit": next}); err == nil {
+					downtime = next
+					in.steps = append(in.steps, a.step(fmt.Sprintf("round %d: downtime limit raised to %d ms", lastRound, next), time.Now()))
+				}
+				cancel()
+			}
 		}
 		if plan.Postcopy && !postcopyStarted && info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount >= 2 {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

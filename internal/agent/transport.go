@@ -89,37 +89,38 @@ func incomingSocket(runDir, name string, seq int) string {
 	return filepath.Join(runDir, fmt.Sprintf("%s.min%d", name, seq))
 }
 
-// sendStream prepares the source QEMU's side of the stream and returns the
-// URI it migrates to: its own TLS towards the target, a plaintext one, or
-// the local socket of the agents' tunnel (kept on the instance until the
-// migration ends).
-func (a *Agent) sendStream(ctx context.Context, in *instance, m *api.Migration) (string, error) {
+// sendStream prepares the source QEMU's side of the stream: its own TLS
+// towards the target, none, or the source end of the agents' tunnel (kept
+// on the instance until the migration ends; the target's address is set
+// once the target listens). The copy then goes to the target's URI, or to
+// the tunnel's local socket.
+func (a *Agent) sendStream(ctx context.Context, in *instance, m *api.Migration) error {
+	in.closeTunnel()
 	switch transportOf(m) {
 	case api.TransportPlain:
 		a.log.Warn("migrating in PLAINTEXT (allowed for this cluster)", "vm", m.VM, "to", m.Target)
-		return m.TargetURI, in.qmp.SetMigrationParameters(ctx, map[string]any{"tls-creds": ""})
+		return in.qmp.SetMigrationParameters(ctx, map[string]any{"tls-creds": ""})
 	case api.TransportQEMU:
 		if a.cfg.MigrationTLSDir == "" {
-			return "", errors.New("this host has no migration credentials")
+			return errors.New("this host has no migration credentials")
 		}
-		return m.TargetURI, in.qmp.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, Hostname: m.Target})
+		return in.qmp.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: a.cfg.MigrationTLSDir, Hostname: m.Target})
 	}
 	creds, err := tunnel.LoadCredentials(a.cfg.MigrationTLSDir)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if err := in.qmp.SetMigrationParameters(ctx, map[string]any{"tls-creds": ""}); err != nil {
-		return "", err
+		return err
 	}
-	in.closeTunnel()
 	s, err := tunnel.Send(filepath.Join(a.cfg.RunDir, m.VM+".mout"), strings.TrimPrefix(m.TargetURI, "tcp:"), creds, m.Target, a.log.With("vm", m.VM))
 	if err != nil {
-		return "", fmt.Errorf("migration tunnel: %w", err)
+		return fmt.Errorf("migration tunnel: %w", err)
 	}
 	in.mu.Lock()
 	in.srcTunnel = s
 	in.mu.Unlock()
-	return s.URI(), nil
+	return nil
 }
 
 // closeTunnel ends the instance's tunnel ends, if any.

@@ -54,15 +54,17 @@ func Delay(file, point string) time.Duration {
 	return 0
 }
 
-// Sleep waits at point as long as file arms it (or until ctx ends).
-func Sleep(ctx context.Context, log *slog.Logger, file, point string) {
+// Sleep waits at point as long as file arms it (or until ctx ends) and
+// reports whether it waited.
+func Sleep(ctx context.Context, log *slog.Logger, file, point string) bool {
 	d := Delay(file, point)
 	if d == 0 {
-		return
+		return false
 	}
 	log.Warn("failpoint: pausing", "point", point, "for", d)
 	select {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+	return true
 }

@@ -117,8 +117,9 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 			if !ok {
 				wc = st.Client().Watch(wctx, store.Prefix, clientv3.WithPrefix())
 			}
-			// Coalesce a burst of changes into one pass.
-			drain(wc, 20*time.Millisecond)
+			// Coalesce a burst of changes into one pass (briefly: a queued
+			// migration waits for this pass to be admitted).
+			drain(wc, 5*time.Millisecond)
 		}
 	}
 }

@@ -49,17 +49,18 @@ func Active(phase string) bool {
 
 // Pass implements leader.Controller.
 func (p *Planner) Pass(ctx context.Context, guard clientv3.Cmp) error {
+	// Admission first: a queued migration waits for it.
 	migs, err := p.st.ListMigrations(ctx)
 	if err != nil {
 		return err
 	}
-	if err := p.drain(ctx, guard, migs); err != nil {
+	if err := p.admit(ctx, guard, migs); err != nil {
 		return err
 	}
 	if migs, err = p.st.ListMigrations(ctx); err != nil {
 		return err
 	}
-	return p.admit(ctx, guard, migs)
+	return p.drain(ctx, guard, migs)
 }
 
 // admit promotes queued migrations, oldest first, while slots are free.

@@ -22,6 +22,20 @@ const MultifdChannels = 4
 // DefaultTransport carries encrypted migration streams when none is asked for.
 var DefaultTransport = api.TransportAgent
 
+// firstDowntimeMS is the downtime limit a migration starts with: QEMU
+// switches over as soon as what is left fits in the limit at the rate it
+// measures, so a guest that converges anyway (most) moves with the least
+// pause. The source raises the limit round by round up to the operator's
+// (NextDowntimeMS) for a guest that does not.
+const firstDowntimeMS = 20
+
+// InitialDowntimeMS is the downtime limit a migration starts with.
+func InitialDowntimeMS(maxMS int64) int64 { return min(maxMS, firstDowntimeMS) }
+
+// NextDowntimeMS is the downtime limit for the next round of a migration
+// that has not converged at cur: twice as much, up to the operator's max.
+func NextDowntimeMS(cur, maxMS int64) int64 { return min(maxMS, max(cur*2, firstDowntimeMS)) }
+
 // MinTCGVersion is the oldest QEMU that live-migrates TCG guests without
 // losing memory: before 9.0 (upstream commit 03bfc2188f, "physmem: Fix
 // migration dirty bitmap coherency with TCG memory access") pages a guest
@@ -162,7 +176,7 @@ func PlanFor(o api.MigrationOptions, vm *api.VM, src, dst *api.Node) (*api.Migra
 		SourceCapabilities: map[string]bool{},
 		Parameters:         map[string]any{},
 		SourceParameters: map[string]any{
-			"downtime-limit": o.MaxDowntimeMS,
+			"downtime-limit": InitialDowntimeMS(o.MaxDowntimeMS),
 			// 0 is unlimited in current QEMU but throttled in old ones: a
 			// very large number means unlimited in every version.
 			"max-bandwidth": unlimitedIfZero(o.MaxBandwidth),

@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -202,5 +203,26 @@ func TestCompareVersions(t *testing.T) {
 		if got := CompareVersions(c.a, c.b); got != c.want {
 			t.Errorf("%s vs %s: %d, want %d", c.a, c.b, got, c.want)
 		}
+	}
+}
+
+func TestAdaptiveDowntime(t *testing.T) {
+	if got := InitialDowntimeMS(300); got != 20 {
+		t.Errorf("initial %d, want 20", got)
+	}
+	if got := InitialDowntimeMS(5); got != 5 {
+		t.Errorf("an operator's limit below the first one must hold: %d", got)
+	}
+	var seen []int64
+	for cur := InitialDowntimeMS(300); ; {
+		seen = append(seen, cur)
+		next := NextDowntimeMS(cur, 300)
+		if next == cur {
+			break
+		}
+		cur = next
+	}
+	if want := []int64{20, 40, 80, 160, 300}; fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("limits %v, want %v", seen, want)
 	}
 }

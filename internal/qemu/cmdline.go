@@ -61,6 +61,7 @@ type Config struct {
 
 	Watchdog bool // an emulated i6300esb
 	Paused   bool // start with the CPUs stopped (-S)
+
 	Incoming string
 
 	// Prefix runs QEMU through another command, e.g. ip netns exec NS
@@ -187,6 +188,7 @@ func (c *Config) Args() []string {
 	if c.Paused {
 		a = append(a, "-S")
 	}
+
 	if c.Incoming != "" {
 		a = append(a, "-incoming", c.Incoming)
 	}

@@ -88,10 +88,19 @@ func (s *Source) serve(q net.Conn) {
 	if !s.track(q) {
 		return
 	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 5 * time.Second}, Config: s.creds.clientConfig(s.name)}
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 5 * time.Second}
 	ctx, cancel := context.WithTimeout(s.ctx, dialTimeout)
-	c, err := d.DialContext(ctx, "tcp", addr)
-	cancel()
+	defer cancel()
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	var bc *batchConn
+	var c *tls.Conn
+	if err == nil {
+		bc = newBatchConn(raw)
+		c = tls.Client(bc, s.creds.clientConfig(s.name))
+		if err = c.HandshakeContext(ctx); err != nil {
+			raw.Close()
+		}
+	}
 	if err != nil {
 		s.Failed.Add(1)
 		s.log.Warn("migration tunnel: reaching the target", "addr", addr, "err", err)
@@ -102,7 +111,8 @@ func (s *Source) serve(q net.Conn) {
 	if !s.track(c) {
 		return
 	}
-	n := pipe(q, c)
+	bc.batch()
+	n, _ := pipe(q, c, bc)
 	s.Bytes.Add(n)
 	s.untrack(q, c)
 }

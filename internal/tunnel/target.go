@@ -18,6 +18,7 @@ const handshakeTimeout = 10 * time.Second
 // target QEMU's local socket.
 type Target struct {
 	ln     net.Listener
+	cfg    *tls.Config
 	source string
 	log    *slog.Logger
 
@@ -36,11 +37,11 @@ type Target struct {
 // Listen opens a target end on addr ("host:0" picks a port) for a migration
 // from host source, whose connections go to QEMU's socket at backend.
 func Listen(addr string, creds *Credentials, source, backend string, log *slog.Logger) (*Target, error) {
-	ln, err := tls.Listen("tcp", addr, creds.serverConfig(source))
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{ln: ln, source: source, backend: backend, log: log, conns: map[net.Conn]bool{}}
+	t := &Target{ln: ln, cfg: creds.serverConfig(source), source: source, backend: backend, log: log, conns: map[net.Conn]bool{}}
 	t.wg.Add(1)
 	go t.accept()
 	return t, nil
@@ -67,12 +68,14 @@ func (t *Target) accept() {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			t.serve(c.(*tls.Conn))
+			t.serve(c)
 		}()
 	}
 }
 
-func (t *Target) serve(c *tls.Conn) {
+func (t *Target) serve(raw net.Conn) {
+	bc := newBatchConn(raw)
+	c := tls.Server(bc, t.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := c.HandshakeContext(ctx)
 	cancel()
@@ -98,7 +101,8 @@ func (t *Target) serve(c *tls.Conn) {
 	if !t.track(c, q) {
 		return
 	}
-	n := pipe(c, q)
+	bc.batch()
+	_, n := pipe(q, c, bc)
 	t.Bytes.Add(n)
 	t.untrack(c, q)
 }

@@ -107,46 +107,50 @@ func (c *Credentials) clientConfig(target string) *tls.Config {
 // enough that a 16 KiB TLS record is rarely split across calls.
 const bufSize = 256 << 10
 
-// pipe carries bytes both ways between a and b until both directions have
-// ended; a direction that ends cleanly half-closes the other side, an
-// error closes both. It returns the bytes carried from a to b.
-func pipe(a, b net.Conn) int64 {
+// pipe carries a local connection (QEMU's) over a TLS one (tc, over bc)
+// both ways until both directions have ended; a direction that ends cleanly
+// half-closes the other side, an error closes both. It returns the bytes
+// carried each way.
+func pipe(local net.Conn, tc *tls.Conn, bc *batchConn) (out, in int64) {
 	type result struct {
 		n   int64
 		err error
 	}
-	copyTo := func(dst, src net.Conn, done chan<- result) {
-		buf := make([]byte, bufSize)
-		n, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, buf)
+	outc, inc := make(chan result, 1), make(chan result, 1)
+	go func() {
+		n, err := io.CopyBuffer(tlsWriter{tc, bc}, onlyReader{local}, make([]byte, bufSize))
 		if err == nil {
-			err = closeWrite(dst)
+			// crypto/tls sends close_notify under a write deadline it
+			// then expires: it must go out directly, not gathered.
+			if err = bc.unbatch(); err == nil {
+				err = tc.CloseWrite()
+			}
 		}
-		done <- result{n, err}
-	}
-	ab, ba := make(chan result, 1), make(chan result, 1)
-	go copyTo(b, a, ab)
-	go copyTo(a, b, ba)
-	var sent int64
+		outc <- result{n, err}
+	}()
+	go func() {
+		n, err := copyFromTLS(onlyWriter{local}, tc, bc)
+		if err == nil {
+			err = closeWrite(local)
+		}
+		inc <- result{n, err}
+	}()
 	for i := 0; i < 2; i++ {
+		var r result
 		select {
-		case r := <-ab:
-			sent = r.n
-			ab = nil
-			if r.err != nil {
-				a.Close()
-				b.Close()
-			}
-		case r := <-ba:
-			ba = nil
-			if r.err != nil {
-				a.Close()
-				b.Close()
-			}
+		case r = <-outc:
+			out, outc = r.n, nil
+		case r = <-inc:
+			in, inc = r.n, nil
+		}
+		if r.err != nil {
+			local.Close()
+			tc.Close()
 		}
 	}
-	a.Close()
-	b.Close()
-	return sent
+	local.Close()
+	tc.Close()
+	return out, in
 }
 
 func closeWrite(c net.Conn) error {

@@ -63,7 +63,7 @@ func fakeQEMU(t *testing.T, path string) (got chan [32]byte) {
 }
 
 func TestTunnel(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	caDir := t.TempDir()
 	ca, err := pki.EnsureMigrationCA(caDir)
 	if err != nil {

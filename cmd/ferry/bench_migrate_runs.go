@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/testbed"
+	"github.com/google/uuid"
+)
+
+// ferryMigrateOnce creates a fresh guest, has it dirty memory, migrates it
+// with Ferry while a client probes it, checks it afterwards and deletes it.
+func ferryMigrateOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, hc *http.Client, vmName string, rate float64, req api.MigrateRequest) (migResult, error) {
+	if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: vmName}); err != nil {
+		return migResult{}, err
+	}
+	defer cl.DeleteVM(ctx, vmName)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	vm, err := cl.WaitVM(wctx, vmName, func(vm *api.VM) (bool, error) { return healthy(vm), nil })
+	cancel()
+	if err != nil {
+		return migResult{}, err
+	}
+	ip, _, _ := strings.Cut(vm.Spec.IP, "/")
+	req.To = b.Hosts[0].Name
+	if vm.Node == req.To {
+		req.To = b.Hosts[1].Name
+	}
+	if err := setDirty(ctx, hc, ip, rate); err != nil {
+		return migResult{}, err
+	}
+	pr := startProber(b.ClientNS, ip)
+	defer pr.stop()
+	m, err := cl.MigrateVM(ctx, vmName, req)
+	if err != nil {
+		return migResult{Error: err.Error()}, nil
+	}
+	wctx, cancel = context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	m, err = cl.WaitMigration(wctx, vmName, m.ID, nil)
+	time.Sleep(300 * time.Millisecond) // let the prober see the guest again
+	pr.stop()
+	if err != nil {
+		return migResult{Error: err.Error()}, nil
+	}
+	// Ferry's total ends when the guest runs on the target, as the
+	// baseline's ends at the target's RESUME event.
+	var stopped, streamDone, running time.Time
+	end := m.Finished
+	for _, e := range m.Timeline {
+		switch {
+		case strings.HasPrefix(e.Step, "guest paused on source"):
+			stopped = e.At
+		case e.Step == "stream complete on target":
+			streamDone = e.At
+		case strings.HasPrefix(e.Step, "guest resumed on target"):
+			end, running = e.At, e.At
+		}
+	}
+	r := migResult{TotalMS: ms(end.Sub(m.Started)), QEMUTotalMS: m.TotalTimeMS,
+		DowntimeMS: m.DowntimeMS, BytesSent: m.Progress.TransferredBytes, GapMS: pr.gap()}
+	pr.switchover(&r, stopped, streamDone, running)
+	if m.Phase != api.MigCompleted {
+		r.Error = m.Phase + ": " + m.Error
+		return r, nil
+	}
+	checkAfter(hc, ip, &r)
+	return r, nil
+}
+
+// rawMigrator is the baseline: the same guest booted with plain QEMU in
+// host 1 and migrated with plain QMP to a QEMU started by hand in host 2.
+type rawMigrator struct {
+	b   *testbed.Bed
+	img *image.Tiny
+	hc  *http.Client
+	say func(string, ...any)
+}
+
+// move boots a fresh baseline guest, has it dirty memory and migrates it,
+// in QEMU's TLS (the hosts' migration certificates, only host 1 admitted)
+// or in plaintext.
+func (rm *rawMigrator) move(ctx context.Context, rate float64, tls bool) migResult {
+	b := rm.b
+	fail := func(err error) migResult { return migResult{Error: err.Error()} }
+	dir := filepath.Join(b.Dir, "raw")
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(dir)
+	disk := filepath.Join(b.StorageDir, "raw-disk0.qcow2")
+	os.Remove(disk)
+	defer os.Remove(disk)
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", disk, "1G").CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("qemu-img: %v: %s", err, out))
+	}
+	kernel, err := rm.img.KernelFor(api.BootPVH)
+	if err != nil {
+		return fail(err)
+	}
+	const ip, mac, tap = "198.19.250.10", "52:54:00:13:fa:0a", "fyraw"
+	id := uuid.NewString()
+	cfgFor := func(i int) *qemu.Config {
+		h := b.Hosts[i]
+		return &qemu.Config{Name: "raw", UUID: id, MemoryMiB: 256, CPUs: 1, Accel: "tcg",
+			Kernel: kernel, Initrd: rm.img.Initrd,
+			Append:    "console=ttyS0 quiet panic=1 ferry.name=raw ferry.ip=" + ip + "/16",
+			QMPSocket: filepath.Join(dir, fmt.Sprintf("q%d", i)), PidFile: filepath.Join(dir, fmt.Sprintf("p%d", i)),
+			Disks: []qemu.Disk{{Path: disk, Format: "qcow2"}}, Watchdog: true,
+			Net:    &qemu.Net{Mode: "tap", Tap: tap, MAC: mac, MTU: 1450},
+			Prefix: []string{"ip", "netns", "exec", h.NS}}
+	}
+	var pids []int
+	defer func() {
+		for _, pid := range pids {
+			kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			qemu.Kill(kctx, pid, id)
+			cancel()
+		}
+		for _, h := range b.Hosts {
+			exec.Command("ip", "-n", h.NS, "link", "del", tap).Run()
+		}
+	}()
+	mkTap := func(i int) error {
+		ns := b.Hosts[i].NS
+		for _, args := range [][]string{
+			{"-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"},
+			{"-n", ns, "link", "set", tap, "master", "ferry0", "mtu", "1450", "up"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		return nil
+	}
+	if err := mkTap(0); err != nil {
+		return fail(err)
+	}
+	src := cfgFor(0)
+	pid, err := qemu.Launch(ctx, src, filepath.Join(dir, "log0"))
+	if err != nil {
+		return fail(err)
+	}
+	pids = append(pids, pid)
+	sq, err := qemu.Dial(ctx, src.QMPSocket)
+	if err != nil {
+		return fail(err)
+	}
+	defer sq.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var h map[string]any
+		if getJSON(rm.hc, "http://"+ip+"/health", &h) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fail(fmt.Errorf("raw guest never answered"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := setDirty(ctx, rm.hc, ip, rate); err != nil {
+		return fail(err)
+	}
+	pr := startProber(b.ClientNS, ip)
+	defer pr.stop()
+
+	t0 := time.Now()
+	if err := mkTap(1); err != nil {
+		return fail(err)
+	}
+	dst := cfgFor(1)
+	dst.Incoming = "defer"
+	dpid, err := qemu.Launch(ctx, dst, filepath.Join(dir, "log1"))
+	if err != nil {
+		return fail(err)
+	}
+	pids = append(pids, dpid)
+	dq, err := qemu.Dial(ctx, dst.QMPSocket)
+	if err != nil {
+		return fail(err)
+	}
+	defer dq.Close()
+	migDir := func(i int) string { return filepath.Join(b.Hosts[i].DataDir, "pki", pki.MigrationDir) }
+	for _, c := range []*qemu.Client{sq, dq} {
+		if err := c.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
+			return fail(err)
+		}
+	}
+	if tls {
+		if err := dq.SetupIncomingTLS(ctx, qemu.MigrationTLS{Dir: migDir(1), AllowDN: pki.MigrationDN(b.Hosts[0].Name)}); err != nil {
+			return fail(err)
+		}
+		if err := sq.SetupOutgoingTLS(ctx, qemu.MigrationTLS{Dir: migDir(0), Hostname: b.Hosts[1].Name}); err != nil {
+			return fail(err)
+		}
+	}
+	uri := "tcp:" + b.Hosts[1].Addr + ":" + strconv.Itoa(49152+int(time.Now().UnixNano()%1000))
+	if err := dq.MigrateIncoming(ctx, uri); err != nil {
+		return fail(err)
+	}
+	if err := sq.SetMigrationParameters(ctx, map[string]any{"downtime-limit": 300, "max-bandwidth": int64(1) << 40}); err != nil {
+		return fail(err)
+	}
+	if err := sq.Migrate(ctx, uri); err != nil {
+		return fail(err)
+	}
+	// The target runs by itself when the stream completes: wait for RESUME.
+	var streamDone, running time.Time
+	for running.IsZero() {
+		select {
+		case ev := <-dq.Events():
+			switch ev.Name {
+			case "RESUME":
+				running = ev.Timestamp
+			case "MIGRATION":
+				var d struct {
+					Status string `json:"status"`
+				}
+				json.Unmarshal(ev.Data, &d)
+				if d.Status == "completed" {
+					streamDone = ev.Timestamp
+				}
+			}
+		case <-time.After(10 * time.Minute):
+			return fail(fmt.Errorf("raw migration did not finish"))
+		}
+	}
+	total := running.Sub(t0)
+	var info qemu.MigrationInfo
+	for i := 0; i < 50; i++ {
+		if info, err = sq.QueryMigrate(ctx); err == nil && info.Status == "completed" && info.TotalTime > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var stopped time.Time
+	for len(sq.Events()) > 0 {
+		if ev := <-sq.Events(); ev.Name == "STOP" {
+			stopped = ev.Timestamp
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	pr.stop()
+	r := migResult{TotalMS: ms(total), QEMUTotalMS: info.TotalTime, DowntimeMS: info.Downtime, GapMS: pr.gap()}
+	pr.switchover(&r, stopped, streamDone, running)
+	if info.RAM != nil {
+		r.BytesSent = info.RAM.Transferred
+	}
+	if info.Status != "completed" {
+		r.Error = "raw migration: " + info.Status + " " + info.ErrorDesc
+		return r
+	}
+	checkAfter(rm.hc, ip, &r)
+	return r
+}
