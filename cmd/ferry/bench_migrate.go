@@ -58,17 +58,17 @@ type migResult struct {
 type variantResult struct {
 	Runs   []migResult `json:"runs"`
 	Median migResult   `json:"median"`
-	Dead   int         `json:"guests_dead_after"`   // not answering, or memory damaged, after the move
-	Failed int         `json:"migrations_failed"`   // the move did not complete
+	Dead   int         `json:"guests_dead_after"` // not answering, or memory damaged, after the move
+	Failed int         `json:"migrations_failed"` // the move did not complete
 }
 
 type migScenario struct {
 	DirtyMiBs float64                   `json:"dirty_rate_mib_s"`
 	Variants  map[string]*variantResult `json:"variants"`
 	// Ratios of median totals.
-	RatioTLS        float64 `json:"ratio_ferry_to_qmp_tls"`             // like for like, encrypted
+	RatioTLS        float64 `json:"ratio_ferry_to_qmp_tls"`                 // like for like, encrypted
 	RatioPlain      float64 `json:"ratio_ferry_plaintext_to_qmp_plaintext"` // like for like, plaintext
-	TLSCost         float64 `json:"ratio_ferry_tls_to_ferry_plaintext"` // what encryption costs Ferry
+	TLSCost         float64 `json:"ratio_ferry_tls_to_ferry_plaintext"`     // what encryption costs Ferry
 	TLSCostQEMU     float64 `json:"ratio_ferry_qemu_tls_to_ferry_plaintext"`
 	TLSCostBaseline float64 `json:"ratio_qmp_tls_to_qmp_plaintext"`
 }

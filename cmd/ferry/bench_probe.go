@@ -109,7 +109,6 @@ func (p *prober) switchover(r *migResult, stopped, streamDone, running time.Time
 	}
 }
 
-
 func getJSON(hc *http.Client, url string, out any) error {
 	resp, err := hc.Get(url)
 	if err != nil {

@@ -72,7 +72,7 @@ type instance struct {
 	// guest last stopped (a source's switchover), when the stream had fully
 	// arrived (a target), and when the target took ownership (guarded by mu).
 	stoppedAt, streamDoneAt, takenOverAt time.Time
-	ha        bool // fenced with the host's lease; restarted elsewhere by the HA manager
+	ha                                   bool // fenced with the host's lease; restarted elsewhere by the HA manager
 	// The ends of the agents' migration tunnel this guest's QEMU streams
 	// through, while it migrates (guarded by mu).
 	srcTunnel *tunnel.Source
