@@ -418,12 +418,17 @@ type User struct {
 // TokenCreateRequest is the body of POST /v1/cluster/tokens.
 type TokenCreateRequest struct {
 	TTL string `json:"ttl,omitempty"` // e.g. 1h; default 1h, at most 24h
+	// Server makes a token for another etcd server: it joins like any
+	// host and is also given the cluster's CA keys, so that it can sign
+	// (joins, users, renewals) when the other servers are down.
+	Server bool `json:"server,omitempty"`
 }
 
 // JoinToken is a one-time token for one host to join (shown once).
 type JoinToken struct {
 	Token   string    `json:"token"`
 	Expires time.Time `json:"expires"`
+	Server  bool      `json:"server,omitempty"`
 }
 
 // JoinRequest is the body of POST /v1/join: a host with a token asks for
@@ -434,6 +439,17 @@ type JoinRequest struct {
 	Addresses    []string `json:"addresses"`     // the host's IP addresses (its certificates name them)
 	CSR          string   `json:"csr"`           // for the cluster certificate (API, etcd)
 	MigrationCSR string   `json:"migration_csr"` // for the migration certificate
+	// Server: the host becomes an etcd server and asks for the CA keys
+	// (only a server token gives them).
+	Server bool `json:"server,omitempty"`
+}
+
+// CAKeys are the cluster's CA private keys (PEM), given only to a host that
+// joins as an etcd server with a server token.
+type CAKeys struct {
+	Cluster   string `json:"cluster"`
+	Migration string `json:"migration"`
+	Users     string `json:"users"`
 }
 
 // JoinResponse carries a joining host's certificates and the CAs (PEM).
@@ -446,6 +462,8 @@ type JoinResponse struct {
 	// (etcd does not).
 	UserCA  string      `json:"user_ca"`
 	Cluster ClusterInfo `json:"cluster"`
+	// CAKeys come only to an etcd server joining with a server token.
+	CAKeys *CAKeys `json:"ca_keys,omitempty"`
 }
 
 // RenewRequest is the body of POST /v1/renew: a host asks for new

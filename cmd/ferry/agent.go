@@ -105,6 +105,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.node, "node-name", "", "this host's name (default: the host name)")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (KVM only if a probe guest boots under it), kvm or tcg")
 	f.StringVar(&o.cpuModel, "cpu-model", "", "QEMU CPU model (default: QEMU's)")
+	f.StringVar(&qemu.Binary, "qemu-binary", qemu.Binary, "the QEMU system emulator to run guests with (name or path)")
 	f.StringVar(&o.guestTHP, "guest-thp", "auto", "transparent huge pages for guest memory: on, off, or auto (off under TCG, where they slow migration targets and gain little)")
 	f.StringVar(&o.runDir, "run-dir", "/run/ferry", "directory for QMP and console sockets (keep the path short)")
 	f.StringVar(&o.imageDir, "image-dir", image.DefaultDir, "where built-in images are kept")

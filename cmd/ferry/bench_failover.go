@@ -113,7 +113,7 @@ func benchFailover(ctx context.Context, self, imageDir string, runs int, verbose
 		}
 	}
 	return map[string]any{
-		"benchmark": "failover", "date": time.Now().UTC().Format(time.RFC3339),
+		"benchmark": "failover", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersionOf(ctx),
 		"hosts": 3, "guest_memory_mib": 256, "accel": "tcg", "runs": rs, "failed_runs": failed,
 		"lease_ttl_ms": t.LeaseTTL.Milliseconds(), "self_fence_ms": t.FenceAfter.Milliseconds(),
 		"watchdog_ms": t.WatchdogAfter.Milliseconds(), "margin_ms": t.Margin.Milliseconds(),

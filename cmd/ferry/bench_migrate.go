@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -79,6 +80,7 @@ func benchMigrateCmd() *cobra.Command {
 	var asJSON bool
 	var imageDir, strategy string
 	var variants []string
+	var baselineQEMU string
 	c := &cobra.Command{
 		Use:   "migrate",
 		Short: "Live migration in a 2-host testbed: Ferry against plain QMP migrate, like for like, idle and dirtying guests",
@@ -110,7 +112,7 @@ dirtied), or it counts as dead.`,
 			if err != nil {
 				return err
 			}
-			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, variants, !asJSON)
+			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, variants, baselineQEMU, !asJSON)
 			if err != nil {
 				return err
 			}
@@ -127,6 +129,7 @@ dirtied), or it counts as dead.`,
 	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	c.Flags().StringVar(&strategy, "strategy", "precopy", "Ferry's strategy")
 	c.Flags().StringSliceVar(&variants, "variants", allVariants, "variants to measure")
+	c.Flags().StringVar(&baselineQEMU, "baseline-qemu", "", "QEMU binary for the plain-QMP baseline (default: the installed one), e.g. an older build to compare")
 	return c
 }
 
@@ -147,7 +150,7 @@ func printMigrateSummary(scs []migScenario) {
 	}
 }
 
-func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, variants []string, verbose bool) (map[string]any, error) {
+func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, variants []string, baselineQEMU string, verbose bool) (map[string]any, error) {
 	img, err := image.Find(imageDir)
 	if err != nil {
 		return nil, err
@@ -179,7 +182,15 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 			qemuVersion = n.QEMU.Version
 		}
 	}
-	raw := &rawMigrator{b: b, img: img, hc: hc, say: say}
+	raw := &rawMigrator{b: b, img: img, hc: hc, say: say, qemu: baselineQEMU}
+	baselineVersion := qemuVersion
+	if baselineQEMU != "" {
+		out, err := exec.CommandContext(ctx, baselineQEMU, "--version").Output()
+		if err != nil {
+			return nil, fmt.Errorf("--baseline-qemu: %w", err)
+		}
+		baselineVersion = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
 	var out []migScenario
 	n := 0
 	for _, rate := range rates {
@@ -238,7 +249,7 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		out = append(out, sc)
 	}
 	return map[string]any{
-		"benchmark": "migrate", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersion,
+		"benchmark": "migrate", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersion, "baseline_qemu": baselineVersion,
 		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
 		"strategy": strategy, "runs_per_rate": runs, "variants": variants, "scenarios": out,
 	}, nil

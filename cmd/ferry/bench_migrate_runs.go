@@ -88,6 +88,8 @@ type rawMigrator struct {
 	img *image.Tiny
 	hc  *http.Client
 	say func(string, ...any)
+	// qemu is the baseline's QEMU binary ("": the one Ferry runs).
+	qemu string
 }
 
 // move boots a fresh baseline guest, has it dirty memory and migrates it,
@@ -122,7 +124,7 @@ func (rm *rawMigrator) move(ctx context.Context, rate float64, tls bool) migResu
 			QMPSocket: filepath.Join(dir, fmt.Sprintf("q%d", i)), PidFile: filepath.Join(dir, fmt.Sprintf("p%d", i)),
 			Disks: []qemu.Disk{{Path: disk, Format: "qcow2"}}, Watchdog: true,
 			Net:    &qemu.Net{Mode: "tap", Tap: tap, MAC: mac, MTU: 1450},
-			Prefix: []string{"ip", "netns", "exec", h.NS}}
+			Prefix: []string{"ip", "netns", "exec", h.NS}, Binary: rm.qemu}
 	}
 	var pids []int
 	defer func() {

@@ -153,6 +153,7 @@ memory unencrypted; --refuse-plaintext-migration takes that back.`,
 func tokenCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "token", Short: "One-time tokens for hosts to join"}
 	var ttl string
+	var server bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Make a one-time join token (admin); shown once",
@@ -162,14 +163,23 @@ func tokenCmd(g *globals) *cobra.Command {
 
 The joining host makes its own keys, checks the cluster's CA against the
 fingerprint inside the token before it sends anything, and is certified by the
-cluster. The token works once, until it expires (--ttl, default 1h).`,
+cluster. The token works once, until it expires (--ttl, default 1h).
+
+With --server the token is for another etcd server:
+
+    ferry agent --server --join API-ADDR --token TOKEN --advertise HOST-ADDR
+
+It joins the same way, becomes a member of the cluster's etcd, and is also given
+the cluster's CA keys, so that joins, users and renewals keep working when
+another server is down. Only a server token gives the keys; a host token is
+refused for --server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := g.outputClient()
 			if err != nil {
 				return err
 			}
-			tok, err := cl.CreateToken(cmd.Context(), api.TokenCreateRequest{TTL: ttl})
+			tok, err := cl.CreateToken(cmd.Context(), api.TokenCreateRequest{TTL: ttl, Server: server})
 			if err != nil {
 				return err
 			}
@@ -177,11 +187,16 @@ cluster. The token works once, until it expires (--ttl, default 1h).`,
 				return printJSON(os.Stdout, tok)
 			}
 			fmt.Println(tok.Token)
-			fmt.Fprintf(os.Stderr, "valid once, until %s\n", tok.Expires.Local().Format("2006-01-02 15:04:05"))
+			what := "a host"
+			if tok.Server {
+				what = "an etcd server (it receives the CA keys)"
+			}
+			fmt.Fprintf(os.Stderr, "admits %s, once, until %s\n", what, tok.Expires.Local().Format("2006-01-02 15:04:05"))
 			return nil
 		},
 	}
 	create.Flags().StringVar(&ttl, "ttl", "1h", "how long the token is valid (1m to 24h)")
+	create.Flags().BoolVar(&server, "server", false, "a token for another etcd server (ferry agent --server --join): it is given the CA keys")
 	c.AddCommand(create)
 	return c
 }

@@ -69,6 +69,10 @@ func hostCredentials(ctx context.Context, o *agentOpts, pkiDir string, hosts, mi
 		if err := joinWithToken(ctx, o, pkiDir, migHosts[1:], log); err != nil {
 			return nil, err
 		}
+		if exists(caKey) {
+			// An etcd server given the CA keys: on as a key holder.
+			return hostCredentials(ctx, o, pkiDir, hosts, migHosts, log)
+		}
 	}
 	ca, err := pki.LoadCACert(caCert)
 	if err != nil {
@@ -135,7 +139,7 @@ func joinWithToken(ctx context.Context, o *agentOpts, pkiDir string, addrs []str
 	if err != nil {
 		return err
 	}
-	body, _ := json.Marshal(api.JoinRequest{Token: o.token, Node: o.node, Addresses: addrs, CSR: string(csr), MigrationCSR: string(mcsr)})
+	body, _ := json.Marshal(api.JoinRequest{Token: o.token, Node: o.node, Addresses: addrs, CSR: string(csr), MigrationCSR: string(mcsr), Server: o.server})
 	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/join", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
@@ -171,7 +175,15 @@ func joinWithToken(ctx context.Context, o *agentOpts, pkiDir string, addrs []str
 	if err := pki.WriteMigrationCreds(pkiDir, []byte(jr.MigrationCertificate), mkey, []byte(jr.MigrationCA)); err != nil {
 		return err
 	}
-	log.Info("joined the cluster with a token", "api", o.join, "token", tok.ID, "ca_fingerprint", tok.CAFingerprint[:16])
+	if k := jr.CAKeys; k != nil && o.server {
+		// Keys last: a host holds the CAs once it has them all.
+		for _, f := range []struct{ name, data string }{{pki.MigrationCAKey, k.Migration}, {pki.UserCAKey, k.Users}, {pki.CAKey, k.Cluster}} {
+			if err := os.WriteFile(filepath.Join(pkiDir, f.name), []byte(f.data), 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	log.Info("joined the cluster with a token", "api", o.join, "token", tok.ID, "ca_fingerprint", tok.CAFingerprint[:16], "ca_keys", jr.CAKeys != nil)
 	return nil
 }
 

@@ -6,11 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/spf13/cobra"
 )
 
@@ -26,6 +30,7 @@ type globals struct {
 // admin credentials an agent keeps in --data-dir.
 func (g *globals) client() (*client.Client, error) {
 	if g.credentials != "" {
+		warnExpiry(os.Stderr, filepath.Join(g.credentials, client.CredCert), g.credentials, time.Now())
 		return client.FromCredentials(g.credentials, g.server)
 	}
 	return client.FromDataDir(g.dataDir, g.server)
@@ -38,6 +43,23 @@ func (g *globals) outputClient() (*client.Client, error) {
 		return nil, err
 	}
 	return g.client()
+}
+
+// warnExpiry tells the user, once their certificate is in the last third
+// of its lifetime (or past it), when it expires and how to renew it.
+func warnExpiry(w io.Writer, certFile, dir string, now time.Time) {
+	c, err := pki.LoadCert(certFile)
+	if err != nil || !pki.NeedsRenewal(c, now, 0) {
+		return
+	}
+	left := c.NotAfter.Sub(now)
+	if left <= 0 {
+		fmt.Fprintf(w, "warning: your certificate (%s) expired on %s: ask an admin for a new one (ferry user create)\n",
+			c.Subject.CommonName, c.NotAfter.Local().Format("2006-01-02"))
+		return
+	}
+	fmt.Fprintf(w, "warning: your certificate (%s) expires on %s, in %d days: renew it with `ferry --credentials %s user renew`\n",
+		c.Subject.CommonName, c.NotAfter.Local().Format("2006-01-02"), int(left.Hours()/24)+1, dir)
 }
 
 func envOr(k, d string) string {

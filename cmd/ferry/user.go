@@ -4,12 +4,27 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/spf13/cobra"
 )
+
+// certState says how long a certificate has left, and that it should be
+// renewed once in the last third of its lifetime.
+func certState(issued, expires, now time.Time) string {
+	left := expires.Sub(now)
+	days := int(left.Hours()/24) + 1
+	switch {
+	case left <= 0:
+		return "expired"
+	case left < expires.Sub(issued)/3:
+		return fmt.Sprintf("%dd left: renew (ferry user renew)", days)
+	}
+	return fmt.Sprintf("%dd left", days)
+}
 
 func userCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "user", Short: "People and tools that call the API, each with a role (admin, operator, viewer)"}
@@ -123,10 +138,11 @@ while it is valid and not yet replaced.`,
 				return printJSON(os.Stdout, us)
 			}
 			var rows [][]string
+			now := time.Now()
 			for _, u := range us {
-				rows = append(rows, []string{u.Name, u.Role, u.Expires.Local().Format("2006-01-02"), u.Serial})
+				rows = append(rows, []string{u.Name, u.Role, u.Expires.Local().Format("2006-01-02"), certState(u.Created, u.Expires, now), u.Serial})
 			}
-			table(os.Stdout, []string{"NAME", "ROLE", "EXPIRES", "SERIAL"}, rows)
+			table(os.Stdout, []string{"NAME", "ROLE", "EXPIRES", "CERTIFICATE", "SERIAL"}, rows)
 			return nil
 		},
 	}

@@ -179,10 +179,15 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 	postcopyStarted, continued := false, false
 	var pc sourcePostcopy
 	downtime, lastRound := migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), int64(0)
+	// The link's rate as the first pass measured it (bytes/s): QEMU's own
+	// estimate sinks in later rounds, which send little, and then it
+	// thinks the rest will not fit in the downtime limit.
+	var linkRate float64
 	plan := m.Plan
 	if plan == nil {
 		plan = &api.MigrationPlan{}
 	}
+	_, setLink := plan.SourceParameters["avail-switchover-bandwidth"]
 	for {
 		select {
 		case <-ctx.Done():
@@ -275,6 +280,17 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		if m.Cancel && m.Phase == api.MigCopying {
 			a.cancelSource(ctx, in, m, "cancelled")
 			return nil
+		}
+		if info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount <= 1 {
+			linkRate = max(linkRate, info.RAM.Mbps*1e6/8)
+		}
+		if setLink && info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount >= 2 && linkRate > 0 {
+			setLink = false
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := in.qmp.SetMigrationParameters(cctx, map[string]any{"avail-switchover-bandwidth": int64(linkRate)}); err == nil {
+				in.steps = append(in.steps, a.step(fmt.Sprintf("switchover bandwidth set to the first pass's %.0f MB/s", linkRate/1e6), time.Now()))
+			}
+			cancel()
 		}
 		if info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount > lastRound {
 			// A new round: the guest did not fit in the downtime limit
@@ -416,6 +432,10 @@ func syncFile(path string) {
 	f.Close()
 }
 
+// sourceTeardownDelay is how long a source keeps its stopped copy after the
+// target took the guest over, before destroying it.
+var sourceTeardownDelay = time.Second
+
 // takeoverTimeout is how long a source whose stream completed waits for the
 // target to take the guest over before it takes it back.
 const takeoverTimeout = 10 * time.Second
@@ -443,6 +463,15 @@ func (a *Agent) awaitTakeover(ctx context.Context, in *instance, m *api.Migratio
 				})
 				a.log.Info("guest taken over by the target; destroying the source copy", "vm", m.VM,
 					"total_ms", info.TotalTime, "downtime_ms", info.Downtime)
+				// Not at once: tearing down a QEMU (freeing all its
+				// memory) competes for the CPU with the guest warming up
+				// on the target. The copy is stopped for good meanwhile:
+				// it does not own the guest and is never continued.
+				select {
+				case <-ctx.Done():
+				case <-in.gone:
+				case <-time.After(sourceTeardownDelay):
+				}
 				return a.stop(ctx, in, true, 0, "")
 			case api.MigrationTerminal(cur.Phase):
 				a.resumeSource(ctx, in)

@@ -51,12 +51,16 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exp := time.Now().Add(ttl).UTC()
-	if err := s.st.PutToken(r.Context(), tok.ID, store.TokenRecord{Hash: pki.SecretHash(tok.Secret), Expires: exp, By: caller(r)}, ttl); err != nil {
+	if err := s.st.PutToken(r.Context(), tok.ID, store.TokenRecord{Hash: pki.SecretHash(tok.Secret), Expires: exp, By: caller(r), Server: req.Server}, ttl); err != nil {
 		writeError(w, err)
 		return
 	}
-	s.event(r, api.Event{Kind: "token-created", Message: fmt.Sprintf("join token %s created, valid until %s", tok.ID, exp.Format(time.RFC3339))})
-	writeJSON(w, http.StatusCreated, api.JoinToken{Token: tok.String(), Expires: exp})
+	kind := "join token"
+	if req.Server {
+		kind = "server join token (gives the CA keys)"
+	}
+	s.event(r, api.Event{Kind: "token-created", Message: fmt.Sprintf("%s %s created, valid until %s", kind, tok.ID, exp.Format(time.RFC3339))})
+	writeJSON(w, http.StatusCreated, api.JoinToken{Token: tok.String(), Expires: exp, Server: req.Server})
 }
 
 // joinCA serves the cluster CA certificate to anyone: a joining host
@@ -119,7 +123,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "the token is for another cluster"))
 		return
 	}
-	if err := s.st.ConsumeToken(ctx, tok.ID, tok.Secret, pki.SecretMatches); err != nil {
+	rec, err := s.st.ConsumeToken(ctx, tok.ID, tok.Secret, req.Server, pki.SecretMatches)
+	if err != nil {
 		s.log.Warn("join refused", "node", req.Node, "from", r.RemoteAddr, "err", err)
 		writeError(w, err)
 		return
@@ -139,13 +144,32 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	if urls, err := s.st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		info.EtcdEndpoints = urls
 	}
-	ev := api.Event{Kind: "host-joined", Node: req.Node, Message: fmt.Sprintf("host %s joined with token %s (from %s)", req.Node, tok.ID, r.RemoteAddr)}
+	resp := api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
+		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), UserCA: string(cas.Users.PEM), Cluster: info}
+	what := "host"
+	if req.Server && rec.Server {
+		// Another etcd server signs too: with the keys on every server,
+		// losing one does not stop joins, users and renewals.
+		keys := &api.CAKeys{}
+		for _, k := range []struct {
+			ca  *pki.CA
+			dst *string
+		}{{cas.Cluster, &keys.Cluster}, {cas.Migration, &keys.Migration}, {cas.Users, &keys.Users}} {
+			b, err := k.ca.KeyPEM()
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			*k.dst = string(b)
+		}
+		resp.CAKeys, what = keys, "etcd server (given the CA keys)"
+	}
+	ev := api.Event{Kind: "host-joined", Node: req.Node, Message: fmt.Sprintf("%s %s joined with token %s (from %s)", what, req.Node, tok.ID, r.RemoteAddr)}
 	if err := s.st.PutEvent(ctx, ev); err != nil {
 		s.log.Warn("recording event", "kind", ev.Kind, "err", err)
 	}
-	s.log.Info("host joined", "node", req.Node, "token", tok.ID)
-	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
-		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), UserCA: string(cas.Users.PEM), Cluster: info})
+	s.log.Info("host joined", "node", req.Node, "token", tok.ID, "server", resp.CAKeys != nil)
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // renew issues new certificates for new keys with the identity of the

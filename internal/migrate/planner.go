@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -29,6 +30,9 @@ type Planner struct {
 	log        *slog.Logger
 	PerHost    int
 	PerCluster int
+	// stuck remembers, per guest a drain cannot move live, why — so that
+	// operators are told once (an event), not on every pass.
+	stuck map[string]string
 }
 
 // NewPlanner returns a planner with the default limits.
@@ -36,7 +40,8 @@ func NewPlanner(st *store.Store, log *slog.Logger) *Planner {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Planner{st: st, log: log.With("controller", "migration-planner"), PerHost: DefaultPerHost, PerCluster: DefaultPerCluster}
+	return &Planner{st: st, log: log.With("controller", "migration-planner"), PerHost: DefaultPerHost, PerCluster: DefaultPerCluster,
+		stuck: map[string]string{}}
 }
 
 // Name implements leader.Controller.
@@ -140,6 +145,20 @@ func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 	return nil
 }
 
+// tellStuck records, once per reason, that a drain cannot move a running
+// guest live, and what an operator can do.
+func (p *Planner) tellStuck(ctx context.Context, vm api.VM, why string) {
+	if p.stuck[vm.Spec.Name] == why {
+		return
+	}
+	p.stuck[vm.Spec.Name] = why
+	msg := fmt.Sprintf("drain of %s cannot live-migrate %s: %s; stop the guest and the drain moves it (it restarts elsewhere with its machine type)", vm.Node, vm.Spec.Name, why)
+	p.log.Warn("drain: guest cannot move live", "vm", vm.Spec.Name, "why", why)
+	if err := p.st.PutEvent(ctx, api.Event{Kind: "drain-stuck", Node: vm.Node, VM: vm.Spec.Name, Message: msg}); err != nil {
+		p.log.Warn("recording event", "err", err)
+	}
+}
+
 // drain moves every guest off hosts in maintenance.
 func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.MigrationRev) error {
 	nodes, err := p.st.ListNodes(ctx)
@@ -177,19 +196,26 @@ func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.Mi
 		}
 		running := vm.Spec.Power == api.PowerRunning && vm.Status.Phase == api.PhaseRunning
 		cands := targets
+		var why []string
 		if running {
 			// A live move only to a host whose QEMU can take the guest.
 			cands = nil
 			for i := range targets {
-				if CheckTarget(&vm, byName[vm.Node], &targets[i]) == nil {
+				if err := CheckTarget(&vm, byName[vm.Node], &targets[i]); err != nil {
+					why = append(why, err.Error())
+				} else {
 					cands = append(cands, targets[i])
 				}
 			}
 		}
 		to := sched.Pick(cands, free, vm.Spec)
 		if to == "" {
+			if running && len(cands) == 0 && len(why) > 0 {
+				p.tellStuck(ctx, vm, strings.Join(why, "; "))
+			}
 			continue // nowhere to go yet; try again on the next pass
 		}
+		delete(p.stuck, vm.Spec.Name)
 		if !running {
 			if vm.Status.Phase == api.PhaseStarting || vm.Status.Phase == api.PhaseStopping {
 				continue // wait until it settles

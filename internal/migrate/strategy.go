@@ -261,7 +261,9 @@ func PlanFor(o api.MigrationOptions, vm *api.VM, src, dst *api.Node) (*api.Migra
 		p.PauseBeforeSwitchover = true
 	}
 	if s.HasParameter("avail-switchover-bandwidth") {
-		p.SourceParameters["avail-switchover-bandwidth"] = 0 // QEMU's own estimate until the source measures the link
+		// QEMU's own estimate until the source has measured the link in
+		// the first pass and sets it.
+		p.SourceParameters["avail-switchover-bandwidth"] = 0
 	}
 	return p, nil
 }

@@ -334,6 +334,18 @@ func pemCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
+// KeyPEM is the CA's private key in PEM (for another etcd server).
+func (ca *CA) KeyPEM() ([]byte, error) {
+	if ca.Key == nil {
+		return nil, errors.New("pki: this CA has no key here")
+	}
+	b, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), nil
+}
+
 func writeKey(path string, key *ecdsa.PrivateKey) error {
 	b, err := x509.MarshalECPrivateKey(key)
 	if err != nil {

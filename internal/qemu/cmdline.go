@@ -67,6 +67,8 @@ type Config struct {
 	// Prefix runs QEMU through another command, e.g. ip netns exec NS
 	// (benchmarks start baseline guests inside testbed hosts).
 	Prefix []string
+	// Binary overrides the QEMU binary (Binary) for this guest.
+	Binary string
 }
 
 func (c *Config) machine() string {

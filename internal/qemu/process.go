@@ -29,9 +29,9 @@ func Launch(ctx context.Context, c *Config, logPath string) (int, error) {
 		return 0, fmt.Errorf("qemu: opening log: %w", err)
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "%s ferry: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), Binary, strings.Join(c.Args(), " "))
+	fmt.Fprintf(logf, "%s ferry: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), c.binary(), strings.Join(c.Args(), " "))
 	os.Remove(c.PidFile)
-	argv := append(append(append([]string{}, c.Prefix...), Binary), c.Args()...)
+	argv := append(append(append([]string{}, c.Prefix...), c.binary()), c.Args()...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -44,6 +44,13 @@ func Launch(ctx context.Context, c *Config, logPath string) (int, error) {
 		return 0, fmt.Errorf("qemu started but %w", err)
 	}
 	return pid, nil
+}
+
+func (c *Config) binary() string {
+	if c.Binary != "" {
+		return c.Binary
+	}
+	return Binary
 }
 
 // ReadPidFile reads a QEMU pidfile.

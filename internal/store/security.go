@@ -203,6 +203,8 @@ type TokenRecord struct {
 	Hash    string    `json:"hash"`
 	Expires time.Time `json:"expires"`
 	By      string    `json:"by,omitempty"`
+	// Server: the token admits another etcd server (and gives it the CA keys).
+	Server bool `json:"server,omitempty"`
 }
 
 // PutToken records a join token for ttl.
@@ -220,28 +222,35 @@ func (s *Store) PutToken(ctx context.Context, id string, rec TokenRecord, ttl ti
 
 // ConsumeToken checks a token's secret and deletes it in one transaction:
 // a token admits one host. An unknown, expired or wrong token is one error.
-func (s *Store) ConsumeToken(ctx context.Context, id, secret string, matches func(secret, hash string) bool) error {
+// A host that would become an etcd server (server) needs a server token; a
+// host token it presents is refused and stays unused. It returns the
+// token's record.
+func (s *Store) ConsumeToken(ctx context.Context, id, secret string, server bool, matches func(secret, hash string) bool) (TokenRecord, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	bad := errdefs.New(errdefs.ErrUnauthenticated, "join token unknown, used or expired")
+	var rec TokenRecord
 	resp, err := s.cli.Get(ctx, TokenPrefix+id)
 	if err != nil {
-		return unavailable(err)
+		return rec, unavailable(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return bad
+		return rec, bad
 	}
-	var rec TokenRecord
 	if json.Unmarshal(resp.Kvs[0].Value, &rec) != nil || !matches(secret, rec.Hash) || time.Now().After(rec.Expires) {
-		return bad
+		return TokenRecord{}, bad
+	}
+	if server && !rec.Server {
+		return TokenRecord{}, errdefs.New(errdefs.ErrPermissionDenied,
+			"this token admits a host, not an etcd server: make one with `ferry cluster token create --server`")
 	}
 	k := TokenPrefix + id
 	tx, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", resp.Kvs[0].ModRevision)).Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
-		return unavailable(err)
+		return TokenRecord{}, unavailable(err)
 	}
 	if !tx.Succeeded {
-		return bad
+		return TokenRecord{}, bad
 	}
-	return nil
+	return rec, nil
 }

@@ -125,23 +125,40 @@ func TestConsumeToken(t *testing.T) {
 	if err := st.PutToken(ctx, "aaaa", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(time.Minute)}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.ConsumeToken(ctx, "aaaa", "wrong", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+	if err := ignoreRec(st.ConsumeToken(ctx, "aaaa", "wrong", false, match)); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Fatalf("wrong secret: %v", err)
 	}
-	if err := st.ConsumeToken(ctx, "aaaa", "s3cret", match); err != nil {
+	if err := ignoreRec(st.ConsumeToken(ctx, "aaaa", "s3cret", false, match)); err != nil {
 		t.Fatalf("valid token: %v", err)
 	}
-	if err := st.ConsumeToken(ctx, "aaaa", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+	if err := ignoreRec(st.ConsumeToken(ctx, "aaaa", "s3cret", false, match)); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Fatalf("used twice: %v", err)
 	}
 	if err := st.PutToken(ctx, "bbbb", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(-time.Second)}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.ConsumeToken(ctx, "bbbb", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+	if err := ignoreRec(st.ConsumeToken(ctx, "bbbb", "s3cret", false, match)); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Fatalf("expired: %v", err)
 	}
-	if err := st.ConsumeToken(ctx, "cccc", "s3cret", match); !errors.Is(err, errdefs.ErrUnauthenticated) {
+	if err := ignoreRec(st.ConsumeToken(ctx, "cccc", "s3cret", false, match)); !errors.Is(err, errdefs.ErrUnauthenticated) {
 		t.Fatalf("unknown: %v", err)
+	}
+	// An etcd server needs a server token; a host token it presents is
+	// refused and stays usable by a host.
+	if err := st.PutToken(ctx, "dddd", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(time.Minute)}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := ignoreRec(st.ConsumeToken(ctx, "dddd", "s3cret", true, match)); !errors.Is(err, errdefs.ErrPermissionDenied) {
+		t.Fatalf("host token for a server: %v", err)
+	}
+	if rec, err := st.ConsumeToken(ctx, "dddd", "s3cret", false, match); err != nil || rec.Server {
+		t.Fatalf("host token after the refusal: %+v %v", rec, err)
+	}
+	if err := st.PutToken(ctx, "eeee", store.TokenRecord{Hash: "s3cret", Expires: time.Now().Add(time.Minute), Server: true}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := st.ConsumeToken(ctx, "eeee", "s3cret", true, match); err != nil || !rec.Server {
+		t.Fatalf("server token: %+v %v", rec, err)
 	}
 }
 
@@ -203,3 +220,5 @@ func TestRevokeConflicts(t *testing.T) {
 		t.Fatalf("alice: %+v %v", u, err)
 	}
 }
+
+func ignoreRec(_ store.TokenRecord, err error) error { return err }

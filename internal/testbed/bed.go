@@ -53,7 +53,7 @@ type Host struct {
 	// token is the join token for the host's first start (not kept).
 	token string
 	// ExtraArgs are added to the agent's command line (tests).
-	ExtraArgs []string `json:"-"`
+	ExtraArgs []string `json:"extra_args,omitempty"`
 }
 
 // Options configure Up.
@@ -63,6 +63,9 @@ type Options struct {
 	Bin      string // the ferry binary
 	ImageDir string
 	Accel    string // default tcg
+	// HostArgs are extra agent arguments per host index (e.g. another
+	// QEMU build with --qemu-binary).
+	HostArgs map[int][]string
 }
 
 const (
@@ -104,7 +107,7 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	for i := 1; i <= o.Hosts; i++ {
 		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
 			Addr: underlayPrefix + strconv.Itoa(10+i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
-			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i))})
+			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i)), ExtraArgs: o.HostArgs[i-1]})
 	}
 	defer func() {
 		// FERRY_TESTBED_KEEP=1 keeps a testbed that failed to come up, to
@@ -125,10 +128,10 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if err := b.buildNetwork(); err != nil {
 		return b, err
 	}
-	// The cluster's CAs are made here and given to the etcd servers (an
-	// operator's part for servers after the first); the other hosts join
-	// with one-time tokens. The testbed's own admin credentials are made
-	// beside them.
+	// The cluster's CAs are made here and given to the first server; the
+	// other etcd servers join with server tokens (and are given the CA
+	// keys), the other hosts with host tokens. The testbed's own admin
+	// credentials are made beside them.
 	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
 		return b, err
 	}
@@ -249,7 +252,10 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 		return err
 	}
 	h.token = ""
-	if i < Servers(len(b.Hosts)) {
+	first := !exists(filepath.Join(h.DataDir, "pki", pki.ServerCert))
+	if i == 0 {
+		// The first server holds the CAs the testbed made (so that its
+		// own admin credentials are valid); every other host joins.
 		for _, f := range []string{pki.CACert, pki.CAKey, pki.MigrationCACert, pki.MigrationCAKey, pki.UserCACert, pki.UserCAKey} {
 			data, err := os.ReadFile(filepath.Join(b.Dir, "pki", f))
 			if err != nil {
@@ -259,13 +265,14 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 				return err
 			}
 		}
-	} else if _, err := os.Stat(filepath.Join(h.DataDir, "pki", pki.ServerCert)); err != nil {
-		// First start of a host that is not a server: a one-time token.
+	} else if first {
+		// First start: a one-time token, a server token for an etcd server
+		// (which is given the CA keys with it).
 		cl, err := b.Client(0)
 		if err != nil {
 			return err
 		}
-		tok, err := cl.CreateToken(ctx, api.TokenCreateRequest{TTL: "10m"})
+		tok, err := cl.CreateToken(ctx, api.TokenCreateRequest{TTL: "10m", Server: i < Servers(len(b.Hosts))})
 		if err != nil {
 			return fmt.Errorf("testbed: join token for %s: %w", h.Name, err)
 		}
@@ -511,3 +518,5 @@ func pidsInNetns(ns string) []int {
 	}
 	return pids
 }
+
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
 
@@ -126,6 +129,43 @@ func TestMigrationFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		auditOutcome(t, b, cl, vm, waitMigEnd(t, cl, vm.Spec.Name, m.ID))
+	})
+
+	t.Run("cancel at pre-switchover", func(t *testing.T) {
+		// The source holds its guest paused at pre-switchover (a failpoint
+		// keeps it there 3 s); a cancel that arrives then ends the move
+		// with the guest running on the source, where it never stopped
+		// being owned.
+		vm, to := newGuest(t)
+		src := b.Hosts[hostIndex(vm.Node)]
+		fp := filepath.Join(src.DataDir, "failpoints")
+		if err := os.WriteFile(fp, []byte(failpoint.PreSwitchover+" 3s\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(fp)
+		logBefore, _ := os.ReadFile(filepath.Join(src.DataDir, "agent.log"))
+		m, err := cl.MigrateVM(ctx, vm.Spec.Name, api.MigrateRequest{To: to})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cancel once the source says it pauses there.
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			log, _ := os.ReadFile(filepath.Join(src.DataDir, "agent.log"))
+			if strings.Contains(string(log[len(logBefore):]), "point="+failpoint.PreSwitchover) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the source never paused at pre-switchover")
+			}
+		}
+		if _, err := cl.CancelMigration(ctx, vm.Spec.Name); err != nil {
+			t.Fatalf("cancel at pre-switchover refused: %v", err)
+		}
+		m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
+		if m.Phase != api.MigCancelled {
+			t.Fatalf("phase %s (%s), want cancelled", m.Phase, m.Error)
+		}
+		auditOne(t, b, cl, vm, vm.Node)
 	})
 
 	t.Run("cancel races switchover", func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,8 +45,10 @@ func TestSecurity(t *testing.T) {
 
 	t.Run("no port accepts plaintext", func(t *testing.T) {
 		// A migration's target listens only briefly: a failpoint holds it
-		// listening so that its QEMU's port is among those scanned, and the
-		// migration must still complete after the scan's attempts.
+		// listening so that its port — the target agent's end of the
+		// migration tunnel (the target QEMU listens on a unix socket) — is
+		// among those scanned, and the migration must still complete after
+		// the scan's attempts.
 		vm, err := cl.GetVM(ctx, "sec")
 		if err != nil {
 			t.Fatal(err)
@@ -60,15 +63,20 @@ func TestSecurity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		qemuPort := false
-		for end := time.Now().Add(time.Minute); !qemuPort && time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		migPort := ""
+		for end := time.Now().Add(time.Minute); migPort == "" && time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 			for _, l := range listeners(t, b) {
-				qemuPort = qemuPort || strings.Contains(l.proc, "qemu")
+				_, port, _ := net.SplitHostPort(l.addr)
+				if l.host == target.Name && !slices.Contains(testbed.ControlPorts, atoi(port)) &&
+					(strings.Contains(l.proc, "ferry") || strings.Contains(l.proc, "qemu")) {
+					migPort = l.addr + " (" + l.proc + ")"
+				}
 			}
 		}
-		if !qemuPort {
-			t.Fatal("the migration target's QEMU never listened")
+		if migPort == "" {
+			t.Fatal("the migration's target never listened")
 		}
+		t.Logf("the migration target listens on %s", migPort)
 		checkNoPlaintext(t, b)
 		if m = waitMigEnd(t, cl, "sec", m.ID); m.Phase != api.MigCompleted {
 			t.Fatalf("the migration did not survive the scan: %s: %s", m.Phase, m.Error)
@@ -842,3 +850,5 @@ func readFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
