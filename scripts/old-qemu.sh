@@ -14,12 +14,13 @@ if [ "$codename" != bookworm ]; then
   echo "old-qemu: only Debian 12 (bookworm) has an older QEMU in its main suite; this is '$codename'" >&2
   exit 1
 fi
-# The bookworm (main) versions of QEMU and its firmware, whatever is installed.
+# The bookworm (main) versions of QEMU and its firmware (SeaBIOS, which QEMU
+# finds beside its binary), whatever is installed.
 ver() { apt-cache madison "$1" | awk -F'|' '$3 ~ /bookworm\/main/ && $3 !~ /backports|security/ {gsub(/ /,"",$2); print $2; exit}'; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pkgs=()
-for p in qemu-system-x86 qemu-system-common qemu-system-data; do
+for p in qemu-system-x86 qemu-system-common qemu-system-data seabios; do
   v=$(ver "$p"); [ -n "$v" ] || { echo "old-qemu: no bookworm version of $p" >&2; exit 1; }
   pkgs+=("$p=$v")
 done

@@ -106,7 +106,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		}
 		target = sched.Pick(cands, free, vm.Spec)
 		if target == "" {
-			msg := "no other ready host has room for this guest"
+			msg := "no other ready host can take this guest"
 			if len(why) > 0 {
 				msg += "; " + strings.Join(why, "; ")
 			}

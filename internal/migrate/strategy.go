@@ -119,10 +119,6 @@ func CheckTarget(vm *api.VM, src, dst *api.Node) error {
 		return fmt.Errorf("the source host %s has not reported its QEMU yet (an older agent?)", vm.Node)
 	case dst.QEMU == nil:
 		return fmt.Errorf("host %s has not reported its QEMU yet (an older agent?)", dst.Name)
-	case src.QEMU.NoLiveMigration != "":
-		return fmt.Errorf("the source host %s cannot live-migrate: %s", src.Name, src.QEMU.NoLiveMigration)
-	case dst.QEMU.NoLiveMigration != "":
-		return fmt.Errorf("host %s cannot live-migrate: %s", dst.Name, dst.QEMU.NoLiveMigration)
 	}
 	running := vm.Status.QEMUVersion
 	if running == "" {
@@ -134,6 +130,12 @@ func CheckTarget(vm *api.VM, src, dst *api.Node) error {
 	}
 	if m := GuestMachine(vm, src); m != "" && !dst.QEMU.HasMachine(m) {
 		return fmt.Errorf("host %s's QEMU %s cannot run the guest's machine type %s", dst.Name, dst.QEMU.Version, m)
+	}
+	if why := src.QEMU.NoLiveMigration; why != "" {
+		return fmt.Errorf("the source host %s cannot live-migrate: %s", src.Name, why)
+	}
+	if why := dst.QEMU.NoLiveMigration; why != "" {
+		return fmt.Errorf("host %s cannot live-migrate: %s", dst.Name, why)
 	}
 	return nil
 }

@@ -181,7 +181,8 @@ func TestCheckTarget(t *testing.T) {
 		{"to an older QEMU", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-7.2"}, Status: api.VMStatus{QEMUVersion: "10.1.0"}}, &newer, qemu10, "older than the QEMU 10.1.0"},
 		{"machine type unknown to the target", api.VM{Spec: api.VMSpec{Machine: "pc-i440fx-10.0"}}, qemu10, &kvm72, "older than"},
 		{"7.2 under TCG", api.VM{}, &old, qemu10, "loses guest memory"},
-		{"to 7.2 under TCG", api.VM{}, qemu10, &old, "loses guest memory"},
+		{"to 7.2 under TCG", api.VM{}, qemu10, &old, "older than"},
+		{"between two 7.2 under TCG", api.VM{}, &old, &old, "loses guest memory"},
 		{"machine missing", api.VM{Spec: api.VMSpec{Machine: "pc-q35-10.0"}}, qemu10, qemu10, "cannot run the guest's machine type pc-q35-10.0"},
 	} {
 		c.vm.Node = "h1"
