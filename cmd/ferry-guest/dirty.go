@@ -13,6 +13,7 @@ import (
 // how often it was written, and check finds any page whose words do not
 // match — a write lost in a migration (a page sent stale) shows up there.
 type dirtier struct {
+	hot   *hotPages // rewritten while the dirtier runs
 	mu    sync.Mutex
 	rate  float64
 	buf   []byte
@@ -32,7 +33,7 @@ const pageSize = 4096
 // wordOffsets are where a dirtied page carries its check words.
 var wordOffsets = [...]int{0, pageSize/2 - 8, pageSize - 8}
 
-func newDirtier() *dirtier { return &dirtier{} }
+func newDirtier() *dirtier { return &dirtier{hot: newHotPages()} }
 
 func (d *dirtier) set(rate float64, sizeMiB int) error {
 	d.mu.Lock()
@@ -56,6 +57,7 @@ func (d *dirtier) set(rate float64, sizeMiB int) error {
 	stop := make(chan struct{})
 	d.stop = stop
 	go d.run(rate, stop)
+	d.hot.start()
 	return nil
 }
 

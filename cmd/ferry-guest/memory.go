@@ -59,6 +59,10 @@ type MemoryCheck struct {
 	DirtyPages  int    `json:"dirty_pages_checked"`
 	DirtyBad    int    `json:"dirty_pages_bad"`
 	FirstBadWhy string `json:"first_bad,omitempty"`
+	// HotWrites is how often the hot pages were rewritten; HotBad says
+	// what was wrong with them.
+	HotWrites uint64 `json:"hot_writes"`
+	HotBad    string `json:"hot_bad,omitempty"`
 }
 
 func (g *guest) memoryFill(w http.ResponseWriter, r *http.Request) {
@@ -78,10 +82,12 @@ func (g *guest) memoryFill(w http.ResponseWriter, r *http.Request) {
 func (g *guest) memoryCheck(w http.ResponseWriter, r *http.Request) {
 	size, fok, sum := g.filled.check()
 	checked, bad, first := g.dirty.check()
-	c := MemoryCheck{FilledMiB: size, FilledOK: fok, Checksum: sum, DirtyPages: checked, DirtyBad: bad, FirstBadWhy: first}
-	c.OK = fok && bad == 0
+	hotN, hotBad := g.dirty.hot.check()
+	c := MemoryCheck{FilledMiB: size, FilledOK: fok, Checksum: sum, DirtyPages: checked, DirtyBad: bad, FirstBadWhy: first,
+		HotWrites: hotN, HotBad: hotBad}
+	c.OK = fok && bad == 0 && hotBad == ""
 	if !c.OK {
-		fmt.Printf("ferry-guest: memory check FAILED: filled ok %v, %d of %d dirtied pages bad: %s\n", fok, bad, checked, first)
+		fmt.Printf("ferry-guest: memory check FAILED: filled ok %v, %d of %d dirtied pages bad: %s; hot pages: %s\n", fok, bad, checked, first, hotBad)
 	}
 	writeJSON(w, c)
 }

@@ -81,6 +81,7 @@ func benchMigrateCmd() *cobra.Command {
 	var imageDir, strategy string
 	var variants []string
 	var baselineQEMU string
+	var maxDowntime time.Duration
 	c := &cobra.Command{
 		Use:   "migrate",
 		Short: "Live migration in a 2-host testbed: Ferry against plain QMP migrate, like for like, idle and dirtying guests",
@@ -112,7 +113,7 @@ dirtied), or it counts as dead.`,
 			if err != nil {
 				return err
 			}
-			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, variants, baselineQEMU, !asJSON)
+			res, err := benchMigrate(cmd.Context(), self, imageDir, rates, runs, strategy, variants, baselineQEMU, maxDowntime, !asJSON)
 			if err != nil {
 				return err
 			}
@@ -129,6 +130,7 @@ dirtied), or it counts as dead.`,
 	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	c.Flags().StringVar(&strategy, "strategy", "precopy", "Ferry's strategy")
 	c.Flags().StringSliceVar(&variants, "variants", allVariants, "variants to measure")
+	c.Flags().DurationVar(&maxDowntime, "max-downtime", 300*time.Millisecond, "downtime limit: Ferry's --max-downtime, the baseline's downtime-limit")
 	c.Flags().StringVar(&baselineQEMU, "baseline-qemu", "", "QEMU binary for the plain-QMP baseline (default: the installed one), e.g. an older build to compare")
 	return c
 }
@@ -150,7 +152,7 @@ func printMigrateSummary(scs []migScenario) {
 	}
 }
 
-func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, variants []string, baselineQEMU string, verbose bool) (map[string]any, error) {
+func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, runs int, strategy string, variants []string, baselineQEMU string, maxDowntime time.Duration, verbose bool) (map[string]any, error) {
 	img, err := image.Find(imageDir)
 	if err != nil {
 		return nil, err
@@ -182,7 +184,7 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 			qemuVersion = n.QEMU.Version
 		}
 	}
-	raw := &rawMigrator{b: b, img: img, hc: hc, say: say, qemu: baselineQEMU}
+	raw := &rawMigrator{b: b, img: img, hc: hc, say: say, qemu: baselineQEMU, downtimeMS: maxDowntime.Milliseconds()}
 	baselineVersion := qemuVersion
 	if baselineQEMU != "" {
 		out, err := exec.CommandContext(ctx, baselineQEMU, "--version").Output()
@@ -208,7 +210,7 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 				case varRawTLS, varRawPlain:
 					r = raw.move(ctx, rate, v == varRawTLS)
 				default:
-					opts := api.MigrateRequest{Strategy: strategy}
+					opts := api.MigrateRequest{Strategy: strategy, MaxDowntime: maxDowntime.String()}
 					switch v {
 					case varFerryQEMUTLS:
 						opts.Transport = api.TransportQEMU
@@ -251,7 +253,7 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 	return map[string]any{
 		"benchmark": "migrate", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersion, "baseline_qemu": baselineVersion,
 		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
-		"strategy": strategy, "runs_per_rate": runs, "variants": variants, "scenarios": out,
+		"strategy": strategy, "runs_per_rate": runs, "max_downtime_ms": maxDowntime.Milliseconds(), "variants": variants, "scenarios": out,
 	}, nil
 }
 
@@ -333,6 +335,7 @@ func checkAfter(hc *http.Client, ip string, r *migResult) {
 		Bad      int    `json:"dirty_pages_bad"`
 		Pages    int    `json:"dirty_pages_checked"`
 		FirstBad string `json:"first_bad"`
+		HotBad   string `json:"hot_bad"`
 	}
 	if err := getJSON(hc, "http://"+ip+"/memory", &c); err != nil {
 		r.MemoryCheckInfo = err.Error()
@@ -340,6 +343,6 @@ func checkAfter(hc *http.Client, ip string, r *migResult) {
 	}
 	r.GuestAlive, r.MemoryIntact = true, c.OK
 	if !c.OK {
-		r.MemoryCheckInfo = fmt.Sprintf("%d of %d dirtied pages stale: %s", c.Bad, c.Pages, c.FirstBad)
+		r.MemoryCheckInfo = fmt.Sprintf("%d of %d dirtied pages stale: %s; hot pages: %s", c.Bad, c.Pages, c.FirstBad, c.HotBad)
 	}
 }

@@ -90,6 +90,8 @@ type rawMigrator struct {
 	say func(string, ...any)
 	// qemu is the baseline's QEMU binary ("": the one Ferry runs).
 	qemu string
+	// downtimeMS is the baseline's downtime-limit.
+	downtimeMS int64
 }
 
 // move boots a fresh baseline guest, has it dirty memory and migrates it,
@@ -214,7 +216,7 @@ func (rm *rawMigrator) move(ctx context.Context, rate float64, tls bool) migResu
 	if err := dq.MigrateIncoming(ctx, uri); err != nil {
 		return fail(err)
 	}
-	if err := sq.SetMigrationParameters(ctx, map[string]any{"downtime-limit": 300, "max-bandwidth": int64(1) << 40}); err != nil {
+	if err := sq.SetMigrationParameters(ctx, map[string]any{"downtime-limit": rm.downtimeMS, "max-bandwidth": int64(1) << 40}); err != nil {
 		return fail(err)
 	}
 	if err := sq.Migrate(ctx, uri); err != nil {

@@ -191,11 +191,13 @@ func (g *guestClient) checkMemory() {
 		Pages     int    `json:"dirty_pages_checked"`
 		Bad       int    `json:"dirty_pages_bad"`
 		FirstBad  string `json:"first_bad"`
+		HotWrites uint64 `json:"hot_writes"`
+		HotBad    string `json:"hot_bad"`
 	}
 	g.do("GET", "/memory", &c)
 	if !c.OK {
-		g.t.Fatalf("guest memory damaged: filled buffer (%d MiB) intact %v; %d of %d dirtied pages hold a stale write: %s",
-			c.FilledMiB, c.FilledOK, c.Bad, c.Pages, c.FirstBad)
+		g.t.Fatalf("guest memory damaged: filled buffer (%d MiB) intact %v; %d of %d dirtied pages hold a stale write: %s; hot pages: %s",
+			c.FilledMiB, c.FilledOK, c.Bad, c.Pages, c.FirstBad, c.HotBad)
 	}
-	g.t.Logf("guest memory intact: %d MiB filled buffer, %d pages of the dirty buffer", c.FilledMiB, c.Pages)
+	g.t.Logf("guest memory intact: %d MiB filled buffer, %d pages of the dirty buffer, hot pages after %d rewrites", c.FilledMiB, c.Pages, c.HotWrites)
 }
