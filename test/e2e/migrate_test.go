@@ -84,17 +84,29 @@ func TestMigrationKeepsConnection(t *testing.T) {
 	}
 	r := w.Stop()
 	// The bound: the guest's pause + 200 ms, the gap at the end of the
-	// stream included (a guest that died after the move fails here).
-	limit := maxPause + 200*time.Millisecond
-	t.Logf("stream: %d lines, longest gap %v from %s to %s (bound: pause %v + 200ms)", r.Lines, r.LongestGap,
-		r.GapFrom.Format("15:04:05.000"), r.GapTo.Format("15:04:05.000"), maxPause)
+	// stream included (a guest that died after the move fails here). Under
+	// TCG a guest that resumed needs up to ~220 ms before it answers (plain
+	// QMP, no Ferry: median 68 ms, p90 151 ms, max 216 ms over 30 moves;
+	// docs/BENCHMARKS.md), so the test allows tcgWarmup more there and
+	// logs whether the strict bound held.
+	strict := maxPause + 200*time.Millisecond
+	limit := strict
+	if b.Accel == "tcg" {
+		limit += tcgWarmup
+	}
+	t.Logf("stream: %d lines, longest gap %v from %s to %s (pause %v + 200ms: strict bound met %v)", r.Lines, r.LongestGap,
+		r.GapFrom.Format("15:04:05.000"), r.GapTo.Format("15:04:05.000"), maxPause, r.LongestGap <= strict)
 	if !r.Intact {
 		t.Fatalf("the connection did not hold: %s", r.Problem)
 	}
 	if r.LongestGap > limit {
-		t.Fatalf("longest gap in the stream %v exceeds the guest's pause %v + 200ms", r.LongestGap, maxPause)
+		t.Fatalf("longest gap in the stream %v exceeds the guest's pause %v + 200ms (+%v under TCG)", r.LongestGap, maxPause, limit-strict)
 	}
 }
+
+// tcgWarmup is how much longer than its pause + 200 ms a TCG guest may stay
+// silent after a migration (see TestMigrationKeepsConnection).
+const tcgWarmup = 100 * time.Millisecond
 
 // waitOneQEMU waits until exactly one QEMU process of the guest exists, on
 // host. (A paused incoming QEMU of a failed migration may linger until its
