@@ -27,11 +27,10 @@ type Source struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	addr   string // the target's end
-	conns  map[net.Conn]bool
-	closed bool
-	wg     sync.WaitGroup
+	mu    sync.Mutex
+	addr  string // the target's end
+	conns connSet
+	wg    sync.WaitGroup
 
 	// Bytes counts what was carried from QEMU to the target.
 	Bytes atomic.Int64
@@ -48,8 +47,7 @@ func Send(path, addr string, creds *Credentials, target string, log *slog.Logger
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Source{ln: ln, path: path, creds: creds, name: target, log: log, addr: addr, conns: map[net.Conn]bool{},
-		ctx: ctx, cancel: cancel}
+	s := &Source{ln: ln, path: path, creds: creds, name: target, log: log, addr: addr, ctx: ctx, cancel: cancel}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -85,7 +83,7 @@ func (s *Source) serve(q net.Conn) {
 	s.mu.Lock()
 	addr := s.addr
 	s.mu.Unlock()
-	if !s.track(q) {
+	if !s.conns.add(q) {
 		return
 	}
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 5 * time.Second}
@@ -104,50 +102,22 @@ func (s *Source) serve(q net.Conn) {
 	if err != nil {
 		s.Failed.Add(1)
 		s.log.Warn("migration tunnel: reaching the target", "addr", addr, "err", err)
-		s.untrack(q)
+		s.conns.remove(q)
 		q.Close()
 		return
 	}
-	if !s.track(c) {
+	if !s.conns.add(c) {
 		return
 	}
 	bc.batch()
 	n, _ := pipe(q, c, bc)
 	s.Bytes.Add(n)
-	s.untrack(q, c)
-}
-
-func (s *Source) track(cs ...net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		for _, c := range cs {
-			c.Close()
-		}
-		return false
-	}
-	for _, c := range cs {
-		s.conns[c] = true
-	}
-	return true
-}
-
-func (s *Source) untrack(cs ...net.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range cs {
-		delete(s.conns, c)
-	}
+	s.conns.remove(q, c)
 }
 
 // Close stops accepting, ends every connection and removes the socket.
 func (s *Source) Close() {
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
+	s.conns.closeAll()
 	s.cancel()
 	s.ln.Close()
 	s.wg.Wait()

@@ -24,8 +24,7 @@ type Target struct {
 
 	mu      sync.Mutex
 	backend string // unix socket QEMU listens on (changes on a post-copy recovery)
-	conns   map[net.Conn]bool
-	closed  bool
+	conns   connSet
 	wg      sync.WaitGroup
 
 	// Refused counts connections that did not pass the TLS checks.
@@ -41,7 +40,7 @@ func Listen(addr string, creds *Credentials, source, backend string, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{ln: ln, cfg: creds.serverConfig(source), source: source, backend: backend, log: log, conns: map[net.Conn]bool{}}
+	t := &Target{ln: ln, cfg: creds.serverConfig(source), source: source, backend: backend, log: log}
 	t.wg.Add(1)
 	go t.accept()
 	return t, nil
@@ -86,58 +85,26 @@ func (t *Target) serve(raw net.Conn) {
 		return
 	}
 	t.mu.Lock()
-	backend, closed := t.backend, t.closed
+	backend := t.backend
 	t.mu.Unlock()
-	if closed {
-		c.Close()
-		return
-	}
 	q, err := net.DialTimeout("unix", backend, handshakeTimeout)
 	if err != nil {
 		t.log.Warn("migration tunnel: QEMU's socket", "path", backend, "err", err)
 		c.Close()
 		return
 	}
-	if !t.track(c, q) {
+	if !t.conns.add(c, q) {
 		return
 	}
 	bc.batch()
 	_, n := pipe(q, c, bc)
 	t.Bytes.Add(n)
-	t.untrack(c, q)
-}
-
-func (t *Target) track(cs ...net.Conn) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		for _, c := range cs {
-			c.Close()
-		}
-		return false
-	}
-	for _, c := range cs {
-		t.conns[c] = true
-	}
-	return true
-}
-
-func (t *Target) untrack(cs ...net.Conn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, c := range cs {
-		delete(t.conns, c)
-	}
+	t.conns.remove(c, q)
 }
 
 // Close stops listening and ends every connection.
 func (t *Target) Close() {
-	t.mu.Lock()
-	t.closed = true
-	for c := range t.conns {
-		c.Close()
-	}
-	t.mu.Unlock()
+	t.conns.closeAll()
 	t.ln.Close()
 	t.wg.Wait()
 }

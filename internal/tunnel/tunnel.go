@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/ferryvm/ferry/internal/pki"
 )
@@ -167,6 +168,50 @@ func closeWrite(c net.Conn) error {
 // the large buffer (a TCP or unix conn would otherwise splice in 32 KiB).
 type onlyReader struct{ io.Reader }
 type onlyWriter struct{ io.Writer }
+
+// connSet tracks an end's open connections so that Close can end them.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	closed bool
+}
+
+// add tracks cs, or closes them if the end is closed already.
+func (s *connSet) add(cs ...net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		for _, c := range cs {
+			c.Close()
+		}
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[net.Conn]bool{}
+	}
+	for _, c := range cs {
+		s.conns[c] = true
+	}
+	return true
+}
+
+func (s *connSet) remove(cs ...net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range cs {
+		delete(s.conns, c)
+	}
+}
+
+// closeAll marks the set closed and ends every connection in it.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+}
 
 // removeStale removes a socket file left by an earlier run.
 func removeStale(path string) {

@@ -22,15 +22,22 @@ var bedSeq int
 // whatever happens; on failure it prints the agents' logs.
 func newBed(t *testing.T, n int) (*testbed.Bed, *client.Client) {
 	t.Helper()
+	return newBedWith(t, testbed.Options{Hosts: n})
+}
+
+// newBedWith is newBed with more options (name, binary and image are
+// filled in).
+func newBedWith(t *testing.T, o testbed.Options) (*testbed.Bed, *client.Client) {
+	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
 	bedSeq++
-	name := fmt.Sprintf("fe%d%d", os.Getpid()%1000, bedSeq)
-	testbed.Down(name) // leftovers of an earlier crashed run with the same name
+	o.Name, o.Bin, o.ImageDir = fmt.Sprintf("fe%d%d", os.Getpid()%1000, bedSeq), ferryBin, imageDir
+	testbed.Down(o.Name) // leftovers of an earlier crashed run with the same name
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: n, Bin: ferryBin, ImageDir: imageDir})
+	b, err := testbed.Up(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

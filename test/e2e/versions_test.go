@@ -44,29 +44,8 @@ func TestMixedQEMUVersions(t *testing.T) {
 		t.Skip(skipReason)
 	}
 	old := oldQEMU(t)
-	bedSeq++
-	name := fmt.Sprintf("fv%d%d", os.Getpid()%1000, bedSeq)
-	testbed.Down(name)
 	ctx := ctxT(t, 10*time.Minute)
-	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: 2, Bin: ferryBin, ImageDir: imageDir,
-		HostArgs: map[int][]string{1: {"--qemu-binary", old}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := range b.Hosts {
-				t.Logf("agent log of %s:\n%s", b.Hosts[i].Name, b.LogTail(i, 40))
-			}
-		}
-		if err := b.Down(); err != nil {
-			t.Errorf("testbed down: %v", err)
-		}
-	})
-	cl, err := b.Client(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, cl := newBedWith(t, testbed.Options{Hosts: 2, HostArgs: map[int][]string{1: {"--qemu-binary", old}}})
 	nodes, err := cl.ListNodes(ctx)
 	if err != nil {
 		t.Fatal(err)
