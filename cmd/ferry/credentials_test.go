@@ -61,11 +61,11 @@ func TestRenewCertificates(t *testing.T) {
 	st := storetest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lease, err := st.Client().Grant(ctx, 60)
+	lease, err := st.GrantLease(ctx, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PutNode(ctx, api.Node{Name: "n1", CertSerials: old, Heartbeat: time.Now()}, lease.ID); err != nil {
+	if err := st.PutNode(ctx, api.Node{Name: "n1", CertSerials: old, Heartbeat: time.Now()}, lease); err != nil {
 		t.Fatal(err)
 	}
 	srv := apiserver.New(st, nil, slog.Default())

@@ -27,7 +27,6 @@ import (
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Config is the agent's view of its host.
@@ -81,7 +80,7 @@ type Agent struct {
 	cfg Config
 	st  *store.Store
 	log *slog.Logger
-	lk  *leaseKeeper
+	lk  *store.HostLease
 	wd  *ha.WatchdogClient
 
 	fmu       sync.Mutex
@@ -125,7 +124,8 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
 	a.serials.Store(&cfg.CertSerials)
-	a.lk = newLeaseKeeper(st.Client(), cfg.HA, cfg.DataDir)
+	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
+		filepath.Join(cfg.DataDir, "lease"))
 	if len(cfg.WatchdogCmd) > 0 {
 		sock := filepath.Join(cfg.RunDir, "watchdog.sock")
 		a.wd = ha.NewWatchdogClient(sock, filepath.Join(cfg.DataDir, "watchdog.log"),
@@ -139,7 +139,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	// The lease is not revoked on the way out: ownership keys bound to it
 	// must outlive a quick agent restart, and the next agent adopts it.
-	adopted, err := a.lk.acquire(ctx)
+	adopted, err := a.lk.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: lease: %w", err)
 	}
@@ -197,35 +197,10 @@ func (a *Agent) watch(ctx context.Context) {
 	for ctx.Err() == nil {
 		rev := a.resync(ctx)
 		a.syncCRLs(ctx)
-		wc := a.st.Client().Watch(clientv3.WithRequireLeader(ctx), store.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	loop:
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-resync.C:
-				a.resync(ctx)
-			case wr, ok := <-wc:
-				if !ok || wr.Err() != nil {
-					break loop
-				}
-				for _, ev := range wr.Events {
-					k := string(ev.Kv.Key)
-					if k == store.CRLKey || k == store.MigrationCRLKey {
-						a.syncCRLs(ctx)
-					}
-					if strings.HasPrefix(k, store.RevokedPrefix) && slices.Contains(a.certSerials(), store.NameFromKey(ev.Kv.Key)) && removal(ev.Kv.Value) {
-						a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
-						a.removed.Store(true)
-						a.stopRun()
-					}
-					if strings.HasPrefix(k, store.VMPrefix) || strings.HasPrefix(k, store.PlacementPrefix) ||
-						strings.HasPrefix(k, store.MigrationPrefix) {
-						a.queue.add(store.NameFromKey(ev.Kv.Key))
-					}
-				}
-			}
-		}
+		wctx, cancel := context.WithCancel(ctx)
+		wc := a.st.Watch(wctx, rev+1, store.KindVM, store.KindPlacement, store.KindMigration, store.KindPKI, store.KindRevoked)
+		a.follow(ctx, wc, resync.C)
+		cancel()
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond):
@@ -233,22 +208,50 @@ func (a *Agent) watch(ctx context.Context) {
 	}
 }
 
-// resync queues every VM placed here and every local guest; it returns the
-// store revision it read at.
+// follow handles the changes of one watch until it ends.
+func (a *Agent) follow(ctx context.Context, wc <-chan store.Change, resync <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-resync:
+			a.resync(ctx)
+		case c, ok := <-wc:
+			if !ok {
+				return
+			}
+			switch c.Kind {
+			case store.KindPKI:
+				a.syncCRLs(ctx)
+			case store.KindRevoked:
+				if slices.Contains(a.certSerials(), c.Name) && removal(c.Value) {
+					a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
+					a.removed.Store(true)
+					a.stopRun()
+				}
+			default: // a VM's spec, placement or migration
+				a.queue.add(c.Name)
+			}
+		}
+	}
+}
+
+// resync queues every VM placed here, every migration and every local
+// guest; it returns the store revision it read at.
 func (a *Agent) resync(ctx context.Context) int64 {
-	resp, err := a.st.Client().Get(ctx, store.PlacementPrefix, clientv3.WithPrefix())
+	placed, rev, err := a.st.Placements(ctx)
 	if err != nil {
 		a.log.Warn("resync", "err", err)
 		return 0
 	}
-	for _, kv := range resp.Kvs {
-		if string(kv.Value) == a.cfg.Node {
-			a.queue.add(store.NameFromKey(kv.Key))
+	for vm, node := range placed {
+		if node == a.cfg.Node {
+			a.queue.add(vm)
 		}
 	}
-	if mresp, err := a.st.Client().Get(ctx, store.MigrationPrefix, clientv3.WithPrefix()); err == nil {
-		for _, kv := range mresp.Kvs {
-			a.queue.add(store.NameFromKey(kv.Key))
+	if migs, err := a.st.ListMigrations(ctx); err == nil {
+		for _, m := range migs {
+			a.queue.add(m.VM)
 		}
 	}
 	a.mu.Lock()
@@ -259,7 +262,7 @@ func (a *Agent) resync(ctx context.Context) int64 {
 		a.queue.add(n)
 	}
 	a.mu.Unlock()
-	return resp.Header.Revision
+	return rev
 }
 
 func (a *Agent) worker(ctx context.Context) {

@@ -9,17 +9,17 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/qemu"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// leaseLoop keeps the host's lease alive (leaseKeeper.keepAlive) and feeds
+// leaseLoop keeps the host's lease alive (store.HostLease.KeepAlive) and feeds
 // the watchdog after each renewal etcd accepted. When etcd says the lease is
 // gone, the HA guests are fenced (if the deadline has not done it already)
 // and a new lease is taken; ownership is re-taken under it where no other
 // host took a guest over meanwhile.
 func (a *Agent) leaseLoop(ctx context.Context) {
-	a.lk.keepAlive(ctx, func() {
+	a.lk.KeepAlive(ctx, func() {
 		a.fmu.Lock()
 		was, why := a.fenced, a.fenceWhy
 		a.fenced, a.fenceWhy = false, ""
@@ -70,7 +70,7 @@ func (a *Agent) alive(ctx context.Context) {
 // polling.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	for {
-		d := a.lk.sinceOK()
+		d := a.lk.SinceOK()
 		wait := a.cfg.HA.FenceAfter - d
 		if wait <= 0 {
 			a.fence(fmt.Sprintf("no lease renewal for %s (self-fence deadline %s)", d.Round(time.Millisecond), a.cfg.HA.FenceAfter))
@@ -161,7 +161,7 @@ func (a *Agent) feedWatchdog() error {
 	if len(guests) == 0 && !a.wd.Connected() {
 		return nil
 	}
-	deadline := ha.MonoNow() - int64(a.lk.sinceOK()) + int64(a.cfg.HA.WatchdogAfter)
+	deadline := ha.MonoNow() - int64(a.lk.SinceOK()) + int64(a.cfg.HA.WatchdogAfter)
 	if err := a.wd.Feed(ha.Feed{Deadline: deadline, Guests: guests}); err != nil {
 		a.log.Error("feeding the watchdog", "err", err)
 		return err
@@ -173,8 +173,8 @@ func (a *Agent) feedWatchdog() error {
 // lease must be fresh (not near the self-fence deadline), and for HA guests
 // the watchdog must be armed with it.
 func (a *Agent) mayRun(in *instance) error {
-	if !a.lk.valid() {
-		return errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("this host's lease was last renewed %s ago; not running guests until it is renewed", a.lk.sinceOK().Round(time.Millisecond)))
+	if !a.leaseValid() {
+		return errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("this host's lease was last renewed %s ago; not running guests until it is renewed", a.lk.SinceOK().Round(time.Millisecond)))
 	}
 	if in != nil && in.ha {
 		if a.wd == nil {
@@ -191,7 +191,7 @@ func (a *Agent) mayRun(in *instance) error {
 // node and has every guest's ownership re-taken under the new lease.
 func (a *Agent) newLease(ctx context.Context) error {
 	for {
-		err := a.lk.grant(ctx)
+		err := a.lk.Grant(ctx)
 		if err == nil {
 			a.mu.Lock()
 			for _, in := range a.vms {
@@ -216,4 +216,9 @@ func (a *Agent) newLease(ctx context.Context) error {
 }
 
 // lease is this host's current etcd lease.
-func (a *Agent) lease() clientv3.LeaseID { return a.lk.ID() }
+func (a *Agent) lease() store.LeaseID { return a.lk.ID() }
+
+// leaseValid reports whether this host may still start or resume guests:
+// its last renewal is recent enough that the self-fence deadline is not
+// near. Starting a guest needs at least half the fence deadline in hand.
+func (a *Agent) leaseValid() bool { return a.lk.SinceOK() < a.cfg.HA.FenceAfter/2 }

@@ -4,19 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// AlivePrefix holds one key per host that its agent rewrites every
-// AliveEvery (bound to the host's lease). It lies outside store.Prefix so
-// that these frequent writes do not wake every watcher of the cluster state.
-const AlivePrefix = "/ferry/alive/"
 
 // AliveEvery is how often an agent writes its alive key, and SuspectAfter
 // how long a host may go unseen before the cluster reports it unreachable.
@@ -54,25 +47,19 @@ func NewLiveness(st *store.Store, leader func() bool, log *slog.Logger) *Livenes
 func (l *Liveness) Run(ctx context.Context) {
 	go l.check(ctx)
 	for ctx.Err() == nil {
-		resp, err := l.st.Client().Get(ctx, AlivePrefix, clientv3.WithPrefix())
+		beats, rev, err := l.st.AliveRevisions(ctx)
 		if err == nil {
 			l.mu.Lock()
-			for _, kv := range resp.Kvs {
-				l.saw(strings.TrimPrefix(string(kv.Key), AlivePrefix), kv.ModRevision)
+			for host, r := range beats {
+				l.saw(host, r)
 			}
 			l.mu.Unlock()
-			wc := l.st.Client().Watch(clientv3.WithRequireLeader(ctx), AlivePrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
-			for wr := range wc {
-				if wr.Err() != nil {
-					break
+			for c := range l.st.Watch(ctx, rev+1, store.KindAlive) {
+				if !c.Deleted {
+					l.mu.Lock()
+					l.saw(c.Name, c.Rev)
+					l.mu.Unlock()
 				}
-				l.mu.Lock()
-				for _, ev := range wr.Events {
-					if ev.Type == clientv3.EventTypePut {
-						l.saw(strings.TrimPrefix(string(ev.Kv.Key), AlivePrefix), ev.Kv.ModRevision)
-					}
-				}
-				l.mu.Unlock()
 			}
 		}
 		select {
@@ -129,10 +116,7 @@ func (l *Liveness) check(ctx context.Context) {
 	}
 }
 
-// PutAlive is the agent's side: it rewrites its alive key, bound to its lease.
-func PutAlive(ctx context.Context, st *store.Store, node string, lease clientv3.LeaseID) error {
-	ctx, cancel := context.WithTimeout(ctx, AliveEvery)
-	defer cancel()
-	_, err := st.Client().Put(ctx, AlivePrefix+node, time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease))
-	return err
+// PutAlive is the agent's side: it rewrites its beat, bound to its lease.
+func PutAlive(ctx context.Context, st *store.Store, node string, lease store.LeaseID) error {
+	return st.PutAlive(ctx, node, lease, AliveEvery)
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/sched"
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Manager is the leader controller that restarts HA guests of dead hosts on
@@ -77,7 +76,7 @@ const (
 const MaxLocalRestarts = 3
 
 // Pass implements leader.Controller.
-func (m *Manager) Pass(ctx context.Context, guard clientv3.Cmp) error {
+func (m *Manager) Pass(ctx context.Context, guard store.Guard) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.next = 0

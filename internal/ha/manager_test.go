@@ -8,7 +8,6 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/store/storetest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity runs the HA
@@ -18,7 +17,7 @@ import (
 func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()
-	lease, err := st.Client().Grant(ctx, 60)
+	lease, err := st.GrantLease(ctx, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +25,7 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), Images: []string{"tiny"}},
 		{Name: "h3", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), Images: []string{"tiny"}},
 	} {
-		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+		if err := st.PutNode(ctx, n, lease); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -46,24 +45,24 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		if err := st.CreateVM(ctx, &v.spec); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := st.Place(ctx, v.spec.Name, v.node, nil); !ok || err != nil {
+		if ok, err := st.Place(ctx, v.spec.Name, v.node, store.Guard{}); !ok || err != nil {
 			t.Fatal(ok, err)
 		}
 	}
 	// e runs on h1 and owns its key there.
-	if _, err := st.AcquireOwner(ctx, "e", "h1", lease.ID); err != nil {
+	if _, err := st.AcquireOwner(ctx, "e", "h1", lease); err != nil {
 		t.Fatal(err)
 	}
 	// Someone still owns b (as if h2's lease had not expired for it):
 	// ownership fences the manager, b must not move.
-	if _, err := st.Client().Put(ctx, store.OwnerPrefix+"b", "h2"); err != nil {
+	if _, err := st.AcquireOwner(ctx, "b", "h2", lease); err != nil {
 		t.Fatal(err)
 	}
 	tm := DefaultTiming()
 	m := NewManager(st, tm, nil)
 	now := time.Now()
 	m.now = func() time.Time { return now }
-	guard := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
+	var guard store.Guard // no leadership: nothing fences these writes
 	placed := func() map[string]string {
 		out := map[string]string{}
 		l, err := st.ListVMs(ctx)
@@ -141,27 +140,36 @@ func equal(a, b map[string]string) bool {
 func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()
-	lease, err := st.Client().Grant(ctx, 60)
+	lease, err := st.GrantLease(ctx, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := func(n api.Node) {
+	up := func(n api.Node, lease store.LeaseID) {
 		n.State, n.MemoryMiB, n.Heartbeat = "ready", 4096, time.Now()
-		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+		if err := st.PutNode(ctx, n, lease); err != nil {
 			t.Fatal(err)
 		}
 	}
-	up(api.Node{Name: "h1"})
-	up(api.Node{Name: "h2", Degraded: []string{"guest overlay: fvx0 is down"}})
-	up(api.Node{Name: "h3"})
+	// h3 has a lease of its own, which the test ends to lose the host.
+	h3lease := func() store.LeaseID {
+		l, err := st.GrantLease(ctx, 60*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	up(api.Node{Name: "h1"}, lease)
+	up(api.Node{Name: "h2", Degraded: []string{"guest overlay: fvx0 is down"}}, lease)
+	l3 := h3lease()
+	up(api.Node{Name: "h3"}, l3)
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "x", MemoryMiB: 256, Image: "tiny", Power: api.PowerRunning}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := st.Place(ctx, "x", "h3", nil); !ok || err != nil {
+	if ok, err := st.Place(ctx, "x", "h3", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	m := NewManager(st, DefaultTiming(), nil)
-	guard := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
+	var guard store.Guard // no leadership: nothing fences these writes
 	maint := func(name string) bool {
 		nodes, err := st.ListNodes(ctx)
 		if err != nil {
@@ -184,13 +192,14 @@ func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 		if maint("h3") {
 			t.Fatalf("h3 in maintenance after %d losses", i-1)
 		}
-		if _, err := st.Client().Delete(ctx, store.NodePrefix+"h3"); err != nil {
+		if err := st.RevokeLease(ctx, l3); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Pass(ctx, guard); err != nil {
 			t.Fatal(err)
 		}
-		up(api.Node{Name: "h3"})
+		l3 = h3lease()
+		up(api.Node{Name: "h3"}, l3)
 		if err := m.Pass(ctx, guard); err != nil {
 			t.Fatal(err)
 		}

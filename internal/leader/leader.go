@@ -1,7 +1,7 @@
 // Package leader runs the cluster's control loops on exactly one host at a
-// time: it campaigns in an etcd election and, while leader, calls every
-// controller's pass on each change under /ferry/v1/ and on a timer. Each
-// pass gets the fencing compare on the leader key, which every controller
+// time: it campaigns in the store's election and, while leader, calls every
+// controller's pass on each change of the cluster's state and on a timer.
+// Each pass gets the leadership's fencing guard, which every controller
 // write must carry (invariant 6).
 package leader
 
@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Controller is one control loop run by the leader.
@@ -20,7 +18,7 @@ type Controller interface {
 	// Name is used in logs.
 	Name() string
 	// Pass looks at the store and acts; guard must be part of every write.
-	Pass(ctx context.Context, guard clientv3.Cmp) error
+	Pass(ctx context.Context, guard store.Guard) error
 }
 
 // Waker is a controller that wants its next pass sooner than the periodic
@@ -54,32 +52,19 @@ type errString string
 func (e errString) Error() string { return string(e) }
 
 func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, log *slog.Logger, ctrls []Controller) error {
-	secs := int(ttl / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	sess, err := concurrency.NewSession(st.Client(), concurrency.WithTTL(secs), concurrency.WithContext(ctx))
+	l, err := st.Campaign(ctx, name, ttl)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Give up leadership at once on the way out (sess.Close would use
-		// the already-cancelled ctx), so a successor need not wait for the TTL.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st.Client().Revoke(rctx, sess.Lease())
-		cancel()
-		sess.Orphan()
-	}()
-	el := concurrency.NewElection(sess, store.LeaderPrefix)
-	if err := el.Campaign(ctx, name); err != nil {
-		return err
-	}
-	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
-	log.Info("became leader", "node", name, "rev", el.Rev())
+	// Give up leadership at once on the way out, so that a successor need
+	// not wait for the lease.
+	defer l.Resign()
+	guard := l.Guard()
+	log.Info("became leader", "node", name, "rev", guard.Rev())
 
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wc := st.Client().Watch(wctx, store.Prefix, clientv3.WithPrefix())
+	wc := st.Watch(wctx, 0, store.ClusterState...)
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	wake := time.NewTimer(time.Hour)
@@ -109,13 +94,13 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-sess.Done():
+		case <-l.Done():
 			return errString("leader lease lost")
 		case <-wake.C:
 		case <-tick.C:
 		case _, ok := <-wc:
 			if !ok {
-				wc = st.Client().Watch(wctx, store.Prefix, clientv3.WithPrefix())
+				wc = st.Watch(wctx, 0, store.ClusterState...)
 			}
 			// Coalesce a burst of changes into one pass (briefly: a queued
 			// migration waits for this pass to be admitted).
@@ -124,12 +109,15 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 	}
 }
 
-func drain(wc clientv3.WatchChan, d time.Duration) {
+func drain(wc <-chan store.Change, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
 		select {
-		case <-wc:
+		case _, ok := <-wc:
+			if !ok {
+				return // the caller watches again
+			}
 		case <-t.C:
 			return
 		}

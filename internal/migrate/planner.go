@@ -12,7 +12,6 @@ import (
 	"github.com/ferryvm/ferry/internal/sched"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/google/uuid"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Default limits on migrations in flight.
@@ -53,7 +52,7 @@ func Active(phase string) bool {
 }
 
 // Pass implements leader.Controller.
-func (p *Planner) Pass(ctx context.Context, guard clientv3.Cmp) error {
+func (p *Planner) Pass(ctx context.Context, guard store.Guard) error {
 	// Admission first: a queued migration waits for it.
 	migs, err := p.st.ListMigrations(ctx)
 	if err != nil {
@@ -69,7 +68,7 @@ func (p *Planner) Pass(ctx context.Context, guard clientv3.Cmp) error {
 }
 
 // admit promotes queued migrations, oldest first, while slots are free.
-func (p *Planner) admit(ctx context.Context, guard clientv3.Cmp, migs []store.MigrationRev) error {
+func (p *Planner) admit(ctx context.Context, guard store.Guard, migs []store.MigrationRev) error {
 	perHost := map[string]int{}
 	total := 0
 	var queued []store.MigrationRev
@@ -160,7 +159,7 @@ func (p *Planner) tellStuck(ctx context.Context, vm api.VM, why string) {
 }
 
 // drain moves every guest off hosts in maintenance.
-func (p *Planner) drain(ctx context.Context, guard clientv3.Cmp, migs []store.MigrationRev) error {
+func (p *Planner) drain(ctx context.Context, guard store.Guard, migs []store.MigrationRev) error {
 	nodes, err := p.st.ListNodes(ctx)
 	if err != nil {
 		return err

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/store/storetest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestAdmitChecksRoomOnTarget queues two migrations that each fit the target
@@ -18,7 +18,7 @@ import (
 func TestAdmitChecksRoomOnTarget(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()
-	lease, err := st.Client().Grant(ctx, 60)
+	lease, err := st.GrantLease(ctx, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now()},
 		{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now()},
 	} {
-		if err := st.PutNode(ctx, n, lease.ID); err != nil {
+		if err := st.PutNode(ctx, n, lease); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -34,7 +34,7 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 		if err := st.CreateVM(ctx, &api.VMSpec{Name: name, MemoryMiB: 768, Image: "/img/x.qcow2", Power: api.PowerRunning}); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := st.Place(ctx, name, "h1", nil); err != nil || !ok {
+		if ok, err := st.Place(ctx, name, "h1", store.Guard{}); err != nil || !ok {
 			t.Fatal(ok, err)
 		}
 	}
@@ -45,7 +45,7 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	guard := clientv3.Compare(clientv3.Version("/ferry/test/no-such-key"), "=", 0)
+	var guard store.Guard // no leadership: nothing fences these writes
 	p := NewPlanner(st, nil)
 	if err := p.Pass(ctx, guard); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Scheduler assigns unplaced VMs to ready nodes; it runs as a leader
@@ -33,10 +32,10 @@ func New(st *store.Store, log *slog.Logger) *Scheduler {
 func (s *Scheduler) Name() string { return "scheduler" }
 
 // Pass implements leader.Controller.
-func (s *Scheduler) Pass(ctx context.Context, guard clientv3.Cmp) error { return s.pass(ctx, &guard) }
+func (s *Scheduler) Pass(ctx context.Context, guard store.Guard) error { return s.pass(ctx, guard) }
 
 // pass places every unplaced VM.
-func (s *Scheduler) pass(ctx context.Context, guard *clientv3.Cmp) error {
+func (s *Scheduler) pass(ctx context.Context, guard store.Guard) error {
 	vms, err := s.st.ListVMs(ctx)
 	if err != nil {
 		return err

@@ -30,7 +30,7 @@ func (s *Store) Owners(ctx context.Context) (map[string]string, error) {
 // the status the new host starts from, in one transaction that holds only
 // if the VM is still placed on from, nobody owns it (the old host's lease,
 // and the ownership bound to it, are gone), and the leader guard holds.
-func (s *Store) Relocate(ctx context.Context, vm, from, to string, st api.VMStatus, guard clientv3.Cmp) (bool, error) {
+func (s *Store) Relocate(ctx context.Context, vm, from, to string, st api.VMStatus, guard Guard) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	st.UpdatedAt = time.Now().UTC()
@@ -38,12 +38,11 @@ func (s *Store) Relocate(ctx context.Context, vm, from, to string, st api.VMStat
 		st.Since = st.UpdatedAt
 	}
 	b, _ := json.Marshal(st)
-	resp, err := s.cli.Txn(ctx).If(
+	resp, err := s.cli.Txn(ctx).If(append([]clientv3.Cmp{
 		clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
 		clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0),
 		clientv3.Compare(clientv3.Version(VMPrefix+vm), ">", 0),
-		guard,
-	).Then(clientv3.OpPut(PlacementPrefix+vm, to), clientv3.OpPut(StatusPrefix+vm, string(b))).Commit()
+	}, guard.cmps()...)...).Then(clientv3.OpPut(PlacementPrefix+vm, to), clientv3.OpPut(StatusPrefix+vm, string(b))).Commit()
 	if err != nil {
 		return false, unavailable(err)
 	}

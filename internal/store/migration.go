@@ -94,7 +94,7 @@ func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Mig
 // lease) and placement move to the target and the migration enters
 // switchover. Only then may the target run the guest. It returns the new
 // ownership key's revision: the target's fencing token.
-func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease clientv3.LeaseID) (int64, bool, error) {
+func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease LeaseID) (int64, bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	next := *m
@@ -104,7 +104,7 @@ func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(ok), "=", m.Source),
 			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
-		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(lease)),
+		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(lease))),
 			clientv3.OpPut(PlacementPrefix+m.VM, m.Target),
 			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
@@ -166,13 +166,13 @@ func Migrations(l []MigrationRev) []api.Migration {
 
 // PutMigrationGuarded writes a migration if it is still at rev (0: absent)
 // and the leader guard holds.
-func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard clientv3.Cmp) (bool, error) {
+func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard Guard) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	b, _ := json.Marshal(m)
 	key := MigrationPrefix + m.VM
 	resp, err := s.cli.Txn(ctx).
-		If(guard, clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
+		If(append(guard.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0))...).
 		Then(clientv3.OpPut(key, string(b))).Commit()
 	if err != nil {
 		return false, unavailable(err)
@@ -182,12 +182,12 @@ func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev i
 
 // MovePlacement moves a VM that runs nowhere (no ownership key) from one
 // node to another, under the leader guard.
-func (s *Store) MovePlacement(ctx context.Context, vm, from, to string, guard clientv3.Cmp) (bool, error) {
+func (s *Store) MovePlacement(ctx context.Context, vm, from, to string, guard Guard) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	resp, err := s.cli.Txn(ctx).
-		If(guard, clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
-			clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0)).
+		If(append(guard.cmps(), clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
+			clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0))...).
 		Then(clientv3.OpPut(PlacementPrefix+vm, to)).Commit()
 	if err != nil {
 		return false, unavailable(err)

@@ -71,9 +71,6 @@ func Open(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (*Store, 
 	return &Store{cli: cli}, nil
 }
 
-// Client exposes the etcd client for leases, elections and watches.
-func (s *Store) Client() *clientv3.Client { return s.cli }
-
 // Close closes the client.
 func (s *Store) Close() error { return s.cli.Close() }
 
@@ -277,18 +274,15 @@ func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) err
 	return unavailable(err)
 }
 
-// Place assigns an unplaced VM to a node. guard, if non-nil, is the leader's
-// fencing compare: a deposed leader's write fails.
-func (s *Store) Place(ctx context.Context, name, node string, guard *clientv3.Cmp) (bool, error) {
+// Place assigns an unplaced VM to a node, under the leader's guard: a
+// deposed leader's write fails.
+func (s *Store) Place(ctx context.Context, name, node string, guard Guard) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	cmps := []clientv3.Cmp{
+	cmps := append([]clientv3.Cmp{
 		clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
 		clientv3.Compare(clientv3.Version(PlacementPrefix+name), "=", 0),
-	}
-	if guard != nil {
-		cmps = append(cmps, *guard)
-	}
+	}, guard.cmps()...)
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(PlacementPrefix+name, node)).Commit()
 	if err != nil {
 		return false, unavailable(err)
@@ -325,7 +319,7 @@ func (s *Store) DeleteVM(ctx context.Context, name string) error {
 // AcquireOwner makes node the owner of a VM, bound to lease, unless another
 // node owns it. It returns the ownership key's mod revision: the fencing
 // token a host checks before it starts or resumes the guest.
-func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clientv3.LeaseID) (int64, error) {
+func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease LeaseID) (int64, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	key := OwnerPrefix + name
@@ -334,7 +328,7 @@ func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clien
 	placedHere := clientv3.Compare(clientv3.Value(PlacementPrefix+name), "=", node)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Version(key), "=", 0), placedHere).
-		Then(clientv3.OpPut(key, node, clientv3.WithLease(lease))).
+		Then(clientv3.OpPut(key, node, clientv3.WithLease(clientv3.LeaseID(lease)))).
 		Else(clientv3.OpGet(key), clientv3.OpGet(PlacementPrefix+name)).Commit()
 	if err != nil {
 		return 0, unavailable(err)
@@ -352,7 +346,7 @@ func (s *Store) AcquireOwner(ctx context.Context, name, node string, lease clien
 	// Already ours (perhaps under an older lease of this node): rebind it.
 	resp, err = s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(key), "=", node)).
-		Then(clientv3.OpPut(key, node, clientv3.WithLease(lease))).Commit()
+		Then(clientv3.OpPut(key, node, clientv3.WithLease(clientv3.LeaseID(lease)))).Commit()
 	if err != nil {
 		return 0, unavailable(err)
 	}
@@ -383,11 +377,11 @@ func (s *Store) ReleaseOwner(ctx context.Context, name, node string) error {
 }
 
 // PutNode records a node, bound to its lease so it vanishes when the node dies.
-func (s *Store) PutNode(ctx context.Context, n api.Node, lease clientv3.LeaseID) error {
+func (s *Store) PutNode(ctx context.Context, n api.Node, lease LeaseID) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	b, _ := json.Marshal(n)
-	_, err := s.cli.Put(ctx, NodePrefix+n.Name, string(b), clientv3.WithLease(lease))
+	_, err := s.cli.Put(ctx, NodePrefix+n.Name, string(b), clientv3.WithLease(clientv3.LeaseID(lease)))
 	return unavailable(err)
 }
 
@@ -458,4 +452,58 @@ func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, OpTimeout)
+}
+
+// LeaseID is an etcd lease: a host's, to which its ownership keys and node
+// record are bound.
+type LeaseID int64
+
+// GrantLease takes a new lease of ttl (whole seconds, at least one).
+func (s *Store) GrantLease(ctx context.Context, ttl time.Duration) (LeaseID, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Grant(ctx, max(int64(ttl/time.Second), 1))
+	if err != nil {
+		return 0, unavailable(err)
+	}
+	return LeaseID(resp.ID), nil
+}
+
+// RevokeLease ends a lease at once, and every key bound to it.
+func (s *Store) RevokeLease(ctx context.Context, id LeaseID) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	_, err := s.cli.Revoke(ctx, clientv3.LeaseID(id))
+	return unavailable(err)
+}
+
+// Placements returns each placed VM's host, and the store's revision at
+// the read (to watch from).
+func (s *Store) Placements(ctx context.Context) (map[string]string, int64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, PlacementPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, unavailable(err)
+	}
+	out := map[string]string{}
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key[len(PlacementPrefix):])] = string(kv.Value)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// Keys lists every key of Ferry's (for tests that check what is left).
+func (s *Store) Keys(ctx context.Context) ([]string, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out, nil
 }

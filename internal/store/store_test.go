@@ -50,7 +50,7 @@ func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr, _, _ := strings.Cut(ip, "/")
-	if r, _ := st.Client().Get(ctx, store.IPPrefix+addr); len(r.Kvs) != 0 {
+	if r, _ := st.Etcd().Get(ctx, store.IPPrefix+addr); len(r.Kvs) != 0 {
 		t.Fatalf("address claim %s left after delete", addr)
 	}
 	delete(seen, ip)
@@ -69,15 +69,15 @@ func TestOwnershipFencing(t *testing.T) {
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "g"}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := st.Place(ctx, "g", "a", nil); !ok || err != nil {
+	if ok, err := st.Place(ctx, "g", "a", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	lease := func() clientv3.LeaseID {
-		l, err := st.Client().Grant(ctx, 30)
+	lease := func() store.LeaseID {
+		l, err := st.GrantLease(ctx, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return l.ID
+		return l
 	}
 	la, lb := lease(), lease()
 	rev, err := st.AcquireOwner(ctx, "g", "a", la)
@@ -101,14 +101,13 @@ func TestOwnershipFencing(t *testing.T) {
 		t.Fatal("a stale fencing token still passes")
 	}
 	// The lease ending frees the VM, but only for the host it is placed on.
-	if _, err := st.Client().Revoke(ctx, la2); err != nil {
+	if err := st.RevokeLease(ctx, la2); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.AcquireOwner(ctx, "g", "b", lb); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("a host the VM is not placed on took it: %v", err)
 	}
-	always := clientv3.Compare(clientv3.Version("/ferry/test/none"), "=", 0)
-	if ok, err := st.MovePlacement(ctx, "g", "a", "b", always); !ok || err != nil {
+	if ok, err := st.MovePlacement(ctx, "g", "a", "b", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	if _, err := st.AcquireOwner(ctx, "g", "b", lb); err != nil {
@@ -127,19 +126,25 @@ func TestPlaceIsFencedByLeader(t *testing.T) {
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "p"}); err != nil {
 		t.Fatal(err)
 	}
-	st.Client().Put(ctx, store.LeaderPrefix+"/x", "old")
-	resp, _ := st.Client().Get(ctx, store.LeaderPrefix+"/x")
-	guard := clientv3.Compare(clientv3.CreateRevision(store.LeaderPrefix+"/x"), "=", resp.Kvs[0].CreateRevision)
-	// The leader key is replaced (a new leader): the old guard must fail.
-	st.Client().Delete(ctx, store.LeaderPrefix+"/x")
-	st.Client().Put(ctx, store.LeaderPrefix+"/x", "new")
-	if ok, err := st.Place(ctx, "p", "n1", &guard); err != nil || ok {
+	old, err := st.Campaign(ctx, "old", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := old.Guard()
+	old.Resign()
+	// Another host leads now: the old leader's guard must fail.
+	cur, err := st.Campaign(ctx, "new", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Resign()
+	if ok, err := st.Place(ctx, "p", "n1", guard); err != nil || ok {
 		t.Fatalf("deposed leader placed a vm: ok=%v err=%v", ok, err)
 	}
-	if ok, err := st.Place(ctx, "p", "n1", nil); err != nil || !ok {
-		t.Fatalf("place: %v %v", ok, err)
+	if ok, err := st.Place(ctx, "p", "n1", cur.Guard()); err != nil || !ok {
+		t.Fatalf("the leader could not place: %v %v", ok, err)
 	}
-	if ok, _ := st.Place(ctx, "p", "n2", nil); ok {
+	if ok, _ := st.Place(ctx, "p", "n2", store.Guard{}); ok {
 		t.Fatal("a placed vm was placed again")
 	}
 }
@@ -168,7 +173,7 @@ func TestUpdateSpecAndStatus(t *testing.T) {
 	}
 	// A late status write for a deleted VM must not resurrect keys.
 	st.PutStatus(ctx, "u", api.VMStatus{Phase: api.PhaseRunning})
-	resp, _ := st.Client().Get(ctx, store.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, _ := st.Etcd().Get(ctx, store.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if resp.Count != 0 {
 		t.Fatalf("%d keys left after delete", resp.Count)
 	}
@@ -183,15 +188,15 @@ func TestTakeover(t *testing.T) {
 	if err := st.CreateVM(ctx, &api.VMSpec{Name: "m"}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := st.Place(ctx, "m", "h1", nil); !ok || err != nil {
+	if ok, err := st.Place(ctx, "m", "h1", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	src, err := st.Client().Grant(ctx, 30)
+	src, err := st.GrantLease(ctx, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, _ := st.Client().Grant(ctx, 30)
-	if _, err := st.AcquireOwner(ctx, "m", "h1", src.ID); err != nil {
+	dst, _ := st.GrantLease(ctx, 30*time.Second)
+	if _, err := st.AcquireOwner(ctx, "m", "h1", src); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.StartMigration(ctx, &api.Migration{ID: "x", VM: "m", Source: "h1", Target: "h2", Phase: api.MigCopying}); err != nil {
@@ -202,14 +207,14 @@ func TestTakeover(t *testing.T) {
 	if _, _, err := st.UpdateMigration(ctx, "m", func(c *api.Migration) error { c.Cancel = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, err := st.Takeover(ctx, m, rev, dst.ID); err != nil || ok {
+	if _, ok, err := st.Takeover(ctx, m, rev, dst); err != nil || ok {
 		t.Fatalf("takeover over a changed record: ok=%v err=%v", ok, err)
 	}
 	if owner, _, _ := st.Owner(ctx, "m"); owner != "h1" {
 		t.Fatalf("owner %q after a refused takeover", owner)
 	}
 	m, rev, _ = st.GetMigration(ctx, "m")
-	orev, ok, err := st.Takeover(ctx, m, rev, dst.ID)
+	orev, ok, err := st.Takeover(ctx, m, rev, dst)
 	if err != nil || !ok {
 		t.Fatalf("takeover: %v %v", ok, err)
 	}
@@ -246,5 +251,51 @@ func TestPutEventIdempotent(t *testing.T) {
 	}
 	if len(evs) != 2 || evs[0].Node == evs[1].Node {
 		t.Fatalf("events %+v, want one for h3 and one for h4", evs)
+	}
+}
+
+// A typed watch reports changes of the kinds asked for only, with their
+// names, and ends when its context does.
+func TestWatch(t *testing.T) {
+	st := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wc := st.Watch(ctx, 0, store.KindVM, store.KindPlacement)
+	lease, err := st.GrantLease(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutAlive(ctx, "h1", lease, time.Second); err != nil { // not watched
+		t.Fatal(err)
+	}
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, "w", "h1", store.Guard{}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if err := st.DeleteVM(ctx, "w"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 4 {
+		select {
+		case c := <-wc:
+			got = append(got, fmt.Sprintf("%d %s deleted=%v", c.Kind, c.Name, c.Deleted))
+		case <-time.After(5 * time.Second):
+			t.Fatalf("changes seen: %v", got)
+		}
+	}
+	want := map[string]bool{
+		fmt.Sprintf("%d w deleted=false", store.KindVM): true, fmt.Sprintf("%d w deleted=false", store.KindPlacement): true,
+		fmt.Sprintf("%d w deleted=true", store.KindVM): true, fmt.Sprintf("%d w deleted=true", store.KindPlacement): true,
+	}
+	for _, g := range got {
+		if !want[g] {
+			t.Errorf("unexpected change %q (all: %v)", g, got)
+		}
+	}
+	cancel()
+	for range wc { // ends once the context does
 	}
 }

@@ -82,10 +82,10 @@ func TestEmbeddedTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	if _, err := held.Client().Get(ctx, "/quiet"); err != nil {
+	if _, err := held.Etcd().Get(ctx, "/quiet"); err != nil {
 		t.Fatal(err)
 	}
-	watch := held.Client().Watch(ctx, "/quiet")
+	watch := held.Etcd().Watch(ctx, "/quiet")
 	b, _ := os.ReadFile(filepath.Join(dir, "gone.crt"))
 	blk, _ := pem.Decode(b)
 	gone, _ := x509.ParseCertificate(blk.Bytes)
@@ -95,7 +95,7 @@ func TestEmbeddedTLS(t *testing.T) {
 	if err := open("gone.crt", "gone.key"); err == nil {
 		t.Fatal("a revoked certificate was admitted")
 	}
-	if _, err := held.Client().Get(ctx, "/quiet"); status.Code(err) != codes.Unauthenticated {
+	if _, err := held.Etcd().Get(ctx, "/quiet"); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("a connection made before the revocation is still served: %v", err)
 	}
 	select {

@@ -24,7 +24,6 @@ import (
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // DevOptions configure a DevAgent.
@@ -214,18 +213,14 @@ func (d *DevAgent) EtcdKeys(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: d.etcdEndpoints(), TLS: tlsCfg, DialTimeout: 5 * time.Second})
+	st, err := store.Open(ctx, d.etcdEndpoints(), tlsCfg)
 	if err != nil {
 		return nil, err
 	}
-	defer cli.Close()
-	resp, err := cli.Get(ctx, store.Prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	defer st.Close()
+	keys, err := st.Keys(ctx)
 	if err != nil {
 		return nil, err
-	}
-	var keys []string
-	for _, kv := range resp.Kvs {
-		keys = append(keys, string(kv.Key))
 	}
 	sort.Strings(keys)
 	return keys, nil

@@ -1,29 +1,33 @@
-package agent
+package store
 
 import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/ferryvm/ferry/internal/ha"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// leaseKeeper holds this host's etcd lease and renews it on the HA timing
+// LeaseTiming is how a HostLease is kept: its TTL, how often it is renewed,
+// and how long a renewal may go unanswered before its stream is replaced.
+type LeaseTiming struct {
+	TTL, Renew, RenewTimeout time.Duration
+}
+
+// HostLease holds a host's etcd lease and renews it on its own schedule
 // (not clientv3's keep-alive stream, whose schedule is TTL/3 and whose
 // failures are silent): the agent must know, to the millisecond, when its
 // last renewal that etcd accepted was sent, because that bounds when etcd
-// can expire the lease.
-type leaseKeeper struct {
+// can expire the lease (docs/HA.md).
+type HostLease struct {
 	cli  *clientv3.Client
-	t    ha.Timing
+	t    LeaseTiming
 	path string // remembers the lease ID so a restarted agent can adopt it
 
 	mu     sync.Mutex
@@ -31,35 +35,37 @@ type leaseKeeper struct {
 	lastOK time.Time // send time of the last renewal etcd accepted (monotonic)
 }
 
-func newLeaseKeeper(cli *clientv3.Client, t ha.Timing, dataDir string) *leaseKeeper {
-	return &leaseKeeper{cli: cli, t: t, path: filepath.Join(dataDir, "lease")}
+// HostLease returns a keeper for this host's lease, remembered in the file
+// at path; Acquire takes or adopts it.
+func (s *Store) HostLease(t LeaseTiming, path string) *HostLease {
+	return &HostLease{cli: s.cli, t: t, path: path}
 }
 
-// acquire adopts the lease a previous agent on this host left behind if it
+// Acquire adopts the lease a previous agent on this host left behind if it
 // is still alive (so ownership bound to it stays valid across a quick agent
 // restart), and otherwise grants a new one.
-func (k *leaseKeeper) acquire(ctx context.Context) (adopted bool, err error) {
+func (k *HostLease) Acquire(ctx context.Context) (adopted bool, err error) {
 	if b, err := os.ReadFile(k.path); err == nil {
 		if id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64); err == nil {
 			k.mu.Lock()
 			k.id = clientv3.LeaseID(id)
 			k.mu.Unlock()
-			if ok, _ := k.renew(ctx); ok {
+			if ok, _ := k.Renew(ctx); ok {
 				return true, nil
 			}
 		}
 	}
-	return false, k.grant(ctx)
+	return false, k.Grant(ctx)
 }
 
-// grant takes a new lease and remembers it.
-func (k *leaseKeeper) grant(ctx context.Context) error {
+// Grant takes a new lease and remembers it.
+func (k *HostLease) Grant(ctx context.Context) error {
 	send := time.Now()
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := k.cli.Grant(gctx, int64(k.t.LeaseTTL/time.Second))
+	resp, err := k.cli.Grant(gctx, int64(k.t.TTL/time.Second))
 	cancel()
 	if err != nil {
-		return err
+		return unavailable(err)
 	}
 	k.mu.Lock()
 	k.id, k.lastOK = resp.ID, send
@@ -67,13 +73,13 @@ func (k *leaseKeeper) grant(ctx context.Context) error {
 	return os.WriteFile(k.path, []byte(strconv.FormatInt(int64(resp.ID), 16)+"\n"), 0o600)
 }
 
-// keepAlive renews the lease every Renew on one long-lived keep-alive
+// KeepAlive renews the lease every Renew on one long-lived keep-alive
 // stream (cheaper than a call per renewal), matching each answer to the send
 // time of its request. A stream whose oldest request has waited longer than
 // RenewTimeout is dropped and opened again (likely to another etcd member).
 // ok is called after each accepted renewal; expired when etcd says the lease
 // is gone, after which keepAlive returns.
-func (k *leaseKeeper) keepAlive(ctx context.Context, ok func(), expired func()) {
+func (k *HostLease) KeepAlive(ctx context.Context, ok func(), expired func()) {
 	lc := pb.NewLeaseClient(k.cli.ActiveConnection())
 	for ctx.Err() == nil {
 		if gone := k.stream(ctx, lc, ok); gone {
@@ -89,7 +95,7 @@ func (k *leaseKeeper) keepAlive(ctx context.Context, ok func(), expired func()) 
 
 // stream runs one keep-alive stream until it fails or stalls; it reports
 // whether etcd said the lease is gone.
-func (k *leaseKeeper) stream(ctx context.Context, lc pb.LeaseClient, ok func()) (gone bool) {
+func (k *HostLease) stream(ctx context.Context, lc pb.LeaseClient, ok func()) (gone bool) {
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	st, err := lc.LeaseKeepAlive(sctx)
@@ -98,7 +104,7 @@ func (k *leaseKeeper) stream(ctx context.Context, lc pb.LeaseClient, ok func()) 
 	}
 	var mu sync.Mutex
 	var sent []time.Time // send times of requests not yet answered, oldest first
-	id := k.ID()
+	id := clientv3.LeaseID(k.ID())
 	result := make(chan bool, 1)
 	go func() {
 		for {
@@ -150,10 +156,10 @@ func (k *leaseKeeper) stream(ctx context.Context, lc pb.LeaseClient, ok func()) 
 	}
 }
 
-// renew sends one keep-alive call. expired is true when etcd says the lease
+// Renew sends one keep-alive call. expired is true when etcd says the lease
 // is gone (as opposed to etcd not answering in time).
-func (k *leaseKeeper) renew(ctx context.Context) (ok, expired bool) {
-	id := k.ID()
+func (k *HostLease) Renew(ctx context.Context) (ok, expired bool) {
+	id := clientv3.LeaseID(k.ID())
 	send := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, k.t.RenewTimeout)
 	resp, err := k.cli.KeepAliveOnce(rctx, id)
@@ -173,20 +179,15 @@ func (k *leaseKeeper) renew(ctx context.Context) (ok, expired bool) {
 }
 
 // ID is the current lease.
-func (k *leaseKeeper) ID() clientv3.LeaseID {
+func (k *HostLease) ID() LeaseID {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.id
+	return LeaseID(k.id)
 }
 
-// sinceOK is how long ago the last accepted renewal was sent.
-func (k *leaseKeeper) sinceOK() time.Duration {
+// SinceOK is how long ago the last accepted renewal was sent.
+func (k *HostLease) SinceOK() time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return time.Since(k.lastOK)
 }
-
-// valid reports whether this host may still start or resume guests: its
-// last renewal is recent enough that the self-fence deadline is not near.
-// Starting a guest needs at least half the fence deadline in hand.
-func (k *leaseKeeper) valid() bool { return k.sinceOK() < k.t.FenceAfter/2 }
