@@ -9,8 +9,8 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
-	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/store"
 )
 
 // leaseLoop keeps the host's lease alive (store.HostLease.KeepAlive) and feeds
