@@ -24,6 +24,7 @@ import (
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/ipam"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
@@ -306,7 +307,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}
 	if adv != nil {
 		local, _ := netip.AddrFromSlice(adv)
-		ba := store.HostOverlayAddr(local)
+		ba := ipam.HostOverlayAddr(local)
 		acfg.Address = adv.String()
 		acfg.Overlay = &hostnet.Overlay{Bridge: "ferry0", VXLAN: "fvx0", VNI: o.vni, Port: 4789, Local: adv,
 			BridgeAddr: &net.IPNet{IP: ba.Addr().AsSlice(), Mask: net.CIDRMask(ba.Bits(), 32)}}

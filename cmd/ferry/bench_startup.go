@@ -12,8 +12,8 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/ipam"
 	"github.com/ferryvm/ferry/internal/qemu"
-	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/testbed"
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
@@ -171,9 +171,9 @@ func rawBoot(ctx context.Context, img *image.Tiny, boot string) (float64, error)
 	id := uuid.NewString()
 	cfg := &qemu.Config{Name: "raw", UUID: id, MemoryMiB: 256, CPUs: 1, Accel: "tcg",
 		Kernel: kernel, Initrd: img.Initrd,
-		Append:    "console=ttyS0 quiet panic=1 ferry.ip=198.19.0.10/16 ferry.gw=" + store.Gateway.String(),
+		Append:    "console=ttyS0 quiet panic=1 ferry.ip=198.19.0.10/16 ferry.gw=" + ipam.Gateway.String(),
 		QMPSocket: filepath.Join(dir, "q"), PidFile: filepath.Join(dir, "pid"), Watchdog: true,
-		Net: &qemu.Net{Mode: "user", MAC: "52:54:00:13:00:0a", UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
+		Net: &qemu.Net{Mode: "user", MAC: "52:54:00:13:00:0a", UserNet: ipam.Subnet.String(), UserHost: ipam.Gateway.String(),
 			HostFwd: []qemu.HostFwd{{HostAddr: "127.0.0.1", HostPort: ports[0], GuestAddr: "198.19.0.10", GuestPort: 80}}}}
 	t0 := time.Now()
 	pid, err := qemu.Launch(ctx, cfg, filepath.Join(dir, "log"))

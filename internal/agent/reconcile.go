@@ -18,9 +18,9 @@ import (
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/ipam"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/revert"
-	"github.com/ferryvm/ferry/internal/store"
 )
 
 // DefaultStopGrace is how long a graceful stop waits for the guest to power off.
@@ -365,7 +365,7 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, machine, boot 
 			return nil, "", "", err
 		}
 		cfg.Net = &qemu.Net{
-			Mode: "user", MAC: spec.MAC, UserNet: store.Subnet.String(), UserHost: store.Gateway.String(),
+			Mode: "user", MAC: spec.MAC, UserNet: ipam.Subnet.String(), UserHost: ipam.Gateway.String(),
 			HostFwd: []qemu.HostFwd{{HostAddr: a.cfg.GuestHostAddr, HostPort: port, GuestAddr: ip.Addr().String(), GuestPort: 80}},
 		}
 		endpoint = net.JoinHostPort(a.cfg.GuestHostAddr, strconv.Itoa(port))
@@ -379,7 +379,7 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, machine, boot 
 			return nil, "", "", err
 		}
 		cfg.Initrd = img.Initrd
-		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, store.Gateway)
+		cfg.Append = fmt.Sprintf("console=ttyS0 quiet panic=1 ferry.name=%s ferry.ip=%s ferry.gw=%s", name, spec.IP, ipam.Gateway)
 	}
 	// Start from clean sockets; a stale one would make QEMU fail to bind.
 	os.Remove(cfg.QMPSocket)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/ipam"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -84,26 +85,6 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: etcd: %v", errdefs.ErrUnavailable, err)
 }
 
-// Subnet is the address space guests get their addresses from, and Gateway
-// the address reserved for the host side of the guest network.
-var (
-	Subnet  = netip.MustParsePrefix("198.19.0.0/16")
-	Gateway = netip.MustParseAddr("198.19.255.254")
-)
-
-// HostOverlayAddr is a host's own address on the overlay, derived from the
-// last byte of its underlay address (hosts share one underlay subnet).
-func HostOverlayAddr(underlay netip.Addr) netip.Prefix {
-	b := underlay.As4()
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 254, b[3]}), Subnet.Bits())
-}
-
-// MACFor derives a guest's MAC from its address, so both are unique together.
-func MACFor(ip netip.Addr) string {
-	b := ip.As4()
-	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[1], b[2], b[3])
-}
-
 // CreateVM stores a new VM spec with a freshly allocated address. It fails
 // with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
@@ -112,12 +93,16 @@ func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
 	for attempt := 0; attempt < 64; attempt++ {
 		// Concurrent creators race for the lowest free address; on each
 		// retry take one further along so they spread out.
-		ip, err := s.freeAddress(ctx, attempt)
+		used, err := s.usedAddresses(ctx)
 		if err != nil {
 			return err
 		}
-		spec.IP = netip.PrefixFrom(ip, Subnet.Bits()).String()
-		spec.MAC = MACFor(ip)
+		ip, err := ipam.Free(used, attempt)
+		if err != nil {
+			return err
+		}
+		spec.IP = netip.PrefixFrom(ip, ipam.Subnet.Bits()).String()
+		spec.MAC = ipam.MACFor(ip)
 		b, _ := json.Marshal(spec)
 		st, _ := json.Marshal(api.VMStatus{Phase: api.PhasePending, Since: time.Now().UTC(), UpdatedAt: time.Now().UTC()})
 		vk, ik := VMPrefix+spec.Name, IPPrefix+ip.String()
@@ -139,10 +124,11 @@ func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
 	return fmt.Errorf("%w: could not allocate an address", errdefs.ErrConflict)
 }
 
-func (s *Store) freeAddress(ctx context.Context, skip int) (netip.Addr, error) {
+// usedAddresses reads the guests' address claims.
+func (s *Store) usedAddresses(ctx context.Context) (map[netip.Addr]bool, error) {
 	resp, err := s.cli.Get(ctx, IPPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
-		return netip.Addr{}, unavailable(err)
+		return nil, unavailable(err)
 	}
 	used := map[netip.Addr]bool{}
 	for _, kv := range resp.Kvs {
@@ -150,20 +136,7 @@ func (s *Store) freeAddress(ctx context.Context, skip int) (netip.Addr, error) {
 			used[a] = true
 		}
 	}
-	// .0.1-.0.9 are kept for infrastructure, 198.19.254.0/24 for hosts'
-	// overlay addresses and 198.19.255.0/24 for gateways and clients.
-	for a := netip.AddrFrom4([4]byte{198, 19, 0, 10}); Subnet.Contains(a); a = a.Next() {
-		if b := a.As4(); b[2] >= 254 {
-			break
-		}
-		if !used[a] && a.As4()[3] != 0 && a.As4()[3] != 255 {
-			if skip == 0 {
-				return a, nil
-			}
-			skip--
-		}
-	}
-	return netip.Addr{}, errdefs.New(errdefs.ErrFailedPrecondition, "guest address space 198.19.0.0/16 is exhausted")
+	return used, nil
 }
 
 // GetVM returns spec, placement and status of one VM.
