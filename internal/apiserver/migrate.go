@@ -3,19 +3,19 @@ package apiserver
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/migrate"
-	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/google/uuid"
 )
 
 // migrateVM starts a live migration: it checks the VM runs, picks or checks
-// the target and records the migration; the two hosts' agents carry it out.
+// the target, makes the plan both QEMUs follow, and records the migration
+// queued; the leader admits it and the two hosts' agents carry it out.
 func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 	name, ok := s.vmName(w, r)
 	if !ok {
@@ -26,144 +26,125 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	opts, err := migrationOptions(req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx := r.Context()
+	if opts.Plaintext {
+		if err := s.plaintextAllowed(r); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	m, err := s.newMigration(r, name, req.To, opts)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.st.StartMigration(ctx, m); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", m.Target, "strategy", opts.Strategy)
+	if opts.Plaintext {
+		s.event(r, api.Event{Kind: "plaintext-migration", VM: name, Message: fmt.Sprintf("migration of %s from %s to %s in PLAINTEXT", name, m.Source, m.Target)})
+		w.Header().Set("Warning", `299 ferry "plaintext migration: the guest's memory crosses the network unencrypted"`)
+	}
+	writeJSON(w, http.StatusAccepted, m)
+}
+
+// migrationOptions validates a request's options and fills defaults.
+func migrationOptions(req api.MigrateRequest) (api.MigrationOptions, error) {
 	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext, Transport: req.Transport}
 	if req.MaxBandwidth != "" {
 		b, err := api.ParseSize(req.MaxBandwidth)
 		if err != nil {
-			writeError(w, errdefs.Invalid("max_bandwidth: "+err.Error()))
-			return
+			return opts, errdefs.Invalid("max_bandwidth: " + err.Error())
 		}
 		opts.MaxBandwidth = b
 	}
 	if req.MaxDowntime != "" {
 		d, err := time.ParseDuration(req.MaxDowntime)
 		if err != nil || d < time.Millisecond {
-			writeError(w, errdefs.Invalid(fmt.Sprintf("max_downtime %q must be a duration of at least 1ms, such as 300ms", req.MaxDowntime)))
-			return
+			return opts, errdefs.Invalid(fmt.Sprintf("max_downtime %q must be a duration of at least 1ms, such as 300ms", req.MaxDowntime))
 		}
 		opts.MaxDowntimeMS = d.Milliseconds()
 	}
 	if err := migrate.Validate(&opts); err != nil {
-		writeError(w, errdefs.Invalid(err.Error()))
-		return
+		return opts, errdefs.Invalid(err.Error())
 	}
+	return opts, nil
+}
+
+// plaintextAllowed refuses a plaintext migration unless an admin allowed it.
+func (s *Server) plaintextAllowed(r *http.Request) error {
+	sec, err := s.st.Security(r.Context())
+	if err != nil {
+		return err
+	}
+	if !sec.PlaintextMigration {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "plaintext migration is refused in this cluster: migrations are TLS with source authorization (an admin can allow plaintext with `ferry cluster security --allow-plaintext-migration --reason ...`)")
+	}
+	return nil
+}
+
+// newMigration checks that the VM runs, picks (to "auto") or checks the
+// target with the placement engine, and plans the migration.
+func (s *Server) newMigration(r *http.Request, name, to string, opts api.MigrationOptions) (*api.Migration, error) {
 	ctx := r.Context()
-	if opts.Plaintext {
-		sec, err := s.st.Security(ctx)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if !sec.PlaintextMigration {
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "plaintext migration is refused in this cluster: migrations are TLS with source authorization (an admin can allow plaintext with `ferry cluster security --allow-plaintext-migration --reason ...`)"))
-			return
+	if to == "" {
+		return nil, errdefs.Invalid(`"to" is required: a host name, or "auto"`)
+	}
+	if to != "auto" {
+		if err := api.ValidateName("host", to); err != nil {
+			return nil, errdefs.Invalid(err.Error())
 		}
 	}
 	vm, err := s.st.GetVM(ctx, name)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
 	if vm.Spec.Deleting || vm.Spec.Power != api.PowerRunning || vm.Status.Phase != api.PhaseRunning || vm.Node == "" {
-		writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("vm %q is not running (state %s); only running guests migrate live", name, dash(vm.Status.Phase))))
-		return
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("vm %q is not running (state %s); only running guests migrate live", name, dash(vm.Status.Phase)))
 	}
 	nodes, err := s.st.ListNodes(ctx)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
 	vms, err := s.st.ListVMs(ctx)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
 	migs, err := s.st.ListMigrations(ctx)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
-	source := nodeNamed(nodes, vm.Node)
-	// Room counts guests already on their way to a host (see sched.FreeMemory).
-	free := sched.FreeMemory(nodes, vms, store.Migrations(migs))
-	target := req.To
-	switch target {
-	case "":
-		writeError(w, errdefs.Invalid(`"to" is required: a host name, or "auto"`))
-		return
-	case "auto":
-		var cands []api.Node
-		var why []string
-		for _, n := range sched.Schedulable(nodes) {
-			if n.Name == vm.Node {
-				continue
-			}
-			if err := migrate.CheckTarget(vm, source, &n); err != nil {
-				why = append(why, err.Error())
-				continue
-			}
-			cands = append(cands, n)
+	view := placement.NewView(nodes, vms, store.Migrations(migs))
+	req := placement.Request{Spec: vm.Spec, Live: vm}
+	switch target := to; {
+	case target == "auto":
+		var no []placement.Rejection
+		if to, no = view.Pick(req); to == "" {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "no other host can take this guest: "+placement.Reasons(no))
 		}
-		target = sched.Pick(cands, free, vm.Spec)
-		if target == "" {
-			msg := "no other ready host can take this guest"
-			if len(why) > 0 {
-				msg += "; " + strings.Join(why, "; ")
-			}
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, msg))
-			return
-		}
+	case view.Node(target) == nil:
+		return nil, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", target))
+	case target == vm.Node:
+		return nil, errdefs.Invalid(fmt.Sprintf("vm %q already runs on %s", name, target))
 	default:
-		if err := api.ValidateName("host", target); err != nil {
-			writeError(w, errdefs.Invalid(err.Error()))
-			return
-		}
-		var found *api.Node
-		for i := range nodes {
-			if nodes[i].Name == target {
-				found = &nodes[i]
-			}
-		}
-		switch {
-		case found == nil:
-			writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", target)))
-			return
-		case target == vm.Node:
-			writeError(w, errdefs.Invalid(fmt.Sprintf("vm %q already runs on %s", name, target)))
-			return
-		case found.State != "ready":
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is %s", target, found.State)))
-			return
-		case found.Maintenance:
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s is in maintenance (undrain it first)", target)))
-			return
-		case free[target] < vm.Spec.MemoryMiB:
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("host %s has no room: %d MiB free (guests placed there and on their way counted), the guest needs %d MiB", target, free[target], vm.Spec.MemoryMiB)))
-			return
-		}
-		if err := migrate.CheckTarget(vm, source, found); err != nil {
-			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, err.Error()))
-			return
+		if err := view.Check(req, target); err != nil {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, err.Error())
 		}
 	}
-	plan, err := migrate.PlanFor(opts, vm, source, nodeNamed(nodes, target))
+	plan, err := migrate.PlanFor(opts, vm, view.Node(vm.Node), view.Node(to))
 	if err != nil {
-		writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, err.Error()))
-		return
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, err.Error())
 	}
 	// Queued: the leader admits it within the per-host and per-cluster limits.
-	m := &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: target, Phase: api.MigQueued,
-		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator"}
-	if err := s.st.StartMigration(ctx, m); err != nil {
-		writeError(w, err)
-		return
-	}
-	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", target, "strategy", opts.Strategy)
-	if opts.Plaintext {
-		s.event(r, api.Event{Kind: "plaintext-migration", VM: name, Message: fmt.Sprintf("migration of %s from %s to %s in PLAINTEXT", name, m.Source, target)})
-		w.Header().Set("Warning", `299 ferry "plaintext migration: the guest's memory crosses the network unencrypted"`)
-	}
-	writeJSON(w, http.StatusAccepted, m)
+	return &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: to, Phase: api.MigQueued,
+		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator"}, nil
 }
 
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {

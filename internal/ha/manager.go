@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -232,25 +232,17 @@ func (m *Manager) Pass(ctx context.Context, guard store.Guard) error {
 		}
 		return a.Name < b.Name
 	})
-	targets := sched.Schedulable(nodes)
-	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
-	groups := sched.Groups(vms) // anti-affinity group -> hosts holding a member
+	view := placement.NewView(nodes, vms, store.Migrations(migs))
 	stillWaiting := map[string]bool{}
 	defer func() { m.waiting = stillWaiting }() // guests gone or placed meanwhile drop out
 	for _, c := range cands {
 		sp := c.vm.Spec
-		var allowed []api.Node
-		for _, n := range sched.Spread(targets, groups, sp) {
-			if n.Name != c.vm.Node {
-				allowed = append(allowed, n)
-			}
-		}
-		to := sched.Pick(allowed, free, sp)
+		to, no := view.Pick(placement.Request{Spec: sp, Exclude: []string{c.vm.Node}})
 		if to == "" {
 			stillWaiting[sp.Name] = true
 			if !m.waiting[sp.Name] {
 				m.event(ctx, api.Event{Kind: "ha-waiting", VM: sp.Name, Node: c.vm.Node,
-					Message: fmt.Sprintf("HA guest %s cannot restart (%s): no host has %d MiB free within its anti-affinity group %q; it starts when capacity returns", sp.Name, c.why, sp.MemoryMiB, sp.AntiAffinity)})
+					Message: fmt.Sprintf("HA guest %s cannot restart (%s): no host can take it (%s); it starts when one can", sp.Name, c.why, placement.Reasons(no))})
 			}
 			continue
 		}
@@ -263,13 +255,7 @@ func (m *Manager) Pass(ctx context.Context, guard store.Guard) error {
 		if !ok {
 			continue // something changed; the next pass looks again
 		}
-		free[to] -= sp.MemoryMiB
-		if g := sp.AntiAffinity; g != "" {
-			if groups[g] == nil {
-				groups[g] = map[string]bool{}
-			}
-			groups[g][to] = true
-		}
+		view.Reserve(to, sp)
 		m.log.Warn("HA restart issued", "vm", sp.Name, "from", c.vm.Node, "to", to, "why", c.why)
 		m.event(ctx, api.Event{Kind: "ha-restart", VM: sp.Name, Node: to,
 			Message: fmt.Sprintf("restarting HA guest %s on %s: %s", sp.Name, to, c.why)})

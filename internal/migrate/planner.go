@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	"github.com/ferryvm/ferry/internal/sched"
+	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/google/uuid"
 )
@@ -97,17 +96,16 @@ func (p *Planner) admit(ctx context.Context, guard store.Guard, migs []store.Mig
 		return err
 	}
 	var admitted []api.Migration
-	mem := map[string]int{}
-	for _, vm := range vms {
-		mem[vm.Spec.Name] = vm.Spec.MemoryMiB
+	byName := map[string]*api.VM{}
+	for i := range vms {
+		byName[vms[i].Spec.Name] = &vms[i]
 	}
 	for _, m := range migs {
 		if Active(m.Phase) {
 			admitted = append(admitted, m.Migration)
 		}
 	}
-	targets := sched.Schedulable(nodes)
-	free := sched.FreeMemory(targets, vms, admitted)
+	view := placement.NewView(nodes, vms, admitted)
 	for _, q := range queued {
 		if total >= p.PerCluster {
 			return nil
@@ -116,16 +114,19 @@ func (p *Planner) admit(ctx context.Context, guard store.Guard, migs []store.Mig
 			continue
 		}
 		m := q.Migration
-		room, ready := free[m.Target]
+		vm := byName[m.VM]
+		var refused error
+		if vm == nil {
+			refused = fmt.Errorf("vm %s is gone", m.VM)
+		} else {
+			refused = view.Check(placement.Request{Spec: vm.Spec, Live: vm}, m.Target)
+		}
 		switch {
 		case m.Cancel:
 			m.Phase, m.Error, m.Finished = api.MigCancelled, "cancelled while queued", time.Now().UTC()
-		case !ready:
+		case refused != nil:
 			m.Phase, m.Finished = api.MigFailed, time.Now().UTC()
-			m.Error = fmt.Sprintf("target host %s is no longer ready or is in maintenance; the guest stays on %s", m.Target, m.Source)
-		case room < mem[m.VM]:
-			m.Phase, m.Finished = api.MigFailed, time.Now().UTC()
-			m.Error = fmt.Sprintf("target host %s has no room: %d MiB free, the guest needs %d MiB; it stays on %s", m.Target, room, mem[m.VM], m.Source)
+			m.Error = fmt.Sprintf("%v; the guest stays on %s", refused, m.Source)
 		default:
 			m.Phase = api.MigPending
 			m.Timeline = append(m.Timeline, api.MigrationEvent{Step: "admitted", Host: "leader", At: time.Now().UTC()})
@@ -137,7 +138,7 @@ func (p *Planner) admit(ctx context.Context, guard store.Guard, migs []store.Mig
 		if ok && m.Phase == api.MigPending {
 			perHost[m.Source]++
 			total++
-			free[m.Target] -= mem[m.VM]
+			view.Reserve(m.Target, vm.Spec)
 			p.log.Info("migration admitted", "vm", m.VM, "from", m.Source, "to", m.Target)
 		}
 	}
@@ -158,16 +159,15 @@ func (p *Planner) tellStuck(ctx context.Context, vm api.VM, why string) {
 	}
 }
 
-// drain moves every guest off hosts in maintenance.
+// drain moves every guest off hosts in maintenance: running guests live,
+// stopped ones by moving their placement.
 func (p *Planner) drain(ctx context.Context, guard store.Guard, migs []store.MigrationRev) error {
 	nodes, err := p.st.ListNodes(ctx)
 	if err != nil {
 		return err
 	}
 	draining := map[string]bool{}
-	byName := map[string]*api.Node{}
-	for i, n := range nodes {
-		byName[n.Name] = &nodes[i]
+	for _, n := range nodes {
 		if n.Maintenance {
 			draining[n.Name] = true
 		}
@@ -183,8 +183,7 @@ func (p *Planner) drain(ctx context.Context, guard store.Guard, migs []store.Mig
 	for _, m := range migs {
 		byVM[m.VM] = m
 	}
-	targets := sched.Schedulable(nodes)
-	free := sched.FreeMemory(targets, vms, store.Migrations(migs))
+	view := placement.NewView(nodes, vms, store.Migrations(migs))
 	for _, vm := range vms {
 		if !draining[vm.Node] || vm.Spec.Deleting {
 			continue
@@ -194,62 +193,58 @@ func (p *Planner) drain(ctx context.Context, guard store.Guard, migs []store.Mig
 			continue // already moving
 		}
 		running := vm.Spec.Power == api.PowerRunning && vm.Status.Phase == api.PhaseRunning
-		cands := targets
-		var why []string
-		if running {
-			// A live move only to a host whose QEMU can take the guest.
-			cands = nil
-			for i := range targets {
-				if err := CheckTarget(&vm, byName[vm.Node], &targets[i]); err != nil {
-					why = append(why, err.Error())
-				} else {
-					cands = append(cands, targets[i])
-				}
-			}
+		if !running && (vm.Status.Phase == api.PhaseStarting || vm.Status.Phase == api.PhaseStopping) {
+			continue // wait until it settles
 		}
-		to := sched.Pick(cands, free, vm.Spec)
+		req := placement.Request{Spec: vm.Spec, Exclude: []string{vm.Node}}
+		if running {
+			req.Live = &vm
+		}
+		to, no := view.Pick(req)
 		if to == "" {
-			if running && len(cands) == 0 && len(why) > 0 {
-				p.tellStuck(ctx, vm, strings.Join(why, "; "))
+			if running {
+				p.tellStuck(ctx, vm, placement.Reasons(no))
 			}
 			continue // nowhere to go yet; try again on the next pass
 		}
 		delete(p.stuck, vm.Spec.Name)
-		if !running {
-			if vm.Status.Phase == api.PhaseStarting || vm.Status.Phase == api.PhaseStopping {
-				continue // wait until it settles
-			}
-			ok, err := p.st.MovePlacement(ctx, vm.Spec.Name, vm.Node, to, guard)
-			if err != nil {
-				return err
-			}
-			if ok {
-				free[to] -= vm.Spec.MemoryMiB
-				p.log.Info("drain: re-placed a stopped guest", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
-			}
-			continue
-		}
-		opts := api.MigrationOptions{}
-		Validate(&opts)
-		plan, err := PlanFor(opts, &vm, byName[vm.Node], byName[to])
-		if err != nil {
-			p.log.Warn("drain: cannot plan the move", "vm", vm.Spec.Name, "to", to, "err", err)
-			continue
-		}
-		m := &api.Migration{ID: uuid.NewString(), VM: vm.Spec.Name, Source: vm.Node, Target: to, Phase: api.MigQueued,
-			Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
-		rev := int64(0)
-		if hasMig {
-			rev = cur.Rev
-		}
-		ok, err := p.st.PutMigrationGuarded(ctx, m, rev, guard)
+		moved, err := p.moveOff(ctx, guard, view, vm, to, running, cur, hasMig)
 		if err != nil {
 			return err
 		}
-		if ok {
-			free[to] -= vm.Spec.MemoryMiB
-			p.log.Info("drain: migration queued", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+		if moved {
+			view.Reserve(to, vm.Spec)
 		}
 	}
 	return nil
+}
+
+// moveOff moves one guest of a draining host to host to: a stopped guest's
+// placement moves, a running guest's live migration is queued.
+func (p *Planner) moveOff(ctx context.Context, guard store.Guard, view *placement.View, vm api.VM, to string, running bool, cur store.MigrationRev, hasMig bool) (bool, error) {
+	if !running {
+		ok, err := p.st.MovePlacement(ctx, vm.Spec.Name, vm.Node, to, guard)
+		if ok {
+			p.log.Info("drain: re-placed a stopped guest", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+		}
+		return ok, err
+	}
+	opts := api.MigrationOptions{}
+	Validate(&opts)
+	plan, err := PlanFor(opts, &vm, view.Node(vm.Node), view.Node(to))
+	if err != nil {
+		p.log.Warn("drain: cannot plan the move", "vm", vm.Spec.Name, "to", to, "err", err)
+		return false, nil
+	}
+	m := &api.Migration{ID: uuid.NewString(), VM: vm.Spec.Name, Source: vm.Node, Target: to, Phase: api.MigQueued,
+		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
+	rev := int64(0)
+	if hasMig {
+		rev = cur.Rev
+	}
+	ok, err := p.st.PutMigrationGuarded(ctx, m, rev, guard)
+	if ok {
+		p.log.Info("drain: migration queued", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+	}
+	return ok, err
 }

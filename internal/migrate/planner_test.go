@@ -23,8 +23,8 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []api.Node{
-		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now()},
-		{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now()},
+		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), QEMU: qemu10},
+		{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), QEMU: qemu10},
 	} {
 		if err := st.PutNode(ctx, n, lease); err != nil {
 			t.Fatal(err)
