@@ -367,15 +367,18 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}()
 	go func() {
 		defer wg.Done()
-		planner := migrate.NewPlanner(st, log)
-		planner.PerHost, planner.PerCluster = o.migPerHost, o.migPerCluster
-		mgr := ha.NewManager(st, o.haTiming, log)
-		go ha.NewLiveness(st, mgr.Leading, log).Run(ctx)
+		admission := migrate.NewAdmission(st, log)
+		admission.PerHost, admission.PerCluster = o.migPerHost, o.migPerCluster
+		hosts := ha.NewHosts(st, o.haTiming, log)
+		go ha.NewLiveness(st, hosts.Leading, log).Run(ctx)
 		// A 1 s leader lease (etcd's smallest): when the leader's host dies,
 		// another host leads — and reports the dead one — within about a
 		// second. Losing leadership in an etcd hiccup costs nothing but a new
 		// election: every controller write is fenced by the leader key.
-		leader.Run(ctx, st, o.node, time.Second, log, planner, sched.New(st, log), mgr)
+		// Admission first (a queued migration waits for it), host health
+		// before the restarts it decides, new guests and drains after.
+		leader.Run(ctx, st, o.node, time.Second, log, admission, hosts, ha.NewRestarts(st, hosts, o.haTiming, log),
+			sched.New(st, log), migrate.NewDrain(st, log), leader.NewHousekeeping(st, log))
 	}()
 	renewAt := o.join
 	if renewAt == "" {

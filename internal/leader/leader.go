@@ -1,8 +1,9 @@
 // Package leader runs the cluster's control loops on exactly one host at a
-// time: it campaigns in the store's election and, while leader, calls every
-// controller's pass on each change of the cluster's state and on a timer.
-// Each pass gets the leadership's fencing guard, which every controller
-// write must carry (invariant 6).
+// time: it campaigns in the store's election and, while leader, keeps a
+// mirror of the cluster's state and runs a round of every controller on
+// each change of it and on a timer. Each round hands the controllers one
+// snapshot and the leadership's fencing guard, which every controller write
+// must carry (invariant 6).
 package leader
 
 import (
@@ -17,8 +18,9 @@ import (
 type Controller interface {
 	// Name is used in logs.
 	Name() string
-	// Pass looks at the store and acts; guard must be part of every write.
-	Pass(ctx context.Context, guard store.Guard) error
+	// Pass looks at the round's snapshot and acts; every write carries the
+	// round's guard.
+	Pass(ctx context.Context, r *Round) error
 }
 
 // Waker is a controller that wants its next pass sooner than the periodic
@@ -61,36 +63,17 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 	defer l.Resign()
 	guard := l.Guard()
 	log.Info("became leader", "node", name, "rev", guard.Rev())
-
-	wctx, cancel := context.WithCancel(ctx)
+	mctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wc := st.Watch(wctx, 0, store.ClusterState...)
+	mirror := st.Mirror(mctx)
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
 	for {
-		soon := time.Duration(0)
-		for _, c := range ctrls {
-			if err := c.Pass(ctx, guard); err != nil && ctx.Err() == nil {
-				log.Warn("controller pass", "controller", c.Name(), "err", err)
-			}
-			if w, ok := c.(Waker); ok {
-				if d := w.NextPass(); d > 0 && (soon == 0 || d < soon) {
-					soon = d
-				}
-			}
+		if snap, ok := mirror.Snapshot(); ok {
+			wake.Reset(round(ctx, NewRound(snap, guard), ctrls, log))
 		}
-		if soon == 0 {
-			soon = time.Hour
-		}
-		if !wake.Stop() {
-			select {
-			case <-wake.C:
-			default:
-			}
-		}
-		wake.Reset(soon)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -98,26 +81,43 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 			return errString("leader lease lost")
 		case <-wake.C:
 		case <-tick.C:
-		case _, ok := <-wc:
-			if !ok {
-				wc = st.Watch(wctx, 0, store.ClusterState...)
+		case <-mirror.Changed():
+			// Coalesce a burst of changes into one round (briefly: a queued
+			// migration waits for this round to be admitted).
+			drain(mirror.Changed(), 5*time.Millisecond)
+		}
+		if !wake.Stop() {
+			select {
+			case <-wake.C:
+			default:
 			}
-			// Coalesce a burst of changes into one pass (briefly: a queued
-			// migration waits for this pass to be admitted).
-			drain(wc, 5*time.Millisecond)
 		}
 	}
 }
 
-func drain(wc <-chan store.Change, d time.Duration) {
+// round runs every controller once and returns how soon one wants the
+// next round (an hour if none does).
+func round(ctx context.Context, r *Round, ctrls []Controller, log *slog.Logger) time.Duration {
+	soon := time.Hour
+	for _, c := range ctrls {
+		if err := c.Pass(ctx, r); err != nil && ctx.Err() == nil {
+			log.Warn("controller pass", "controller", c.Name(), "err", err)
+		}
+		if w, ok := c.(Waker); ok {
+			if d := w.NextPass(); d > 0 && d < soon {
+				soon = d
+			}
+		}
+	}
+	return soon
+}
+
+func drain(c <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
 		select {
-		case _, ok := <-wc:
-			if !ok {
-				return // the caller watches again
-			}
+		case <-c:
 		case <-t.C:
 			return
 		}

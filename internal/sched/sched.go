@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -29,38 +30,23 @@ func New(st *store.Store, log *slog.Logger) *Scheduler {
 // Name implements leader.Controller.
 func (s *Scheduler) Name() string { return "scheduler" }
 
-// Pass implements leader.Controller.
-func (s *Scheduler) Pass(ctx context.Context, guard store.Guard) error { return s.pass(ctx, guard) }
-
-// pass places every unplaced VM, oldest first.
-func (s *Scheduler) pass(ctx context.Context, guard store.Guard) error {
-	vms, err := s.st.ListVMs(ctx)
-	if err != nil {
-		return err
-	}
-	nodes, err := s.st.ListNodes(ctx)
-	if err != nil {
-		return err
-	}
-	migs, err := s.st.ListMigrations(ctx)
-	if err != nil {
-		return err
-	}
-	view := placement.NewView(nodes, vms, store.Migrations(migs))
-	for _, vm := range vms {
+// Pass implements leader.Controller: it places every unplaced VM (in name
+// order) on the best host the round's placement view offers.
+func (s *Scheduler) Pass(ctx context.Context, r *leader.Round) error {
+	for _, vm := range r.VMs {
 		if vm.Node != "" || vm.Spec.Deleting {
 			continue
 		}
-		node, _ := view.Pick(placement.Request{Spec: vm.Spec})
+		node, _ := r.View.Pick(placement.Request{Spec: vm.Spec})
 		if node == "" {
 			continue // waits until a node fits
 		}
-		ok, err := s.st.Place(ctx, vm.Spec.Name, node, guard)
+		ok, err := s.st.Place(ctx, vm.Spec.Name, node, r.Guard)
 		if err != nil {
 			return err
 		}
 		if ok {
-			view.Reserve(node, vm.Spec)
+			r.View.Reserve(node, vm.Spec)
 			s.log.Info("placed vm", "vm", vm.Spec.Name, "node", node)
 		}
 	}

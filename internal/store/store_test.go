@@ -299,3 +299,61 @@ func TestWatch(t *testing.T) {
 	for range wc { // ends once the context does
 	}
 }
+
+// A mirror follows the store: a snapshot shows what was written, with the
+// VM's parts joined and a node's maintenance merged in.
+func TestMirror(t *testing.T) {
+	st := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lease, err := st.GrantLease(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutNode(ctx, api.Node{Name: "h1", State: "ready", Heartbeat: time.Now()}, lease); err != nil {
+		t.Fatal(err)
+	}
+	m := st.Mirror(ctx)
+	if err := st.CreateVM(ctx, &api.VMSpec{Name: "m1", MemoryMiB: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, "m1", "h1", store.Guard{}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if err := st.SetMaintenance(ctx, "h1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AcquireOwner(ctx, "m1", "h1", lease); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		snap, ok := m.Snapshot()
+		if ok {
+			vm, n := snap.VM("m1"), snap.Node("h1")
+			if vm != nil && vm.Node == "h1" && vm.Status.Phase == api.PhasePending && n != nil && n.Maintenance && snap.Owners["m1"] == "h1" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the mirror did not follow: %+v", snap)
+		}
+		select {
+		case <-m.Changed():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err := st.DeleteVM(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		snap, _ := m.Snapshot()
+		if snap.VM("m1") == nil && snap.Owners["m1"] == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a deleted VM stays in the mirror: %+v", snap.VM("m1"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/store/storetest"
 )
@@ -46,8 +47,11 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 		}
 	}
 	var guard store.Guard // no leadership: nothing fences these writes
-	p := NewPlanner(st, nil)
-	if err := p.Pass(ctx, guard); err != nil {
+	snap, err := st.ReadSnapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewAdmission(st, nil).Pass(ctx, leader.NewRound(snap, guard)); err != nil {
 		t.Fatal(err)
 	}
 	a, _, _ := st.GetMigration(ctx, "a")

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/store/storetest"
 )
@@ -14,7 +15,7 @@ import (
 // manager against a real etcd: host h2 has died (no node key), and its
 // guests are moved only after the margin, by priority, never next to a
 // member of their anti-affinity group, and a guest that fits nowhere waits.
-func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
+func TestRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()
 	lease, err := st.GrantLease(ctx, 60*time.Second)
@@ -59,9 +60,9 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		t.Fatal(err)
 	}
 	tm := DefaultTiming()
-	m := NewManager(st, tm, nil)
+	m := newManager(t, st, tm)
 	now := time.Now()
-	m.now = func() time.Time { return now }
+	m.setNow(func() time.Time { return now })
 	var guard store.Guard // no leadership: nothing fences these writes
 	placed := func() map[string]string {
 		out := map[string]string{}
@@ -75,13 +76,13 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		return out
 	}
 
-	if err := m.Pass(ctx, guard); err != nil {
+	if err := m.pass(ctx, guard); err != nil {
 		t.Fatal(err)
 	}
 	if p := placed(); p["a"] != "h2" || p["b"] != "h2" || p["d"] != "h2" {
 		t.Fatalf("moved before the margin: %v", p)
 	}
-	if d := m.NextPass(); d <= 0 || d > tm.Margin {
+	if d := m.restarts.NextPass(); d <= 0 || d > tm.Margin {
 		t.Fatalf("manager asked for its next pass in %v, want within the margin %v", d, tm.Margin)
 	}
 	// Paused: nothing moves even after the margin.
@@ -89,7 +90,7 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		t.Fatal(err)
 	}
 	now = now.Add(tm.Margin + time.Millisecond)
-	if err := m.Pass(ctx, guard); err != nil {
+	if err := m.pass(ctx, guard); err != nil {
 		t.Fatal(err)
 	}
 	if p := placed(); p["a"] != "h2" {
@@ -98,7 +99,7 @@ func TestManagerRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	if err := st.SetHAState(ctx, api.HAState{Paused: false}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Pass(ctx, guard); err != nil {
+	if err := m.pass(ctx, guard); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{"a": "h1", "b": "h2", "c": "h2", "d": "h3", "e": "h1", "z": "h2"}
@@ -137,7 +138,7 @@ func equal(a, b map[string]string) bool {
 // TestManagerDrainsFlappingAndDegradedHosts: a host whose agent reports
 // itself degraded, and a host lost FlapLosses times within FlapWindow, are
 // put in maintenance (so their guests move away live) with an event, once.
-func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
+func TestHostsDrainsFlappingAndDegradedHosts(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()
 	lease, err := st.GrantLease(ctx, 60*time.Second)
@@ -168,7 +169,7 @@ func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 	if ok, err := st.Place(ctx, "x", "h3", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	m := NewManager(st, DefaultTiming(), nil)
+	m := newManager(t, st, DefaultTiming())
 	var guard store.Guard // no leadership: nothing fences these writes
 	maint := func(name string) bool {
 		nodes, err := st.ListNodes(ctx)
@@ -182,7 +183,7 @@ func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 		}
 		return false
 	}
-	if err := m.Pass(ctx, guard); err != nil {
+	if err := m.pass(ctx, guard); err != nil {
 		t.Fatal(err)
 	}
 	if !maint("h2") || maint("h1") || maint("h3") {
@@ -195,12 +196,12 @@ func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 		if err := st.RevokeLease(ctx, l3); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Pass(ctx, guard); err != nil {
+		if err := m.pass(ctx, guard); err != nil {
 			t.Fatal(err)
 		}
 		l3 = h3lease()
 		up(api.Node{Name: "h3"}, l3)
-		if err := m.Pass(ctx, guard); err != nil {
+		if err := m.pass(ctx, guard); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -215,4 +216,32 @@ func TestManagerDrainsFlappingAndDegradedHosts(t *testing.T) {
 	if kinds["host-drained"] != 2 || kinds["host-lost"] != FlapLosses {
 		t.Fatalf("events %v, want 2 host-drained and %d host-lost", kinds, FlapLosses)
 	}
+}
+
+// manager runs the two HA controllers in leader rounds, as the leader does,
+// each round on a fresh snapshot.
+type manager struct {
+	t        *testing.T
+	st       *store.Store
+	hosts    *Hosts
+	restarts *Restarts
+}
+
+func newManager(t *testing.T, st *store.Store, tm Timing) *manager {
+	h := NewHosts(st, tm, nil)
+	return &manager{t: t, st: st, hosts: h, restarts: NewRestarts(st, h, tm, nil)}
+}
+
+func (m *manager) setNow(now func() time.Time) { m.hosts.now, m.restarts.now = now, now }
+
+func (m *manager) pass(ctx context.Context, guard store.Guard) error {
+	snap, err := m.st.ReadSnapshot(ctx)
+	if err != nil {
+		return err
+	}
+	r := leader.NewRound(snap, guard)
+	if err := m.hosts.Pass(ctx, r); err != nil {
+		return err
+	}
+	return m.restarts.Pass(ctx, r)
 }

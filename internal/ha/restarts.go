@@ -1,0 +1,175 @@
+package ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/placement"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// MaxLocalRestarts is how often an agent restarts an HA guest that exits on
+// its own before the HA manager moves it to another host.
+const MaxLocalRestarts = 3
+
+// Restarts is the leader controller that restarts HA guests of dead hosts
+// on surviving ones: no earlier than Timing.Margin after the host's lease
+// was seen gone (Hosts), because only the lease bounds when the host's own
+// fencing has acted (docs/HA.md); highest priority first, where the
+// placement engine finds room within anti-affinity. It also ends the
+// migrations a dead host took part in, and moves an HA guest that failed
+// more than MaxLocalRestarts times on its host. Nothing restarts while
+// HA is paused.
+type Restarts struct {
+	st    *store.Store
+	hosts *Hosts
+	t     Timing
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu      sync.Mutex
+	waiting map[string]bool // HA guests that found no host (event sent once)
+	next    time.Duration   // when the next round is wanted (0: no need)
+}
+
+// NewRestarts returns the restart controller, reading dead hosts from hosts.
+func NewRestarts(st *store.Store, hosts *Hosts, t Timing, log *slog.Logger) *Restarts {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Restarts{st: st, hosts: hosts, t: t, log: log.With("controller", "ha-restarts"), now: time.Now, waiting: map[string]bool{}}
+}
+
+// Name implements leader.Controller.
+func (m *Restarts) Name() string { return "ha-restarts" }
+
+// NextPass implements leader.Waker: the margin after a host's death must not
+// wait for the leader's periodic tick.
+func (m *Restarts) NextPass() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.next
+}
+
+// Pass implements leader.Controller.
+func (m *Restarts) Pass(ctx context.Context, r *leader.Round) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.next = 0
+	if r.HA.Paused {
+		return nil
+	}
+	if err := m.endMigrations(ctx, r); err != nil {
+		return err
+	}
+	return m.restart(ctx, r, m.candidates(r))
+}
+
+// endMigrations fails the migrations a dead host took part in: its side
+// is gone.
+func (m *Restarts) endMigrations(ctx context.Context, r *leader.Round) error {
+	for _, mr := range r.Migrations {
+		if api.MigrationTerminal(mr.Phase) {
+			continue
+		}
+		for _, h := range []string{mr.Source, mr.Target} {
+			if h == mr.Source && mr.Phase == api.MigSwitchover {
+				// The target owns the guest already and completes the
+				// migration on its own; the source's death changes nothing.
+				continue
+			}
+			if _, dead := m.hosts.DeadSince(h); dead {
+				mg := mr.Migration
+				mg.Phase, mg.Finished = api.MigFailed, m.now().UTC()
+				mg.Error = fmt.Sprintf("host %s died during the migration", h)
+				if _, err := m.st.PutMigrationGuarded(ctx, &mg, mr.Rev, r.Guard); err != nil {
+					return err
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// candidate is an HA guest to restart elsewhere, and why.
+type candidate struct {
+	vm  api.VM
+	why string
+}
+
+// candidates are the HA guests to restart now, highest priority first:
+// guests of hosts dead for longer than the margin, and guests that failed
+// too often on their host. For a death too recent it asks for a round when
+// the margin is over.
+func (m *Restarts) candidates(r *leader.Round) []candidate {
+	now := m.now()
+	var cands []candidate
+	for _, vm := range r.VMs {
+		sp := vm.Spec
+		if !sp.HA || sp.Deleting || sp.Power != api.PowerRunning || vm.Node == "" || r.Owners[sp.Name] != "" {
+			continue
+		}
+		if since, dead := m.hosts.DeadSince(vm.Node); dead {
+			if wait := since.Add(m.t.Margin).Sub(now); wait > 0 {
+				m.want(wait)
+				continue
+			}
+			cands = append(cands, candidate{vm, fmt.Sprintf("host %s failed", vm.Node)})
+		} else if vm.Status.Phase == api.PhaseFailed && vm.Status.Restarts > MaxLocalRestarts && vm.Status.StartSeq == sp.StartSeq {
+			cands = append(cands, candidate{vm, fmt.Sprintf("it failed %d times on %s", vm.Status.Restarts, vm.Node)})
+		}
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		a, b := cands[i].vm.Spec, cands[j].vm.Spec
+		if a.HAPriority != b.HAPriority {
+			return a.HAPriority > b.HAPriority
+		}
+		return a.Name < b.Name
+	})
+	return cands
+}
+
+// restart relocates each candidate to the best host that can take it, in
+// one transaction that holds only while nobody owns the guest.
+func (m *Restarts) restart(ctx context.Context, r *leader.Round, cands []candidate) error {
+	stillWaiting := map[string]bool{}
+	defer func() { m.waiting = stillWaiting }() // guests gone or placed meanwhile drop out
+	for _, c := range cands {
+		sp := c.vm.Spec
+		to, no := r.View.Pick(placement.Request{Spec: sp, Exclude: []string{c.vm.Node}})
+		if to == "" {
+			stillWaiting[sp.Name] = true
+			if !m.waiting[sp.Name] {
+				event(ctx, m.st, m.log, api.Event{Kind: "ha-waiting", VM: sp.Name, Node: c.vm.Node,
+					Message: fmt.Sprintf("HA guest %s cannot restart (%s): no host can take it (%s); it starts when one can", sp.Name, c.why, placement.Reasons(no))})
+			}
+			continue
+		}
+		st := api.VMStatus{Phase: api.PhasePending, Node: to, StartSeq: sp.StartSeq, Message: fmt.Sprintf("HA restart: %s", c.why)}
+		ok, err := m.st.Relocate(ctx, sp.Name, c.vm.Node, to, st, r.Guard)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // something changed; the next round looks again
+		}
+		r.View.Reserve(to, sp)
+		m.log.Warn("HA restart issued", "vm", sp.Name, "from", c.vm.Node, "to", to, "why", c.why)
+		event(ctx, m.st, m.log, api.Event{Kind: "ha-restart", VM: sp.Name, Node: to,
+			Message: fmt.Sprintf("restarting HA guest %s on %s: %s", sp.Name, to, c.why)})
+	}
+	return nil
+}
+
+func (m *Restarts) want(d time.Duration) {
+	if m.next == 0 || d < m.next {
+		m.next = d
+	}
+}
