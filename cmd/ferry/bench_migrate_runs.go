@@ -160,7 +160,7 @@ func (rm *rawMigrator) move(ctx context.Context, rate float64, tls bool) migResu
 		return fail(err)
 	}
 	pids = append(pids, pid)
-	sq, err := qemu.Dial(ctx, src.QMPSocket)
+	sq, err := qemu.DialQMP(ctx, src.QMPSocket)
 	if err != nil {
 		return fail(err)
 	}
@@ -193,13 +193,13 @@ func (rm *rawMigrator) move(ctx context.Context, rate float64, tls bool) migResu
 		return fail(err)
 	}
 	pids = append(pids, dpid)
-	dq, err := qemu.Dial(ctx, dst.QMPSocket)
+	dq, err := qemu.DialQMP(ctx, dst.QMPSocket)
 	if err != nil {
 		return fail(err)
 	}
 	defer dq.Close()
 	migDir := func(i int) string { return filepath.Join(b.Hosts[i].DataDir, "pki", pki.MigrationDir) }
-	for _, c := range []*qemu.Client{sq, dq} {
+	for _, c := range []qemu.QMP{sq, dq} {
 		if err := c.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
 			return fail(err)
 		}

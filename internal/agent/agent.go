@@ -67,6 +67,8 @@ type Config struct {
 	// agent stops.
 	CertSerials []string
 	Log         *slog.Logger
+	// Runtime runs the guests; nil is the real host's (HostRuntime).
+	Runtime Runtime
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay
@@ -79,6 +81,7 @@ type Config struct {
 type Agent struct {
 	cfg Config
 	st  *store.Store
+	rt  Runtime
 	log *slog.Logger
 	lk  *store.HostLease
 	wd  *ha.WatchdogClient
@@ -122,7 +125,10 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 			return nil, err
 		}
 	}
-	a := &Agent{cfg: cfg, st: st, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
+	if cfg.Runtime == nil {
+		cfg.Runtime = HostRuntime()
+	}
+	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
 	a.serials.Store(&cfg.CertSerials)
 	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
 		filepath.Join(cfg.DataDir, "lease"))

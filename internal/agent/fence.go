@@ -9,7 +9,6 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
-	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -98,7 +97,7 @@ func (a *Agent) fence(why string) {
 	var victims []*instance
 	for _, m := range []map[string]*instance{a.vms, a.incoming} {
 		for _, in := range m {
-			if in.ha && qemu.IsGuest(in.rec.PID, in.rec.UUID) {
+			if in.ha && a.rt.IsGuest(in.rec.PID, in.rec.UUID) {
 				victims = append(victims, in)
 			}
 		}

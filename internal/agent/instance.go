@@ -50,7 +50,7 @@ type instance struct {
 	name      string
 	rec       runtimeRecord
 	memoryMiB int
-	qmp       *qemu.Client
+	qmp       qemu.QMP
 	ownerRev  int64
 	// migrationID is the migration this QEMU is the target (or source) of.
 	migrationID string
@@ -111,19 +111,19 @@ func (a *Agent) reattach(ctx context.Context) {
 		if err != nil || json.Unmarshal(b, &r) != nil {
 			continue
 		}
-		if !qemu.IsGuest(r.PID, r.UUID) {
+		if !a.rt.IsGuest(r.PID, r.UUID) {
 			a.log.Info("guest from a previous run is gone", "vm", name, "pid", r.PID)
 			os.Remove(p)
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, err := qemu.Dial(cctx, r.QMP)
+		c, err := a.rt.Dial(cctx, r.QMP)
 		cancel()
 		if err != nil {
 			a.log.Error("cannot re-attach to running guest", "vm", name, "pid", r.PID, "err", err)
 			continue
 		}
-		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: c, ha: r.HA, gone: make(chan struct{}), detached: make(chan struct{}),
+		in := &instance{name: name, rec: r, memoryMiB: r.MemoryMiB, qmp: qemu.QMP{Monitor: c}, ha: r.HA, gone: make(chan struct{}), detached: make(chan struct{}),
 			migEvents: make(chan string, 16), mac: r.MAC, migrationID: r.MigrationID, incoming: r.Incoming}
 		a.mu.Lock()
 		if r.Incoming {
@@ -193,12 +193,12 @@ func (a *Agent) monitor(in *instance) {
 	}
 	// The QMP connection ended: QEMU exited or is about to.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err := qemu.WaitGone(ctx, in.rec.PID, in.rec.UUID)
+	err := a.rt.WaitGone(ctx, in.rec.PID, in.rec.UUID)
 	cancel()
 	if err != nil {
 		a.log.Error("QMP connection lost but QEMU still runs; killing it", "vm", in.name, "pid", in.rec.PID)
 		kctx, kcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		qemu.Kill(kctx, in.rec.PID, in.rec.UUID)
+		a.rt.Kill(kctx, in.rec.PID, in.rec.UUID)
 		kcancel()
 	}
 	close(in.gone)

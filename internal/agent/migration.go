@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ferryvm/ferry/internal/failpoint"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/failpoint"
+
 	"github.com/ferryvm/ferry/api"
-	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/revert"
 )
@@ -167,21 +166,22 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		return "", err
 	}
 	cfg.Incoming = "defer"
-	pid, err := qemu.Launch(ctx, cfg, filepath.Join(a.vmDir(spec.Name), "qemu.log"))
+	pid, err := a.rt.Launch(ctx, cfg, filepath.Join(a.vmDir(spec.Name), "qemu.log"))
 	if err != nil {
 		return "", err
 	}
 	r.Add(func() {
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		qemu.Kill(kctx, pid, spec.UUID)
+		a.rt.Kill(kctx, pid, spec.UUID)
 	})
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := qemu.Dial(dctx, cfg.QMPSocket)
+	mon, err := a.rt.Dial(dctx, cfg.QMPSocket)
 	cancel()
 	if err != nil {
 		return "", err
 	}
+	c := qemu.QMP{Monitor: mon}
 	r.Add(func() { c.Close() })
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -355,7 +355,7 @@ func (a *Agent) resumeIncoming(ctx context.Context, in *instance) (bool, error) 
 	}
 	in.resumed, in.incoming, in.ownerRev, in.resumedAt = true, false, orev, time.Now()
 	if in.rec.Tap != "" {
-		if err := hostnet.PinMAC(in.rec.Tap, in.mac); err != nil {
+		if err := a.rt.PinMAC(in.rec.Tap, in.mac); err != nil {
 			a.log.Warn("pinning the guest's MAC to its tap", "vm", in.name, "err", err)
 		}
 	}
@@ -375,7 +375,6 @@ func (a *Agent) checkReachable(in *instance) {
 	if in.rec.Endpoint == "" {
 		return
 	}
-	hc := &http.Client{Timeout: 500 * time.Millisecond}
 	// Not at once: announce-self has told the network, and right after the
 	// switchover the guest (its TCG translation cache cold) has its hands
 	// full answering its own clients.
@@ -387,7 +386,10 @@ func (a *Agent) checkReachable(in *instance) {
 	for round := 0; round < 4; round++ {
 		deadline := time.Now().Add(2 * time.Second)
 		for time.Now().Before(deadline) {
-			if g := probe(context.Background(), hc, in.rec.Endpoint); g.Healthy {
+			pctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			g := a.rt.Probe(pctx, in.rec.Endpoint)
+			cancel()
+			if g.Healthy {
 				return
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -405,7 +407,7 @@ func (a *Agent) dropIncoming(ctx context.Context, inc *instance, why string) {
 	inc.expectExit = true
 	inc.mu.Unlock()
 	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	qemu.Kill(kctx, inc.rec.PID, inc.rec.UUID)
+	a.rt.Kill(kctx, inc.rec.PID, inc.rec.UUID)
 	cancel()
 	a.mu.Lock()
 	if a.incoming[inc.name] == inc {
@@ -420,7 +422,7 @@ func (a *Agent) dropIncoming(ctx context.Context, inc *instance, why string) {
 	os.Remove(inc.rec.QMP)
 	os.Remove(inc.rec.Console)
 	if inc.rec.Tap != "" {
-		hostnet.DeleteTap(inc.rec.Tap)
+		a.rt.DeleteTap(inc.rec.Tap)
 	}
 	a.log.Info("incoming guest destroyed", "vm", inc.name, "why", why)
 }

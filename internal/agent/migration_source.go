@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -87,7 +86,7 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 	in.mu.Unlock()
 	// QEMU flushes the disk while the guest is paused for switchover; flush
 	// the host's cache of it now so little is left for that moment.
-	syncFile(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
+	a.rt.Flush(filepath.Join(a.cfg.StorageDir, m.VM, "disk0.qcow2"))
 	in.migrationID = m.ID
 	in.rec.MigrationID = m.ID
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -421,15 +420,6 @@ func (a *Agent) sourceLost(ctx context.Context, m *api.Migration) error {
 	a.finishMigration(ctx, m.VM, api.MigFailed, "the source QEMU exited during the migration; the guest must be restarted")
 	a.queue.add(m.VM)
 	return nil
-}
-
-func syncFile(path string) {
-	f, err := os.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return
-	}
-	f.Sync()
-	f.Close()
 }
 
 // sourceTeardownDelay is how long a source keeps its stopped copy after the

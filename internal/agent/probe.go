@@ -2,19 +2,15 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	"github.com/ferryvm/ferry/internal/qemu"
 )
 
 // probeLoop asks every running guest for its health over HTTP and reports
 // changes (healthy or not, a new boot id) in the VM's status.
 func (a *Agent) probeLoop(ctx context.Context) {
-	hc := &http.Client{Timeout: time.Second}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	lastWrite := map[string]time.Time{}
@@ -34,7 +30,9 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			if !in.alive() || in.rec.Endpoint == "" {
 				continue
 			}
-			g := probe(ctx, hc, in.rec.Endpoint)
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			g := a.rt.Probe(pctx, in.rec.Endpoint)
+			cancel()
 			in.mu.Lock()
 			old := in.guest
 			if g.Healthy || old == nil {
@@ -88,24 +86,6 @@ func (a *Agent) resetHung(ctx context.Context, in *instance) {
 	defer cancel()
 	if err := in.qmp.Execute(cctx, "system_reset", nil, nil); err != nil {
 		a.log.Error("resetting an unresponsive guest; killing it", "vm", in.name, "err", err)
-		qemu.Kill(cctx, in.rec.PID, in.rec.UUID)
+		a.rt.Kill(cctx, in.rec.PID, in.rec.UUID)
 	}
-}
-
-func probe(ctx context.Context, hc *http.Client, endpoint string) *api.Guest {
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+endpoint+"/health", nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		return &api.Guest{Healthy: false}
-	}
-	defer resp.Body.Close()
-	var h struct {
-		Status  string  `json:"status"`
-		BootID  string  `json:"boot_id"`
-		UptimeS float64 `json:"uptime_s"`
-	}
-	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&h) != nil || h.Status != "ok" {
-		return &api.Guest{Healthy: false}
-	}
-	return &api.Guest{Healthy: true, BootID: h.BootID, UptimeS: h.UptimeS, LastSeen: time.Now().UTC()}
 }

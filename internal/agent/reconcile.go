@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -201,7 +200,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 		return err
 	}
 	dir := a.vmDir(name)
-	pid, err := qemu.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
+	pid, err := a.rt.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
 		return err
@@ -209,7 +208,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	r.Add(func() {
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		qemu.Kill(kctx, pid, spec.UUID)
+		a.rt.Kill(kctx, pid, spec.UUID)
 	})
 	rec := runtimeRecord{UUID: spec.UUID, PID: pid, QMP: cfg.QMPSocket, Console: cfg.ConsoleSocket,
 		Endpoint: endpoint, Tap: tap, StartSeq: spec.StartSeq,
@@ -221,12 +220,13 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	r.Add(func() { os.Remove(a.recordPath(name)) })
 
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := qemu.Dial(dctx, cfg.QMPSocket)
+	mon, err := a.rt.Dial(dctx, cfg.QMPSocket)
 	cancel()
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
 		return err
 	}
+	c := qemu.QMP{Monitor: mon}
 	r.Add(func() { c.Close() })
 
 	// Fencing: run the guest only if we still hold ownership at the same revision.
@@ -238,7 +238,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 		return errdefs.New(errdefs.ErrConflict, "lost ownership of the vm before it could run")
 	}
 	if tap != "" {
-		hostnet.PinMAC(tap, spec.MAC)
+		a.rt.PinMAC(tap, spec.MAC)
 	}
 	in := &instance{name: name, rec: rec, memoryMiB: spec.MemoryMiB, qmp: c, ownerRev: rev, ha: spec.HA,
 		gone: make(chan struct{}), detached: make(chan struct{}), migEvents: make(chan string, 16)}
@@ -353,10 +353,10 @@ func (a *Agent) guestConfig(ctx context.Context, spec api.VMSpec, machine, boot 
 	var endpoint, tap string
 	if ov := a.cfg.Overlay; ov != nil {
 		tap = hostnet.TapName(spec.UUID)
-		if err := hostnet.CreateTap(tap, ov.Bridge, ov.MTU()); err != nil {
+		if err := a.rt.CreateTap(tap, ov.Bridge, ov.MTU()); err != nil {
 			return nil, "", "", err
 		}
-		r.Add(func() { hostnet.DeleteTap(tap) })
+		r.Add(func() { a.rt.DeleteTap(tap) })
 		cfg.Net = &qemu.Net{Mode: "tap", MAC: spec.MAC, Tap: tap, MTU: ov.MTU()}
 		endpoint = net.JoinHostPort(ip.Addr().String(), "80")
 	} else {
@@ -401,17 +401,10 @@ func (a *Agent) ensureDisk(ctx context.Context, spec api.VMSpec) (qemu.Disk, err
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return d, err
 	}
-	args := []string{"create", "-q", "-f", "qcow2"}
 	if spec.Image == api.ImageTiny {
-		args = append(args, path+".tmp", strconv.Itoa(spec.DiskMiB)+"M")
-	} else {
-		args = append(args, "-b", spec.Image, "-F", spec.ImageFmt, path+".tmp")
+		return d, a.rt.MakeDisk(ctx, path, spec.DiskMiB, "", "")
 	}
-	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
-		os.Remove(path + ".tmp")
-		return d, fmt.Errorf("creating disk: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return d, os.Rename(path+".tmp", path)
+	return d, a.rt.MakeDisk(ctx, path, 0, spec.Image, spec.ImageFmt)
 }
 
 // stop ends a guest: gracefully (ACPI power button, then QMP quit, then
@@ -448,7 +441,7 @@ func (a *Agent) stop(ctx context.Context, in *instance, force bool, wait time.Du
 		}
 	}
 	kctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err := qemu.Kill(kctx, in.rec.PID, in.rec.UUID)
+	err := a.rt.Kill(kctx, in.rec.PID, in.rec.UUID)
 	cancel()
 	if err != nil {
 		return err
@@ -479,7 +472,7 @@ func (a *Agent) forget(ctx context.Context, in *instance) {
 	os.Remove(StatusSocket(a.cfg.RunDir, in.name))
 	os.Remove(in.rec.Console)
 	if in.rec.Tap != "" {
-		hostnet.DeleteTap(in.rec.Tap)
+		a.rt.DeleteTap(in.rec.Tap)
 	}
 	a.st.ReleaseOwner(ctx, in.name, a.cfg.Node)
 }

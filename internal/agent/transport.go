@@ -36,7 +36,7 @@ func transportOf(m *api.Migration) string {
 // listenIncoming makes the paused target QEMU (QMP client c) listen for the
 // migration's stream and returns the URI the source sends to, and the
 // tunnel's end when the agents carry it.
-func (a *Agent) listenIncoming(ctx context.Context, c *qemu.Client, name string, m *api.Migration) (string, *tunnel.Target, error) {
+func (a *Agent) listenIncoming(ctx context.Context, c qemu.QMP, name string, m *api.Migration) (string, *tunnel.Target, error) {
 	transport := transportOf(m)
 	if transport != api.TransportPlain && a.cfg.MigrationTLSDir == "" {
 		return "", nil, errors.New("this host has no migration credentials")

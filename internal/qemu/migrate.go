@@ -27,7 +27,7 @@ type MigrationInfo struct {
 }
 
 // SetMigrationCapabilities turns migration capabilities on or off.
-func (c *Client) SetMigrationCapabilities(ctx context.Context, caps map[string]bool) error {
+func (c QMP) SetMigrationCapabilities(ctx context.Context, caps map[string]bool) error {
 	var list []map[string]any
 	for k, v := range caps {
 		list = append(list, map[string]any{"capability": k, "state": v})
@@ -37,7 +37,7 @@ func (c *Client) SetMigrationCapabilities(ctx context.Context, caps map[string]b
 
 // SetMigrationParameters sets migration parameters (QMP names, e.g.
 // "max-bandwidth", "downtime-limit", "multifd-channels").
-func (c *Client) SetMigrationParameters(ctx context.Context, params map[string]any) error {
+func (c QMP) SetMigrationParameters(ctx context.Context, params map[string]any) error {
 	if len(params) == 0 {
 		return nil
 	}
@@ -45,53 +45,53 @@ func (c *Client) SetMigrationParameters(ctx context.Context, params map[string]a
 }
 
 // Migrate starts an outgoing migration to uri (e.g. tcp:198.18.0.12:49152).
-func (c *Client) Migrate(ctx context.Context, uri string) error {
+func (c QMP) Migrate(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
 }
 
 // MigrateIncoming starts listening for an incoming migration (QEMU started
 // with -incoming defer).
-func (c *Client) MigrateIncoming(ctx context.Context, uri string) error {
+func (c QMP) MigrateIncoming(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
 }
 
 // MigrateResume resumes a paused post-copy migration over a new stream to
 // uri (the target must be listening again: MigrateRecover).
-func (c *Client) MigrateResume(ctx context.Context, uri string) error {
+func (c QMP) MigrateResume(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate", map[string]any{"uri": uri, "resume": true}, nil)
 }
 
 // MigrateRecover makes a target whose post-copy migration paused listen for
 // the source's new stream on uri.
-func (c *Client) MigrateRecover(ctx context.Context, uri string) error {
+func (c QMP) MigrateRecover(ctx context.Context, uri string) error {
 	return c.Execute(ctx, "migrate-recover", map[string]any{"uri": uri}, nil)
 }
 
 // MigratePause breaks a post-copy migration's stream on purpose (both sides
 // enter postcopy-paused and can be recovered); used when the stream stalls
 // without an error, as on a link that silently drops packets.
-func (c *Client) MigratePause(ctx context.Context) error {
+func (c QMP) MigratePause(ctx context.Context) error {
 	return c.Execute(ctx, "migrate-pause", nil, nil)
 }
 
 // MigrateContinue lets a migration that stopped at pre-switchover (the
 // pause-before-switchover capability) send the device state.
-func (c *Client) MigrateContinue(ctx context.Context) error {
+func (c QMP) MigrateContinue(ctx context.Context) error {
 	return c.Execute(ctx, "migrate-continue", map[string]any{"state": "pre-switchover"}, nil)
 }
 
 // MigrateCancel cancels an outgoing migration.
-func (c *Client) MigrateCancel(ctx context.Context) error {
+func (c QMP) MigrateCancel(ctx context.Context) error {
 	return c.Execute(ctx, "migrate_cancel", nil, nil)
 }
 
 // MigrateStartPostcopy switches a running migration to post-copy.
-func (c *Client) MigrateStartPostcopy(ctx context.Context) error {
+func (c QMP) MigrateStartPostcopy(ctx context.Context) error {
 	return c.Execute(ctx, "migrate-start-postcopy", nil, nil)
 }
 
 // QueryMigrate returns the state of the current or last migration.
-func (c *Client) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
+func (c QMP) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
 	var m MigrationInfo
 	err := c.Execute(ctx, "query-migrate", nil, &m)
 	return m, err
@@ -99,7 +99,7 @@ func (c *Client) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
 
 // AnnounceSelf makes the guest's NICs send gratuitous announcements (RARP)
 // so switches learn where the guest's MAC now lives.
-func (c *Client) AnnounceSelf(ctx context.Context, rounds int) error {
+func (c QMP) AnnounceSelf(ctx context.Context, rounds int) error {
 	if rounds <= 0 {
 		rounds = 5
 	}
@@ -107,7 +107,7 @@ func (c *Client) AnnounceSelf(ctx context.Context, rounds int) error {
 }
 
 // Cont resumes the CPUs.
-func (c *Client) Cont(ctx context.Context) error { return c.Execute(ctx, "cont", nil, nil) }
+func (c QMP) Cont(ctx context.Context) error { return c.Execute(ctx, "cont", nil, nil) }
 
 // Postcopy statuses in which the guest already runs on the target while
 // pages still arrive. A paused one waits for a new stream (recovery); it is
@@ -157,7 +157,7 @@ type MigrationTLS struct {
 // SetupIncomingTLS makes the target QEMU accept only a TLS stream whose
 // client certificate is valid for the CA in t.Dir and whose DN is t.AllowDN.
 // Call it before MigrateIncoming.
-func (c *Client) SetupIncomingTLS(ctx context.Context, t MigrationTLS) error {
+func (c QMP) SetupIncomingTLS(ctx context.Context, t MigrationTLS) error {
 	if t.AllowDN == "" {
 		return errors.New("qemu: an incoming TLS migration needs the source's DN")
 	}
@@ -175,7 +175,7 @@ func (c *Client) SetupIncomingTLS(ctx context.Context, t MigrationTLS) error {
 // SetupOutgoingTLS makes the source QEMU send over TLS, presenting its
 // certificate and accepting only a target certificate for t.Hostname.
 // Call it before Migrate.
-func (c *Client) SetupOutgoingTLS(ctx context.Context, t MigrationTLS) error {
+func (c QMP) SetupOutgoingTLS(ctx context.Context, t MigrationTLS) error {
 	if t.Hostname == "" {
 		return errors.New("qemu: an outgoing TLS migration needs the target's name")
 	}

@@ -259,16 +259,3 @@ func (c *Client) Execute(ctx context.Context, cmd string, args any, out any) err
 		return fmt.Errorf("qmp: %s: %w", cmd, ctx.Err())
 	}
 }
-
-// Status is the reply of query-status.
-type Status struct {
-	Running bool   `json:"running"`
-	Status  string `json:"status"`
-}
-
-// QueryStatus returns the VM's run state.
-func (c *Client) QueryStatus(ctx context.Context) (Status, error) {
-	var s Status
-	err := c.Execute(ctx, "query-status", nil, &s)
-	return s, err
-}

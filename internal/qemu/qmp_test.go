@@ -80,7 +80,7 @@ func TestQMPEventsInterleavedAndErrors(t *testing.T) {
 		}
 		fmt.Fprintf(w, `{"return": {"running": true, "status": "running"}, "id": %s}`+"\n", id)
 	})
-	st, err := c.QueryStatus(context.Background())
+	st, err := QMP{Monitor: c}.QueryStatus(context.Background())
 	if err != nil || !st.Running {
 		t.Fatalf("status %+v err %v", st, err)
 	}
@@ -106,7 +106,7 @@ func TestQMPStaleReplyIgnored(t *testing.T) {
 		fmt.Fprintln(w, `{"return": {"status": "stale"}, "id": "ferry-999"}`)
 		fmt.Fprintf(w, `{"return": {"status": "fresh"}, "id": %s}`+"\n", id)
 	})
-	st, err := c.QueryStatus(context.Background())
+	st, err := QMP{Monitor: c}.QueryStatus(context.Background())
 	if err != nil || st.Status != "fresh" {
 		t.Fatalf("got %+v, %v", st, err)
 	}

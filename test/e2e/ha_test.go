@@ -209,7 +209,7 @@ func runningHosts(b *testbed.Bed, g *api.VM) []string {
 		for _, h := range order {
 			i := hostIndex(b, h)
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-			c, err := qemu.Dial(ctx, agent.StatusSocket(b.Hosts[i].RunDir, g.Spec.Name))
+			c, err := qemu.DialQMP(ctx, agent.StatusSocket(b.Hosts[i].RunDir, g.Spec.Name))
 			if err == nil {
 				st, err := c.QueryStatus(ctx)
 				c.Close()
@@ -625,7 +625,7 @@ func TestHASelfHealing(t *testing.T) {
 	}
 	vm = newBoot("restarted after its QEMU was killed", vm, 1)
 
-	c, err := qemu.Dial(ctx, agent.StatusSocket(d.RunDir, "heal"))
+	c, err := qemu.DialQMP(ctx, agent.StatusSocket(d.RunDir, "heal"))
 	if err != nil {
 		t.Fatal(err)
 	}

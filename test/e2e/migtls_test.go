@@ -58,7 +58,7 @@ func TestMigrationTLSAuthorization(t *testing.T) {
 
 	ctx := ctxT(t, 3*time.Minute)
 	n := 0
-	start := func(incoming bool) *qemu.Client {
+	start := func(incoming bool) qemu.QMP {
 		t.Helper()
 		n++
 		id := fmt.Sprintf("00000000-0000-4000-8000-%012d", n)
@@ -76,7 +76,7 @@ func TestMigrationTLSAuthorization(t *testing.T) {
 			defer cancel()
 			qemu.Kill(kctx, pid, id)
 		})
-		c, err := qemu.Dial(ctx, cfg.QMPSocket)
+		c, err := qemu.DialQMP(ctx, cfg.QMPSocket)
 		if err != nil {
 			t.Fatal(err)
 		}

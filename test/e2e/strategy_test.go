@@ -119,7 +119,7 @@ func checkMigrationTLS(t *testing.T, b *testbed.Bed, m *api.Migration, encrypted
 	want := m.Options.Transport == api.TransportQEMU
 	host, name := m.Target, m.VM
 	ctx := ctxT(t, 10*time.Second)
-	c, err := qemu.Dial(ctx, agent.StatusSocket(b.Hosts[hostIndex(b, host)].RunDir, name))
+	c, err := qemu.DialQMP(ctx, agent.StatusSocket(b.Hosts[hostIndex(b, host)].RunDir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
