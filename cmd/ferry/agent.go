@@ -20,16 +20,15 @@ import (
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/apiserver"
+	"github.com/ferryvm/ferry/internal/daemon"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/ipam"
-	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
-	"github.com/ferryvm/ferry/internal/sched"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
 )
@@ -367,18 +366,8 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}()
 	go func() {
 		defer wg.Done()
-		admission := migrate.NewAdmission(st, log)
-		admission.PerHost, admission.PerCluster = o.migPerHost, o.migPerCluster
-		hosts := ha.NewHosts(st, o.haTiming, log)
-		go ha.NewLiveness(st, hosts.Leading, log).Run(ctx)
-		// A 1 s leader lease (etcd's smallest): when the leader's host dies,
-		// another host leads — and reports the dead one — within about a
-		// second. Losing leadership in an etcd hiccup costs nothing but a new
-		// election: every controller write is fenced by the leader key.
-		// Admission first (a queued migration waits for it), host health
-		// before the restarts it decides, new guests and drains after.
-		leader.Run(ctx, st, o.node, time.Second, log, admission, hosts, ha.NewRestarts(st, hosts, o.haTiming, log),
-			sched.New(st, log), migrate.NewDrain(st, log), leader.NewHousekeeping(st, log))
+		daemon.RunControlPlane(ctx, st, daemon.ControlPlane{Node: o.node, HA: o.haTiming,
+			MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, Log: log})
 	}()
 	renewAt := o.join
 	if renewAt == "" {

@@ -51,6 +51,9 @@ type Config struct {
 	// WatchdogCmd starts this host's watchdog process (see ha.Watchdog);
 	// the agent appends "--socket PATH". Empty: HA guests cannot start.
 	WatchdogCmd []string
+	// Watchdog, if set, is used instead of starting WatchdogCmd (a
+	// simulated host's).
+	Watchdog Watchdog
 	// FailpointFile arms fault-injection points (package failpoint); the
 	// fault suite writes it, nothing else should.
 	FailpointFile string
@@ -69,6 +72,12 @@ type Config struct {
 	Log         *slog.Logger
 	// Runtime runs the guests; nil is the real host's (HostRuntime).
 	Runtime Runtime
+	// MigrationStall ends an outgoing pre-copy migration that makes no
+	// progress for this long (0: DefaultMigrationStall).
+	MigrationStall time.Duration
+	// CPUs and MemoryMiB are the capacity the host reports; zero is the
+	// machine's own (a simulated host says what it simulates).
+	CPUs, MemoryMiB int
 	// Overlay, if set, puts guests on tap devices bridged into the VXLAN
 	// overlay; otherwise guests use QEMU's user-mode network.
 	Overlay *hostnet.Overlay
@@ -84,7 +93,7 @@ type Agent struct {
 	rt  Runtime
 	log *slog.Logger
 	lk  *store.HostLease
-	wd  *ha.WatchdogClient
+	wd  Watchdog
 
 	fmu       sync.Mutex
 	fenced    bool   // HA guests were fenced in the current outage
@@ -117,6 +126,9 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	if cfg.QEMU == nil {
 		return nil, fmt.Errorf("agent: no QEMU information (qemu.Probe)")
 	}
+	if cfg.MigrationStall <= 0 {
+		cfg.MigrationStall = DefaultMigrationStall
+	}
 	if cfg.GuestHostAddr == "" {
 		cfg.GuestHostAddr = "127.0.0.1"
 	}
@@ -132,7 +144,9 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	a.serials.Store(&cfg.CertSerials)
 	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
 		filepath.Join(cfg.DataDir, "lease"))
-	if len(cfg.WatchdogCmd) > 0 {
+	if cfg.Watchdog != nil {
+		a.wd = cfg.Watchdog
+	} else if len(cfg.WatchdogCmd) > 0 {
 		sock := filepath.Join(cfg.RunDir, "watchdog.sock")
 		a.wd = ha.NewWatchdogClient(sock, filepath.Join(cfg.DataDir, "watchdog.log"),
 			append(append([]string(nil), cfg.WatchdogCmd...), "--socket", sock), a.log)
@@ -306,8 +320,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Name:        a.cfg.Node,
 		State:       "ready",
 		Address:     a.cfg.Address,
-		CPUs:        runtime.NumCPU(),
-		MemoryMiB:   memTotalMiB(),
+		CPUs:        a.cfg.CPUs,
+		MemoryMiB:   a.cfg.MemoryMiB,
 		Accel:       a.cfg.Accel,
 		QEMUVersion: a.cfg.QEMU.Version,
 		QEMU:        a.cfg.QEMU,
@@ -315,6 +329,12 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Load1:       load1(),
 		Heartbeat:   time.Now().UTC(),
 		CertSerials: a.certSerials(),
+	}
+	if n.CPUs == 0 {
+		n.CPUs = runtime.NumCPU()
+	}
+	if n.MemoryMiB == 0 {
+		n.MemoryMiB = memTotalMiB()
 	}
 	if _, err := image.Find(a.cfg.ImageDir); err == nil {
 		n.Images = append(n.Images, api.ImageTiny)

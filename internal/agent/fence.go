@@ -3,7 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -117,20 +117,23 @@ func (a *Agent) fence(why string) {
 	a.fenceWhy = fmt.Sprintf("host %s fenced itself (%s): killed HA guests %v", a.cfg.Node, why, names)
 	a.fmu.Unlock()
 	start := time.Now()
+	var wg sync.WaitGroup
 	for _, in := range victims {
 		in.mu.Lock()
 		in.expectExit, in.fenced = true, true
 		in.mu.Unlock()
-		syscall.Kill(in.rec.PID, syscall.SIGKILL)
+		wg.Add(1)
+		go func() { // all at once: the kill budget is per host, not per guest
+			defer wg.Done()
+			kctx, cancel := context.WithTimeout(context.Background(), a.cfg.HA.KillBudget)
+			defer cancel()
+			if err := a.rt.Kill(kctx, in.rec.PID, in.rec.UUID); err != nil {
+				a.log.Error("fenced guest still running after the kill budget", "vm", in.name, "pid", in.rec.PID, "err", err)
+			}
+			a.queue.add(in.name)
+		}()
 	}
-	for _, in := range victims {
-		select {
-		case <-in.gone:
-		case <-time.After(a.cfg.HA.KillBudget):
-			a.log.Error("fenced guest still running after the kill budget", "vm", in.name, "pid", in.rec.PID)
-		}
-		a.queue.add(in.name)
-	}
+	wg.Wait()
 	a.log.Error("self-fenced: HA guests killed", "why", why, "guests", len(victims), "took", time.Since(start).Round(time.Millisecond))
 }
 

@@ -36,8 +36,9 @@ import (
 // earlier cancel point, but QEMU 7.2 corrupts guest memory with it under
 // TCG; see internal/migrate.)
 
-// stallTimeout ends a migration whose transfer makes no progress.
-const stallTimeout = 20 * time.Second
+// DefaultMigrationStall ends a migration whose transfer makes no progress
+// for this long (Config.MigrationStall).
+const DefaultMigrationStall = 20 * time.Second
 
 // migration handles the migration part of a reconcile. It reports whether
 // the migration owns the VM's reconcile right now (then the normal desired
@@ -93,7 +94,7 @@ func (a *Agent) migrateTarget(ctx context.Context, vm *api.VM, m *api.Migration,
 	if inc != nil && !inc.alive() {
 		a.dropIncoming(ctx, inc, "target QEMU exited")
 		if m.Phase != api.MigSwitchover {
-			a.finishMigration(ctx, m.VM, api.MigFailed, "the target's QEMU exited during the copy:\n"+a.logTail(m.VM))
+			a.targetLostInCopy(ctx, m.VM)
 		} else {
 			a.finishMigration(ctx, m.VM, api.MigFailed, "the target's QEMU exited during switchover; the guest must be restarted:\n"+a.logTail(m.VM))
 			a.putStatus(ctx, m.VM, api.VMStatus{Phase: api.PhaseFailed, Node: a.cfg.Node, StartSeq: vm.Spec.StartSeq,
@@ -434,6 +435,28 @@ func (a *Agent) finishMigration(ctx context.Context, vm, phase, msg string) {
 			return errors.New("already finished")
 		}
 		cur.Phase, cur.Error, cur.Finished = phase, msg, time.Now().UTC()
+		return nil
+	})
+}
+
+// targetLostInCopy ends a migration whose target QEMU exited before the
+// switchover: the guest still runs on the source. A QEMU receiving a
+// pre-copy stream exits when the source cancels it, so when a cancel was
+// asked for, the exit is the cancel's doing and the migration ends
+// cancelled (decided on the record as it is now, not as this agent last saw
+// it: the cancel may be newer than the exit).
+func (a *Agent) targetLostInCopy(ctx context.Context, vm string) {
+	tail := a.logTail(vm)
+	a.st.UpdateMigration(ctx, vm, func(cur *api.Migration) error {
+		if api.MigrationTerminal(cur.Phase) {
+			return errors.New("already finished")
+		}
+		if cur.Cancel {
+			cur.Phase, cur.Error = api.MigCancelled, "cancelled; the target's QEMU ended with the stream"
+		} else {
+			cur.Phase, cur.Error = api.MigFailed, "the target's QEMU exited during the copy:\n"+tail
+		}
+		cur.Finished = time.Now().UTC()
 		return nil
 	})
 }

@@ -271,8 +271,8 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		if info.RAM != nil {
 			if info.RAM.Transferred != lastBytes {
 				lastBytes, lastProgress = info.RAM.Transferred, time.Now()
-			} else if time.Since(lastProgress) > stallTimeout && m.Phase == api.MigCopying {
-				a.cancelSource(ctx, in, m, fmt.Sprintf("no progress for %s (link down?)", stallTimeout))
+			} else if time.Since(lastProgress) > a.cfg.MigrationStall && m.Phase == api.MigCopying {
+				a.cancelSource(ctx, in, m, fmt.Sprintf("no progress for %s (link down?)", a.cfg.MigrationStall))
 				return nil
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/qemu"
 )
@@ -19,7 +20,7 @@ import (
 // (daemonized, so that guests outlive the agent), their QMP monitors, the
 // guests' disks and tap devices, and a look at the guest itself. Host runs
 // them for real; the agent's unit tests and the scale benchmark run agents
-// on a simulated runtime (package agent/fakeruntime... see fake_runtime.go).
+// on a simulated one (package simqemu).
 type Runtime interface {
 	// Launch starts a guest's QEMU as cfg says and returns its pid.
 	Launch(ctx context.Context, cfg *qemu.Config, logPath string) (int, error)
@@ -42,6 +43,19 @@ type Runtime interface {
 	PinMAC(tap, mac string) error
 	// Probe asks the guest (its ferry-guest, at endpoint) how it is.
 	Probe(ctx context.Context, endpoint string) *api.Guest
+}
+
+// Watchdog is the host's last line of fencing: told which HA guests run
+// and until when the agent's lease is known good, it kills them when that
+// deadline passes without a new feed — also if the agent hangs or dies.
+// ha.WatchdogClient talks to the real one (a process of its own).
+type Watchdog interface {
+	// Feed moves the deadline and names the guests to kill at it.
+	Feed(ha.Feed) error
+	// Connected reports whether a watchdog is running and fed.
+	Connected() bool
+	// Close lets go of the watchdog without disarming it.
+	Close()
 }
 
 // Host is the Runtime of a real host: QEMU, qemu-img, netlink, HTTP.

@@ -30,17 +30,31 @@ type Waker interface {
 	NextPass() time.Duration
 }
 
-// Run campaigns as name and runs the controllers while leader, until ctx
-// ends. ttl is the leader lease: when the leader's host dies another host
-// takes over within it.
-func Run(ctx context.Context, st *store.Store, name string, ttl time.Duration, log *slog.Logger, ctrls ...Controller) {
-	if log == nil {
-		log = slog.Default()
+// Config says who campaigns and how.
+type Config struct {
+	// Name is this host's name in the election.
+	Name string
+	// TTL is the leader lease: when the leader's host dies another host
+	// takes over within it (etcd's smallest is 1 s).
+	TTL time.Duration
+	Log *slog.Logger
+	// OnRound, if set, is told how long each round took (the scale
+	// benchmark's leader pass time).
+	OnRound func(time.Duration)
+}
+
+// Run campaigns and runs the controllers while leader, until ctx ends.
+func Run(ctx context.Context, st *store.Store, cfg Config, ctrls ...Controller) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
 	}
-	log = log.With("component", "leader")
+	if cfg.TTL <= 0 {
+		cfg.TTL = time.Second
+	}
+	cfg.Log = cfg.Log.With("component", "leader")
 	for ctx.Err() == nil {
-		if err := lead(ctx, st, name, ttl, log, ctrls); err != nil && ctx.Err() == nil {
-			log.Warn("leadership ended", "err", err)
+		if err := lead(ctx, st, cfg, ctrls); err != nil && ctx.Err() == nil {
+			cfg.Log.Warn("leadership ended", "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -53,8 +67,9 @@ type errString string
 
 func (e errString) Error() string { return string(e) }
 
-func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, log *slog.Logger, ctrls []Controller) error {
-	l, err := st.Campaign(ctx, name, ttl)
+func lead(ctx context.Context, st *store.Store, cfg Config, ctrls []Controller) error {
+	log := cfg.Log
+	l, err := st.Campaign(ctx, cfg.Name, cfg.TTL)
 	if err != nil {
 		return err
 	}
@@ -62,7 +77,7 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 	// not wait for the lease.
 	defer l.Resign()
 	guard := l.Guard()
-	log.Info("became leader", "node", name, "rev", guard.Rev())
+	log.Info("became leader", "node", cfg.Name, "rev", guard.Rev())
 	mctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	mirror := st.Mirror(mctx)
@@ -72,7 +87,11 @@ func lead(ctx context.Context, st *store.Store, name string, ttl time.Duration, 
 	defer wake.Stop()
 	for {
 		if snap, ok := mirror.Snapshot(); ok {
+			start := time.Now()
 			wake.Reset(round(ctx, NewRound(snap, guard), ctrls, log))
+			if cfg.OnRound != nil {
+				cfg.OnRound(time.Since(start))
+			}
 		}
 		select {
 		case <-ctx.Done():

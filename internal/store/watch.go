@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"strings"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -61,10 +62,13 @@ func (s *Store) Watch(ctx context.Context, fromRev int64, kinds ...Kind) <-chan 
 		opts = append(opts, clientv3.WithRev(fromRev))
 	}
 	done := make(chan struct{}, len(kinds))
+	var senders sync.WaitGroup
 	for _, k := range kinds {
 		prefix := kindPrefix[k]
 		wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...)
+		senders.Add(1)
 		go func(k Kind) {
+			defer senders.Done()
 			defer func() { done <- struct{}{} }()
 			for wr := range wc {
 				if wr.Err() != nil || wr.Canceled {
@@ -86,13 +90,15 @@ func (s *Store) Watch(ctx context.Context, fromRev int64, kinds ...Kind) <-chan 
 		}(k)
 	}
 	go func() {
-		defer close(out)
-		defer cancel()
-		// One watch ending ends them all: the caller starts over.
+		// One watch ending ends them all: the caller starts over. The
+		// channel closes only once no sender can send on it any more.
 		select {
 		case <-done:
 		case <-ctx.Done():
 		}
+		cancel()
+		senders.Wait()
+		close(out)
 	}()
 	return out
 }

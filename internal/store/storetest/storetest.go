@@ -16,6 +16,20 @@ import (
 // returns a store opened on it; both are closed when the test ends.
 func New(t testing.TB) *store.Store {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, Etcd(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// Etcd starts an embedded single-member etcd on loopback for one test and
+// returns its client URLs; it is closed when the test ends.
+func Etcd(t testing.TB) []string {
+	t.Helper()
 	ports := Ports(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -25,12 +39,7 @@ func New(t testing.TB) *store.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	st, err := store.Open(ctx, []string{e.ClientURL()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
+	return []string{e.ClientURL()}
 }
 
 // Ports returns n free TCP ports on 127.0.0.1 (for an embedded etcd's
