@@ -163,11 +163,22 @@ func (a *Agent) runningStatus(in *instance) api.VMStatus {
 func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 	spec := vm.Spec
 	name := spec.Name
-	a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStarting, Node: a.cfg.Node, StartSeq: spec.StartSeq})
 	restarts := 0
 	if vm.Status.Phase == api.PhasePending {
 		restarts = vm.Status.Restarts
 	}
+	if !a.leaseValid() {
+		// Not now, but once the lease is renewed: a guest fenced in an
+		// outage too short to cost the lease is restarted by no one
+		// else. The worker tries again; the status says why it waits.
+		why := fmt.Sprintf("waiting for this host's lease (last renewed %s ago) to start", a.lk.SinceOK().Round(100*time.Millisecond))
+		if vm.Status.Phase != api.PhasePending || !strings.HasPrefix(vm.Status.Message, "waiting for this host's lease") {
+			a.putStatus(ctx, name, api.VMStatus{Phase: api.PhasePending, Node: a.cfg.Node, StartSeq: spec.StartSeq,
+				Message: why, Restarts: restarts})
+		}
+		return errdefs.New(errdefs.ErrUnavailable, why)
+	}
+	a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStarting, Node: a.cfg.Node, StartSeq: spec.StartSeq})
 	err := a.launch(ctx, spec, restarts)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/simcluster"
 	"github.com/ferryvm/ferry/internal/simqemu"
 	"github.com/ferryvm/ferry/internal/store"
@@ -32,6 +33,8 @@ type envOpts struct {
 	api          bool
 	partitions   bool          // hosts can be cut off etcd
 	stall        time.Duration // agent.Config.MigrationStall
+	ha           ha.Timing     // zero: ha.DefaultTiming
+	noWatchdog   bool
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -41,7 +44,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	eps := storetest.Etcd(t)
 	c, err := simcluster.New(simcluster.Config{Endpoints: eps, Dir: t.TempDir(), ControlPlane: o.controlPlane,
-		Partitions: o.partitions, MigrationStall: o.stall})
+		Partitions: o.partitions, MigrationStall: o.stall, HA: o.ha, NoWatchdog: o.noWatchdog})
 	if err != nil {
 		t.Fatal(err)
 	}

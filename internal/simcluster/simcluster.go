@@ -41,6 +41,9 @@ type Config struct {
 	// Partitions: each host reaches etcd through a proxy of its own, so
 	// that Host.CutEtcd can cut it off.
 	Partitions bool
+	// NoWatchdog: the agents run without a watchdog (they refuse HA
+	// guests); Host.Watchdog is still made but never fed.
+	NoWatchdog bool
 	// MigrationStall is the agents' agent.Config.MigrationStall.
 	MigrationStall time.Duration
 	Log            *slog.Logger
@@ -127,10 +130,14 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 		return nil, err
 	}
 	dir := filepath.Join(c.cfg.Dir, name)
+	var wd agent.Watchdog = h.Watchdog
+	if c.cfg.NoWatchdog {
+		wd = nil
+	}
 	ag, err := agent.New(agent.Config{
 		Node: name, Address: "127.0.0.1", DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
 		StorageDir: filepath.Join(dir, "storage"), ImageDir: c.image, Accel: "tcg", QEMU: c.World.Info(),
-		HA: c.cfg.HA, Watchdog: h.Watchdog, Runtime: h.Runtime, Log: c.cfg.Log.With("host", name),
+		HA: c.cfg.HA, Watchdog: wd, Runtime: h.Runtime, Log: c.cfg.Log.With("host", name),
 		CPUs: c.cfg.CPUs, MemoryMiB: c.cfg.MemoryMiB, MigrationStall: c.cfg.MigrationStall,
 		FailpointFile: h.failpoints(),
 	}, st)
