@@ -175,7 +175,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.reattach(ctx)
 	if err := a.heartbeat(ctx); err != nil {
-		return err
+		// The lease may have run out while this host started (etcd
+		// overloaded): take a new one rather than give up.
+		a.log.Warn("first heartbeat", "err", err)
+		if err := a.newLease(ctx); err != nil {
+			return err
+		}
 	}
 
 	var wg sync.WaitGroup
@@ -212,13 +217,19 @@ func (a *Agent) Run(ctx context.Context) error {
 // watch turns store changes into reconcile requests, with a periodic resync
 // as a safety net for anything a watch could miss.
 func (a *Agent) watch(ctx context.Context) {
+	// Before the first resync reads this host's range; the lease is kept
+	// alive meanwhile.
+	if err := a.st.IndexPlacements(ctx); err != nil {
+		// Not fatal: this host's own guests are queued by every resync.
+		a.log.Warn("indexing the hosts' ranges of VMs (the next agent to start tries again)", "err", err)
+	}
 	resync := time.NewTicker(5 * time.Second)
 	defer resync.Stop()
 	for ctx.Err() == nil {
 		rev := a.resync(ctx)
 		a.syncCRLs(ctx)
 		wctx, cancel := context.WithCancel(ctx)
-		wc := a.st.Watch(wctx, rev+1, store.KindVM, store.KindPlacement, store.KindMigration, store.KindPKI, store.KindRevoked)
+		wc := a.st.WatchHost(wctx, rev+1, a.cfg.Node, store.KindMigration, store.KindPKI, store.KindRevoked)
 		a.follow(ctx, wc, resync.C)
 		cancel()
 		select {
@@ -249,30 +260,30 @@ func (a *Agent) follow(ctx context.Context, wc <-chan store.Change, resync <-cha
 					a.removed.Store(true)
 					a.stopRun()
 				}
-			default: // a VM's spec, placement or migration
+			case store.KindMigration:
+				// Every migration's changes arrive; this host looks at
+				// those it takes part in (and its own guests').
+				if a.concerns(c) {
+					a.queue.add(c.Name)
+				}
+			default: // a VM in this host's range
 				a.queue.add(c.Name)
 			}
 		}
 	}
 }
 
-// resync queues every VM placed here, every migration and every local
-// guest; it returns the store revision it read at.
+// resync queues every VM in this host's range (placed here, or migrating
+// to or from here) and every local guest; it returns the store revision it
+// read at.
 func (a *Agent) resync(ctx context.Context) int64 {
-	placed, rev, err := a.st.Placements(ctx)
+	vms, rev, err := a.st.HostVMs(ctx, a.cfg.Node)
 	if err != nil {
 		a.log.Warn("resync", "err", err)
 		return 0
 	}
-	for vm, node := range placed {
-		if node == a.cfg.Node {
-			a.queue.add(vm)
-		}
-	}
-	if migs, err := a.st.ListMigrations(ctx); err == nil {
-		for _, m := range migs {
-			a.queue.add(m.VM)
-		}
+	for _, vm := range vms {
+		a.queue.add(vm)
 	}
 	a.mu.Lock()
 	for n := range a.vms {
@@ -476,4 +487,21 @@ func (a *Agent) certSerials() []string { return *a.serials.Load() }
 func removal(v []byte) bool {
 	var r api.Revocation
 	return json.Unmarshal(v, &r) == nil && r.Reason == api.RevokedRemoved
+}
+
+// concerns reports whether a migration's change is this host's business:
+// it is the source or the target, or it has a guest of that name.
+func (a *Agent) concerns(c store.Change) bool {
+	a.mu.Lock()
+	_, local := a.vms[c.Name]
+	_, in := a.incoming[c.Name]
+	a.mu.Unlock()
+	if local || in || c.Deleted {
+		return local || in
+	}
+	var m api.Migration
+	if json.Unmarshal(c.Value, &m) != nil {
+		return true // unreadable: let reconcile look
+	}
+	return m.Source == a.cfg.Node || m.Target == a.cfg.Node
 }

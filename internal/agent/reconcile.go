@@ -84,7 +84,9 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 			a.log.Warn("guest no longer belongs here; stopping it", "vm", name)
 			return a.stop(ctx, in, true, 0, "")
 		}
-		return nil
+		// Nothing of it here, and no migration for this host to take
+		// part in: out of this host's range.
+		return a.st.ForgetHostVM(ctx, a.cfg.Node, name)
 	}
 	spec := vm.Spec
 	if spec.Deleting {
@@ -540,8 +542,13 @@ func (a *Agent) putStatus(ctx context.Context, name string, st api.VMStatus) {
 	if st.Since.IsZero() {
 		st.Since = time.Now().UTC()
 	}
-	if err := a.st.PutStatus(ctx, name, st); err != nil {
+	// Only while the VM is placed here: what this host says about a guest
+	// that was moved away (an HA restart elsewhere) is stale.
+	ok, err := a.st.PutStatusPlaced(ctx, name, a.cfg.Node, st)
+	if err != nil {
 		a.log.Warn("writing status", "vm", name, "err", err)
+	} else if !ok {
+		a.log.Debug("status not written: the VM is not placed here", "vm", name, "phase", st.Phase)
 	}
 }
 

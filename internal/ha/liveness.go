@@ -43,28 +43,52 @@ func NewLiveness(st *store.Store, leader func() bool, log *slog.Logger) *Livenes
 		lastSeen: map[string]time.Time{}, lastRev: map[string]int64{}, suspected: map[string]bool{}}
 }
 
-// Run watches until ctx ends.
+// Run watches until ctx ends. Only the leader follows the alive keys: every
+// host writes its own twice a second, so a watch on every host would cost
+// the cluster hosts² events a second. A host that starts leading reads every
+// beat once and counts each host as seen from then on.
 func (l *Liveness) Run(ctx context.Context) {
 	go l.check(ctx)
 	for ctx.Err() == nil {
-		beats, rev, err := l.st.AliveRevisions(ctx)
-		if err == nil {
-			l.mu.Lock()
-			for host, r := range beats {
-				l.saw(host, r)
-			}
-			l.mu.Unlock()
-			for c := range l.st.Watch(ctx, rev+1, store.KindAlive) {
-				if !c.Deleted {
-					l.mu.Lock()
-					l.saw(c.Name, c.Rev)
-					l.mu.Unlock()
-				}
-			}
+		if l.leader() {
+			l.follow(ctx)
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// follow watches the alive keys while this host leads.
+func (l *Liveness) follow(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil && l.leader() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		cancel()
+	}()
+	beats, rev, err := l.st.AliveRevisions(ctx)
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	// What an earlier term saw is stale: it would report every host.
+	l.lastSeen, l.lastRev = map[string]time.Time{}, map[string]int64{}
+	for host, r := range beats {
+		l.saw(host, r)
+	}
+	l.mu.Unlock()
+	for c := range l.st.Watch(ctx, rev+1, store.KindAlive) {
+		if !c.Deleted {
+			l.mu.Lock()
+			l.saw(c.Name, c.Rev)
+			l.mu.Unlock()
 		}
 	}
 }

@@ -149,7 +149,12 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 	h.Store, h.Agent, h.cancel, h.done, h.err = st, ag, cancel, make(chan struct{}), nil
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); h.err = ag.Run(actx) }()
+	go func() {
+		defer wg.Done()
+		if h.err = ag.Run(actx); h.err != nil {
+			c.cfg.Log.Error("agent ended", "host", name, "err", h.err)
+		}
+	}()
 	if c.cfg.ControlPlane {
 		wg.Add(1)
 		go func() {

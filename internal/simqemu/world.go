@@ -43,7 +43,9 @@ type World struct {
 	mu      sync.Mutex
 	nextPid int
 	procs   map[int]*Proc
-	sockets map[string]*Proc // QMP socket path -> process
+	// byEndpoint holds the processes by "host endpoint" (guest probes).
+	byEndpoint map[string][]*Proc
+	sockets    map[string]*Proc // QMP socket path -> process
 	// failLaunch makes the next launches of a guest (by name) fail.
 	failLaunch map[string]string
 	// stall holds the guests whose outgoing streams send nothing.
@@ -53,7 +55,7 @@ type World struct {
 // NewWorld returns an empty world.
 func NewWorld() *World {
 	w := &World{Version: qemu.Version{Major: 10, Minor: 0, Micro: 2},
-		nextPid: 100000, procs: map[int]*Proc{}, sockets: map[string]*Proc{}, failLaunch: map[string]string{}, stall: map[string]bool{}}
+		nextPid: 100000, procs: map[int]*Proc{}, byEndpoint: map[string][]*Proc{}, sockets: map[string]*Proc{}, failLaunch: map[string]string{}, stall: map[string]bool{}}
 	w.SetBandwidth(4 << 30)
 	return w
 }
@@ -165,6 +167,7 @@ func (r *Runtime) Launch(ctx context.Context, cfg *qemu.Config, logPath string) 
 	w.nextPid++
 	p := newProc(w, w.nextPid, r.Host, cfg)
 	w.procs[p.Pid] = p
+	w.byEndpoint[p.Host+" "+p.Endpoint] = append(w.byEndpoint[p.Host+" "+p.Endpoint], p)
 	w.sockets[cfg.QMPSocket] = p
 	w.mu.Unlock()
 	os.WriteFile(cfg.PidFile, []byte(fmt.Sprintf("%d\n", p.Pid)), 0o640)
@@ -232,8 +235,8 @@ func (r *Runtime) PinMAC(tap, mac string) error { return nil }
 func (r *Runtime) Probe(ctx context.Context, endpoint string) *api.Guest {
 	r.w.mu.Lock()
 	var p *Proc
-	for _, q := range r.w.procs {
-		if q.Endpoint == endpoint && q.Alive() && q.Host == r.Host {
+	for _, q := range r.w.byEndpoint[r.Host+" "+endpoint] {
+		if q.Alive() {
 			p = q
 		}
 	}

@@ -42,7 +42,8 @@ func (s *Store) Relocate(ctx context.Context, vm, from, to string, st api.VMStat
 		clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
 		clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0),
 		clientv3.Compare(clientv3.Version(VMPrefix+vm), ">", 0),
-	}, guard.cmps()...)...).Then(clientv3.OpPut(PlacementPrefix+vm, to), clientv3.OpPut(StatusPrefix+vm, string(b))).Commit()
+	}, guard.cmps()...)...).Then(clientv3.OpPut(PlacementPrefix+vm, to), clientv3.OpPut(StatusPrefix+vm, string(b)),
+		touch(to, vm, "placed"), touch(from, vm, "moved away")).Commit()
 	if err != nil {
 		return false, unavailable(err)
 	}

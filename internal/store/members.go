@@ -152,3 +152,26 @@ func (s *Store) RemoveMember(ctx context.Context, name string) error {
 	}
 	return nil
 }
+
+// DBStats is what etcd says about its database.
+type DBStats struct {
+	Revision    int64 // the store's revision: one per write
+	DBSize      int64 // bytes the database file takes
+	DBSizeInUse int64 // bytes of it in use (the rest is free after compaction)
+}
+
+// Stats asks the first member that answers about its database.
+func (s *Store) Stats(ctx context.Context) (DBStats, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	var last error
+	for _, ep := range s.cli.Endpoints() {
+		st, err := s.cli.Status(ctx, ep)
+		if err != nil {
+			last = err
+			continue
+		}
+		return DBStats{Revision: st.Header.Revision, DBSize: st.DbSize, DBSizeInUse: st.DbSizeInUse}, nil
+	}
+	return DBStats{}, unavailable(last)
+}

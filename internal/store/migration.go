@@ -48,7 +48,7 @@ func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
 	resp, err := s.cli.Txn(ctx).
 		If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
-		Then(clientv3.OpPut(key, string(b))).Commit()
+		Then(clientv3.OpPut(key, string(b)), touch(m.Source, m.VM, "migrating"), touch(m.Target, m.VM, "migrating")).Commit()
 	if err != nil {
 		return unavailable(err)
 	}
@@ -105,7 +105,7 @@ func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease
 		If(clientv3.Compare(clientv3.Value(ok), "=", m.Source),
 			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
 		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(lease))),
-			clientv3.OpPut(PlacementPrefix+m.VM, m.Target),
+			clientv3.OpPut(PlacementPrefix+m.VM, m.Target), touch(m.Target, m.VM, "placed"),
 			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
 		return 0, false, unavailable(err)
@@ -188,7 +188,7 @@ func (s *Store) MovePlacement(ctx context.Context, vm, from, to string, guard Gu
 	resp, err := s.cli.Txn(ctx).
 		If(append(guard.cmps(), clientv3.Compare(clientv3.Value(PlacementPrefix+vm), "=", from),
 			clientv3.Compare(clientv3.Version(OwnerPrefix+vm), "=", 0))...).
-		Then(clientv3.OpPut(PlacementPrefix+vm, to)).Commit()
+		Then(clientv3.OpPut(PlacementPrefix+vm, to), touch(to, vm, "placed"), touch(from, vm, "moved away")).Commit()
 	if err != nil {
 		return false, unavailable(err)
 	}

@@ -206,26 +206,33 @@ func (s *Store) ListVMs(ctx context.Context) ([]api.VM, error) {
 func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec) error) (*api.VMSpec, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	key := VMPrefix + name
+	key, pkey := VMPrefix+name, PlacementPrefix+name
 	for {
-		resp, err := s.cli.Get(ctx, key)
+		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(key), clientv3.OpGet(pkey)).Commit()
 		if err != nil {
 			return nil, unavailable(err)
 		}
-		if len(resp.Kvs) == 0 {
+		kvs, placed := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+		if len(kvs) == 0 {
 			return nil, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q not found", name))
 		}
 		var spec api.VMSpec
-		if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
+		if err := json.Unmarshal(kvs[0].Value, &spec); err != nil {
 			return nil, fmt.Errorf("%w: decoding vm %s: %v", errdefs.ErrInternal, name, err)
 		}
 		if err := fn(&spec); err != nil {
 			return nil, err
 		}
 		b, _ := json.Marshal(spec)
-		tx, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
-			Then(clientv3.OpPut(key, string(b))).Commit()
+		// The host the VM is placed on hears of the change in its range.
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision),
+			clientv3.Compare(clientv3.ModRevision(pkey), "=", 0)}
+		ops := []clientv3.Op{clientv3.OpPut(key, string(b))}
+		if len(placed) > 0 {
+			cmps[1] = clientv3.Compare(clientv3.ModRevision(pkey), "=", placed[0].ModRevision)
+			ops = append(ops, touch(string(placed[0].Value), name, "spec"))
+		}
+		tx, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -247,6 +254,25 @@ func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) err
 	return unavailable(err)
 }
 
+// PutStatusPlaced writes a VM's status only while the VM is placed on
+// node: a host reporting on a guest that was moved away meanwhile (an HA
+// restart elsewhere while its own start failed) must not overwrite what
+// the new host reports. It returns false when the VM is placed elsewhere.
+func (s *Store) PutStatusPlaced(ctx context.Context, name, node string, st api.VMStatus) (bool, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	st.UpdatedAt = time.Now().UTC()
+	b, _ := json.Marshal(st)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
+			clientv3.Compare(clientv3.Value(PlacementPrefix+name), "=", node)).
+		Then(clientv3.OpPut(StatusPrefix+name, string(b))).Commit()
+	if err != nil {
+		return false, unavailable(err)
+	}
+	return resp.Succeeded, nil
+}
+
 // Place assigns an unplaced VM to a node, under the leader's guard: a
 // deposed leader's write fails.
 func (s *Store) Place(ctx context.Context, name, node string, guard Guard) (bool, error) {
@@ -256,7 +282,7 @@ func (s *Store) Place(ctx context.Context, name, node string, guard Guard) (bool
 		clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
 		clientv3.Compare(clientv3.Version(PlacementPrefix+name), "=", 0),
 	}, guard.cmps()...)
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(PlacementPrefix+name, node)).Commit()
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(PlacementPrefix+name, node), touch(node, name, "placed")).Commit()
 	if err != nil {
 		return false, unavailable(err)
 	}
@@ -268,14 +294,18 @@ func (s *Store) Place(ctx context.Context, name, node string, guard Guard) (bool
 func (s *Store) DeleteVM(ctx context.Context, name string) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	resp, err := s.cli.Get(ctx, VMPrefix+name)
+	g, err := s.cli.Txn(ctx).Then(clientv3.OpGet(VMPrefix+name), clientv3.OpGet(PlacementPrefix+name)).Commit()
 	if err != nil {
 		return unavailable(err)
 	}
+	resp := g.Responses[0].GetResponseRange()
 	ops := []clientv3.Op{
 		clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
 		clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
 		clientv3.OpDelete(MigrationPrefix + name),
+	}
+	if p := g.Responses[1].GetResponseRange().Kvs; len(p) > 0 {
+		ops = append(ops, clientv3.OpDelete(hostVMKey(string(p[0].Value), name)))
 	}
 	if len(resp.Kvs) > 0 {
 		var spec api.VMSpec

@@ -25,6 +25,7 @@ const (
 	KindPKI                       // revocation lists
 	KindRevoked                   // revoked certificates
 	KindAlive                     // hosts' liveness beats (frequent)
+	KindHostVM                    // a host's range of VMs to look at (WatchHost)
 )
 
 var kindPrefix = map[Kind]string{
@@ -55,19 +56,32 @@ type Change struct {
 // or fromRev was compacted away — after which the caller reads the records
 // again and watches from the revision it read at.
 func (s *Store) Watch(ctx context.Context, fromRev int64, kinds ...Kind) <-chan Change {
+	ws := make([]watched, len(kinds))
+	for i, k := range kinds {
+		ws[i] = watched{k, kindPrefix[k]}
+	}
+	return s.watchPrefixes(ctx, fromRev, ws)
+}
+
+// watched is a prefix a watch follows, and the kind its changes are.
+type watched struct {
+	kind   Kind
+	prefix string
+}
+
+func (s *Store) watchPrefixes(ctx context.Context, fromRev int64, ws []watched) <-chan Change {
 	out := make(chan Change, 64)
 	ctx, cancel := context.WithCancel(ctx)
 	opts := []clientv3.OpOption{clientv3.WithPrefix()}
 	if fromRev > 0 {
 		opts = append(opts, clientv3.WithRev(fromRev))
 	}
-	done := make(chan struct{}, len(kinds))
+	done := make(chan struct{}, len(ws))
 	var senders sync.WaitGroup
-	for _, k := range kinds {
-		prefix := kindPrefix[k]
-		wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...)
+	for _, w := range ws {
+		wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), w.prefix, opts...)
 		senders.Add(1)
-		go func(k Kind) {
+		go func(w watched) {
 			defer senders.Done()
 			defer func() { done <- struct{}{} }()
 			for wr := range wc {
@@ -75,7 +89,7 @@ func (s *Store) Watch(ctx context.Context, fromRev int64, kinds ...Kind) <-chan 
 					return
 				}
 				for _, ev := range wr.Events {
-					c := Change{Kind: k, Name: strings.TrimPrefix(string(ev.Kv.Key), prefix), Rev: ev.Kv.ModRevision,
+					c := Change{Kind: w.kind, Name: strings.TrimPrefix(string(ev.Kv.Key), w.prefix), Rev: ev.Kv.ModRevision,
 						Deleted: ev.Type == clientv3.EventTypeDelete}
 					if !c.Deleted {
 						c.Value = ev.Kv.Value
@@ -87,7 +101,7 @@ func (s *Store) Watch(ctx context.Context, fromRev int64, kinds ...Kind) <-chan 
 					}
 				}
 			}
-		}(k)
+		}(w)
 	}
 	go func() {
 		// One watch ending ends them all: the caller starts over. The
