@@ -331,6 +331,7 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
 	apiSrv.CAs = &apiserver.Signers{Cluster: cas.Cluster, Migration: cas.Migration, Users: cas.Users}
 	apiSrv.ClusterCA = cas.Cluster.Cert
+	apiSrv.Mirror = st.Mirror(ctx)
 	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		apiSrv.Cluster.EtcdEndpoints = urls
 	}

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"time"
@@ -109,19 +110,10 @@ func (s *Server) newMigration(r *http.Request, name, to string, opts api.Migrati
 	if vm.Spec.Deleting || vm.Spec.Power != api.PowerRunning || vm.Status.Phase != api.PhaseRunning || vm.Node == "" {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("vm %q is not running (state %s); only running guests migrate live", name, dash(vm.Status.Phase)))
 	}
-	nodes, err := s.st.ListNodes(ctx)
+	view, err := s.clusterView(ctx)
 	if err != nil {
 		return nil, err
 	}
-	vms, err := s.st.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	migs, err := s.st.ListMigrations(ctx)
-	if err != nil {
-		return nil, err
-	}
-	view := placement.NewView(nodes, vms, store.Migrations(migs))
 	req := placement.Request{Spec: vm.Spec, Live: vm}
 	switch target := to; {
 	case target == "auto":
@@ -238,4 +230,29 @@ func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, on bool)
 		s.event(r, api.Event{Kind: "undrain", Node: name, Message: fmt.Sprintf("host %s out of maintenance", name)})
 	}
 	writeJSON(w, http.StatusAccepted, node)
+}
+
+// clusterView is the placement view a target is chosen from: from the
+// server's mirror when it has one (reading every VM of a large cluster for
+// each call costs more than the call), else read now. Either may be a
+// moment old; the leader's admission checks the target again.
+func (s *Server) clusterView(ctx context.Context) (*placement.View, error) {
+	if s.Mirror != nil {
+		if snap, ok := s.Mirror.Snapshot(); ok {
+			return placement.NewView(snap.Nodes, snap.VMs, store.Migrations(snap.Migrations)), nil
+		}
+	}
+	nodes, err := s.st.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := s.st.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	migs, err := s.st.ListMigrations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return placement.NewView(nodes, vms, store.Migrations(migs)), nil
 }

@@ -43,6 +43,9 @@ type Server struct {
 	// ClusterCA is the CA of hosts' certificates; a client certificate
 	// that chains to another CA the TLS layer trusts is a user's.
 	ClusterCA *x509.Certificate
+	// Mirror, if set, is the cluster's state as this server follows it:
+	// migrations choose their target from it.
+	Mirror *store.Mirror
 	// public are the routes served without a client certificate (joining).
 	public map[string]bool
 }

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -32,5 +33,25 @@ func TestFree(t *testing.T) {
 	}
 	if got := HostOverlayAddr(a("198.18.0.12")); got.String() != "198.19.254.12/16" {
 		t.Errorf("host overlay %s", got)
+	}
+}
+
+func TestRandomStaysInTheGuestRange(t *testing.T) {
+	seq := []int{0, 3, 0, 9, 253, 253, 7, 0}
+	i := 0
+	n := func(int) int { v := seq[i%len(seq)]; i++; return v }
+	// 0/3 → .0.4 and 0/9 → .0.10-: the first is infrastructure.
+	want := []string{"198.19.0.10", "198.19.253.254", "198.19.7.1"}
+	for _, w := range want {
+		if got := Random(n); got.String() != w {
+			t.Fatalf("got %s, want %s", got, w)
+		}
+	}
+	for k := 0; k < 10000; k++ {
+		a := Random(rand.IntN)
+		b := a.As4()
+		if !Subnet.Contains(a) || b[2] >= 254 || b[3] == 0 || b[3] == 255 || (b[2] == 0 && b[3] < 10) {
+			t.Fatalf("%s is not a guest address", a)
+		}
 	}
 }

@@ -47,6 +47,7 @@ func (c *Cluster) ServeAPI(ctx context.Context) (*client.Client, error) {
 		return "", errdefs.New(errdefs.ErrUnavailable, "simulated guests have no console")
 	}, c.cfg.Log)
 	srv.ClusterCA = ca.Cert
+	srv.Mirror = st.Mirror(ctx)
 	srv.CAs = &apiserver.Signers{Cluster: ca, Users: uca}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

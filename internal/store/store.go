@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"time"
@@ -90,16 +91,22 @@ func unavailable(err error) error {
 func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	for attempt := 0; attempt < 64; attempt++ {
-		// Concurrent creators race for the lowest free address; on each
-		// retry take one further along so they spread out.
-		used, err := s.usedAddresses(ctx)
-		if err != nil {
-			return err
-		}
-		ip, err := ipam.Free(used, attempt)
-		if err != nil {
-			return err
+	const randomTries = 8
+	for attempt := 0; attempt < randomTries+64; attempt++ {
+		// A random address first (no read of every claim); when the space
+		// is so full that several miss, the lowest free one — concurrent
+		// creators that lost a race take one further along.
+		var ip netip.Addr
+		if attempt < randomTries {
+			ip = ipam.Random(rand.IntN)
+		} else {
+			used, err := s.usedAddresses(ctx)
+			if err != nil {
+				return err
+			}
+			if ip, err = ipam.Free(used, attempt-randomTries); err != nil {
+				return err
+			}
 		}
 		spec.IP = netip.PrefixFrom(ip, ipam.Subnet.Bits()).String()
 		spec.MAC = ipam.MACFor(ip)
