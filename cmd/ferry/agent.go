@@ -63,6 +63,7 @@ type agentOpts struct {
 	storageDir    string
 	logLevel      string
 	haTiming      ha.Timing
+	noLeader      bool
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -112,6 +113,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.storageDir, "storage-dir", "", "where VM disks live (default: DATA-DIR/storage)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.haTiming = ha.DefaultTiming()
+	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); see docs/HA.md for the timing it must satisfy")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
 	f.DurationVar(&o.haTiming.FenceAfter, "self-fence-after", o.haTiming.FenceAfter, "kill HA guests after this long without a lease renewal")
@@ -367,6 +369,9 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 	}()
 	go func() {
 		defer wg.Done()
+		if o.noLeader {
+			return
+		}
 		daemon.RunControlPlane(ctx, st, daemon.ControlPlane{Node: o.node, HA: o.haTiming,
 			MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, Log: log})
 	}()

@@ -19,12 +19,12 @@ import (
 
 func benchScaleCmd() *cobra.Command {
 	var (
-		hosts, etcds    string
-		guests, victim  int
-		samples         int
-		idle            time.Duration
-		asJSON          bool
-		dir, cpuProfile string
+		hosts, etcds        string
+		guests, victim      int
+		samples, candidates int
+		idle                time.Duration
+		asJSON              bool
+		dir, cpuProfile     string
 	)
 	c := &cobra.Command{
 		Use:   "scale",
@@ -69,7 +69,7 @@ expiring, to every restart issued and to every guest running again.`,
 				}
 				for _, n := range ns {
 					r, err := runScale(ctx, self, dir, kind, members, scale.Config{Hosts: n, GuestsPerHost: guests,
-						VictimGuests: victim, Samples: samples, Idle: idle})
+						VictimGuests: victim, Candidates: candidates, Samples: samples, Idle: idle})
 					if err != nil {
 						return fmt.Errorf("%d hosts, %s etcd: %w", n, kind, err)
 					}
@@ -89,6 +89,7 @@ expiring, to every restart issued and to every guest running again.`,
 	c.Flags().StringVar(&etcds, "etcd", "embedded,external", "etcds to run against: embedded (1 member), external (3 members)")
 	c.Flags().IntVar(&guests, "guests", 20, "guests per host")
 	c.Flags().IntVar(&victim, "victim-guests", 50, "HA guests on the host that dies")
+	c.Flags().IntVar(&candidates, "candidates", 3, "hosts that campaign for leadership (0: all, as a default `ferry agent`)")
 	c.Flags().IntVar(&samples, "samples", 100, "API calls timed per kind")
 	c.Flags().DurationVar(&idle, "idle", 20*time.Second, "idle window CPU and write rate are read over")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON array")
@@ -125,7 +126,7 @@ func runScale(ctx context.Context, self, dir, kind string, members int, cfg scal
 }
 
 func printScale(r *scale.Result) {
-	fmt.Printf("%d hosts, %d guests, etcd %s: up in %.0f s\n", r.Hosts, r.VMs, r.Etcd, r.StartupS)
+	fmt.Printf("%d hosts (%d campaign), %d guests, etcd %s: up in %.0f s\n", r.Hosts, r.Candidates, r.VMs, r.Etcd, r.StartupS)
 	for _, k := range []string{"get", "list", "create", "migrate", "delete"} {
 		l := r.API[k]
 		fmt.Printf("  api %-8s p50 %7.1f ms  p99 %7.1f ms  (n=%d)\n", k, l.P50MS, l.P99MS, l.N)

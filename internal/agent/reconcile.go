@@ -186,6 +186,15 @@ func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			// This host may not run guests just now (a renewal came
+			// late, the watchdog could not be armed): that passes. The
+			// worker tries again; a failed status would end the start.
+			a.log.Warn("start deferred", "vm", name, "why", err)
+			a.putStatus(ctx, name, api.VMStatus{Phase: api.PhasePending, Node: a.cfg.Node, StartSeq: spec.StartSeq,
+				Message: "waiting: " + firstLine(err.Error()), Restarts: restarts})
+			return err
+		}
 		a.log.Error("start failed", "vm", name, "err", err)
 		a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseFailed, Node: a.cfg.Node, StartSeq: spec.StartSeq,
 			Message: firstLine(err.Error()), LogTail: a.logTail(name)})

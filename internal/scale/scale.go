@@ -28,6 +28,8 @@ type Config struct {
 	Hosts         int // simulated hosts
 	GuestsPerHost int // guests on every host but the victim
 	VictimGuests  int // HA guests on the host that dies
+	// Candidates is how many hosts campaign for leadership (0: all).
+	Candidates int
 	// Endpoints reach the etcd under test; EtcdPIDs are its processes
 	// (their CPU is reported apart from the agents'; empty when etcd runs
 	// in this process).
@@ -47,6 +49,7 @@ type Result struct {
 	GuestsPerHost int     `json:"guests_per_host"`
 	VMs           int     `json:"vms"`
 	Etcd          string  `json:"etcd"`
+	Candidates    int     `json:"leader_candidates"` // 0: every host
 	CPUs          int     `json:"cpus"`
 	StartupS      float64 `json:"startup_s"` // hosts up and every guest running
 
@@ -119,7 +122,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	log := slog.New(slog.NewTextHandler(io.Writer(logf), &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var rs rounds
-	c, err := simcluster.New(simcluster.Config{Endpoints: cfg.Endpoints, Dir: cfg.Dir, ControlPlane: true,
+	c, err := simcluster.New(simcluster.Config{Endpoints: cfg.Endpoints, Dir: cfg.Dir, ControlPlane: true, Candidates: cfg.Candidates,
 		OnRound: rs.add, Log: log, MemoryMiB: 256 << 10, CPUs: 64})
 	if err != nil {
 		return nil, err
@@ -134,7 +137,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 
-	res := &Result{Hosts: cfg.Hosts, GuestsPerHost: cfg.GuestsPerHost, Etcd: cfg.Etcd, CPUs: runtime.NumCPU(), API: map[string]Latency{}}
+	res := &Result{Candidates: cfg.Candidates, Hosts: cfg.Hosts, GuestsPerHost: cfg.GuestsPerHost, Etcd: cfg.Etcd, CPUs: runtime.NumCPU(), API: map[string]Latency{}}
 	heap0 := heapInUse()
 	start := time.Now()
 	names := hostNames(cfg.Hosts)

@@ -34,6 +34,10 @@ type Config struct {
 	// ControlPlane: every host also campaigns for leadership and runs the
 	// controllers while it leads, as `ferry agent` does.
 	ControlPlane bool
+	// Candidates, when ControlPlane is set, is how many hosts campaign
+	// (the first to start; 0: all), as `ferry agent --no-leader` on the
+	// rest would make it.
+	Candidates int
 	// OnRound is told each leader round's duration.
 	OnRound func(time.Duration)
 	// MemoryMiB and CPUs are what each host reports (default 64 GiB, 16).
@@ -55,8 +59,9 @@ type Cluster struct {
 	World *simqemu.World
 	image string
 
-	mu    sync.Mutex
-	hosts map[string]*Host
+	mu         sync.Mutex
+	hosts      map[string]*Host
+	candidates int // hosts that campaign
 }
 
 // New prepares a cluster; Start adds hosts to it.
@@ -89,11 +94,12 @@ type Host struct {
 	Store *store.Store
 	Agent *agent.Agent
 
-	c       *Cluster
-	proxies []*proxy
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
+	c         *Cluster
+	candidate bool // campaigns for leadership
+	proxies   []*proxy
+	cancel    context.CancelFunc
+	done      chan struct{}
+	err       error
 }
 
 // Start starts host name's agent (again, if it ran before: it re-attaches
@@ -155,7 +161,14 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 			c.cfg.Log.Error("agent ended", "host", name, "err", h.err)
 		}
 	}()
-	if c.cfg.ControlPlane {
+	c.mu.Lock()
+	candidate := c.cfg.ControlPlane && (c.cfg.Candidates == 0 || c.candidates < c.cfg.Candidates || h.candidate)
+	if candidate && !h.candidate {
+		h.candidate = true
+		c.candidates++
+	}
+	c.mu.Unlock()
+	if candidate {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
