@@ -234,7 +234,7 @@ func (a *Agent) watch(ctx context.Context) {
 		rev := a.resync(ctx)
 		a.syncCRLs(ctx)
 		wctx, cancel := context.WithCancel(ctx)
-		wc := a.st.WatchHost(wctx, rev+1, a.cfg.Node, store.KindMigration, store.KindPKI, store.KindRevoked)
+		wc := a.st.WatchHost(wctx, rev+1, a.cfg.Node, store.KindPKI, store.KindRevoked)
 		a.follow(ctx, wc, resync.C)
 		cancel()
 		select {
@@ -264,12 +264,6 @@ func (a *Agent) follow(ctx context.Context, wc <-chan store.Change, resync <-cha
 					a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
 					a.removed.Store(true)
 					a.stopRun()
-				}
-			case store.KindMigration:
-				// Every migration's changes arrive; this host looks at
-				// those it takes part in (and its own guests').
-				if a.concerns(c) {
-					a.queue.add(c.Name)
 				}
 			default: // a VM in this host's range
 				a.queue.add(c.Name)
@@ -492,21 +486,4 @@ func (a *Agent) certSerials() []string { return *a.serials.Load() }
 func removal(v []byte) bool {
 	var r api.Revocation
 	return json.Unmarshal(v, &r) == nil && r.Reason == api.RevokedRemoved
-}
-
-// concerns reports whether a migration's change is this host's business:
-// it is the source or the target, or it has a guest of that name.
-func (a *Agent) concerns(c store.Change) bool {
-	a.mu.Lock()
-	_, local := a.vms[c.Name]
-	_, in := a.incoming[c.Name]
-	a.mu.Unlock()
-	if local || in || c.Deleted {
-		return local || in
-	}
-	var m api.Migration
-	if json.Unmarshal(c.Value, &m) != nil {
-		return true // unreadable: let reconcile look
-	}
-	return m.Source == a.cfg.Node || m.Target == a.cfg.Node
 }

@@ -61,7 +61,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 				continue
 			}
 			changed := old == nil || old.Healthy != cur.Healthy || old.BootID != cur.BootID
-			if changed || time.Since(lastWrite[in.name]) > 15*time.Second {
+			if changed || time.Since(lastWrite[in.name]) > probeRefresh {
 				if vm, err := a.st.GetVM(ctx, in.name); err == nil && vm.Status.Phase == api.PhaseRunning && vm.Status.PID == in.rec.PID && in.alive() {
 					a.putStatus(ctx, in.name, a.runningStatus(in))
 					lastWrite[in.name] = time.Now()
@@ -70,6 +70,11 @@ func (a *Agent) probeLoop(ctx context.Context) {
 		}
 	}
 }
+
+// probeRefresh is how often a guest's status is rewritten when its probe
+// saw nothing new (its last-seen time): at 20,000 guests every 15 s was a
+// third of etcd's idle writes.
+const probeRefresh = time.Minute
 
 // UnresponsiveReset is how long an HA guest that answered before may fail
 // its health check before the agent resets it.

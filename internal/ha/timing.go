@@ -81,3 +81,17 @@ func (t Timing) Check() error {
 func (t Timing) RestartNotBefore(expirySeen time.Time) time.Time {
 	return expirySeen.Add(t.Margin)
 }
+
+// TimingFor scales DefaultTiming to a longer lease, as large clusters on
+// busy hosts want (every host renews eight times per lease): renewals at
+// TTL/8, each given TTL/5, self-fence at 0.7×TTL, the watchdog at 0.8×TTL,
+// the margin TTL/4. A dead host is then noticed within about TTL.
+func TimingFor(ttl time.Duration) Timing {
+	t := DefaultTiming()
+	if ttl == 0 || ttl == t.LeaseTTL {
+		return t
+	}
+	t.LeaseTTL, t.Renew, t.RenewTimeout = ttl, ttl/8, ttl/5
+	t.FenceAfter, t.WatchdogAfter, t.Margin = ttl*7/10, ttl*8/10, ttl/4
+	return t
+}

@@ -40,3 +40,14 @@ func TestTimingInequalityRejectsUnsafeSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestTimingForHolds(t *testing.T) {
+	for _, ttl := range []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second} {
+		if err := TimingFor(ttl).Check(); err != nil {
+			t.Errorf("TimingFor(%s): %v", ttl, err)
+		}
+	}
+	if TimingFor(2*time.Second) != DefaultTiming() {
+		t.Error("TimingFor the default lease is not the default timing")
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/simcluster"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -30,6 +31,9 @@ type Config struct {
 	VictimGuests  int // HA guests on the host that dies
 	// Candidates is how many hosts campaign for leadership (0: all).
 	Candidates int
+	// LeaseTTL is every host's lease (0: ha.DefaultTiming's); the rest of
+	// the fencing timing scales with it (ha.TimingFor).
+	LeaseTTL time.Duration
 	// Endpoints reach the etcd under test; EtcdPIDs are its processes
 	// (their CPU is reported apart from the agents'; empty when etcd runs
 	// in this process).
@@ -50,6 +54,7 @@ type Result struct {
 	VMs           int     `json:"vms"`
 	Etcd          string  `json:"etcd"`
 	Candidates    int     `json:"leader_candidates"` // 0: every host
+	LeaseTTLS     float64 `json:"lease_ttl_s"`
 	CPUs          int     `json:"cpus"`
 	StartupS      float64 `json:"startup_s"` // hosts up and every guest running
 
@@ -64,6 +69,8 @@ type Result struct {
 	AgentHeapKiB    float64 `json:"agent_heap_kib"`             // Go heap per agent
 	EtcdCPUPercent  float64 `json:"etcd_cpu_percent,omitempty"` // etcd's idle CPU, % of one core
 	Death           Death   `json:"host_death"`
+	// Error says why the run ended early (the figures before it stand).
+	Error string `json:"error,omitempty"`
 }
 
 // Latency summarises timed calls.
@@ -122,7 +129,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	log := slog.New(slog.NewTextHandler(io.Writer(logf), &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var rs rounds
-	c, err := simcluster.New(simcluster.Config{Endpoints: cfg.Endpoints, Dir: cfg.Dir, ControlPlane: true, Candidates: cfg.Candidates,
+	c, err := simcluster.New(simcluster.Config{Endpoints: cfg.Endpoints, Dir: cfg.Dir, ControlPlane: true, Candidates: cfg.Candidates, HA: ha.TimingFor(cfg.LeaseTTL),
 		OnRound: rs.add, Log: log, MemoryMiB: 256 << 10, CPUs: 64})
 	if err != nil {
 		return nil, err
@@ -137,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 
-	res := &Result{Candidates: cfg.Candidates, Hosts: cfg.Hosts, GuestsPerHost: cfg.GuestsPerHost, Etcd: cfg.Etcd, CPUs: runtime.NumCPU(), API: map[string]Latency{}}
+	res := &Result{LeaseTTLS: ha.TimingFor(cfg.LeaseTTL).LeaseTTL.Seconds(), Candidates: cfg.Candidates, Hosts: cfg.Hosts, GuestsPerHost: cfg.GuestsPerHost, Etcd: cfg.Etcd, CPUs: runtime.NumCPU(), API: map[string]Latency{}}
 	heap0 := heapInUse()
 	start := time.Now()
 	names := hostNames(cfg.Hosts)
@@ -148,17 +155,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	say("creating guests")
 	guests, err := populate(ctx, st, names, victim, cfg.GuestsPerHost, cfg.VictimGuests)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	say(fmt.Sprintf("starting %d hosts", cfg.Hosts))
 	if err := startHosts(ctx, c, st, names); err != nil {
-		return nil, err
+		return res, err
 	}
 	for _, gs := range guests {
 		res.VMs += len(gs)
 	}
 	if err := waitRunning(ctx, c, res.VMs, 10*time.Minute); err != nil {
-		return nil, err
+		return res, err
 	}
 	res.StartupS = time.Since(start).Seconds()
 	res.AgentHeapKiB = float64(heapInUse()-heap0) / 1024 / float64(cfg.Hosts)
@@ -166,21 +173,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	say(fmt.Sprintf("%d guests run; idle for %s", res.VMs, cfg.Idle))
 	time.Sleep(5 * time.Second) // let the start-up writes settle
 	if err := measureIdle(ctx, st, cfg, res, &rs); err != nil {
-		return nil, err
+		return res, err
 	}
 
 	say("timing API calls")
 	if err := measureAPI(ctx, c, st, cfg, res, names, victim); err != nil {
-		return nil, err
+		return res, err
 	}
 
 	say("killing " + victim)
 	if res.Death, err = killHost(ctx, c, st, victim, guests[victim]); err != nil {
-		return nil, err
+		return res, err
 	}
 	stats, err := st.Stats(ctx)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	res.DBSizeBytes, res.DBInUseBytes = stats.DBSize, stats.DBSizeInUse
 	return res, nil

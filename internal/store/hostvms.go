@@ -10,8 +10,8 @@ import (
 // HostVMPrefix holds each host's range of the VMs it must look at:
 // hostvms/<host>/<vm>. Every transaction that places a VM on a host writes
 // the VM's key in that host's range, every change of a placed VM's spec
-// rewrites it, and a new migration writes it in the source's and the
-// target's range, so that an agent watches and re-reads its own range rather
+// rewrites it, and every write of a migration rewrites it in the source's
+// and the target's range, so that an agent watches and re-reads its own range rather
 // than every VM of the cluster (at 1,000 hosts, a watch on every spec and
 // placement costs each change a thousand deliveries and each agent's
 // resync the whole cluster's placements). The range may hold more than the

@@ -48,7 +48,7 @@ func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
 	resp, err := s.cli.Txn(ctx).
 		If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
-		Then(clientv3.OpPut(key, string(b)), touch(m.Source, m.VM, "migrating"), touch(m.Target, m.VM, "migrating")).Commit()
+		Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
 	if err != nil {
 		return unavailable(err)
 	}
@@ -77,7 +77,7 @@ func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Mig
 		}
 		b, _ := json.Marshal(m)
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(clientv3.OpPut(key, string(b))).Commit()
+			Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
 		if err != nil {
 			return nil, 0, unavailable(err)
 		}
@@ -105,7 +105,7 @@ func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease
 		If(clientv3.Compare(clientv3.Value(ok), "=", m.Source),
 			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
 		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(lease))),
-			clientv3.OpPut(PlacementPrefix+m.VM, m.Target), touch(m.Target, m.VM, "placed"),
+			clientv3.OpPut(PlacementPrefix+m.VM, m.Target), touch(m.Target, m.VM, "placed"), touch(m.Source, m.VM, "migration"),
 			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
 		return 0, false, unavailable(err)
@@ -173,11 +173,23 @@ func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev i
 	key := MigrationPrefix + m.VM
 	resp, err := s.cli.Txn(ctx).
 		If(append(guard.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0))...).
-		Then(clientv3.OpPut(key, string(b))).Commit()
+		Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
 	if err != nil {
 		return false, unavailable(err)
 	}
 	return resp.Succeeded, nil
+}
+
+// touchParties tells a migration's source and target of a change to it,
+// in their ranges (an agent watches its range, not every migration).
+func touchParties(m *api.Migration) []clientv3.Op {
+	var ops []clientv3.Op
+	for _, h := range []string{m.Source, m.Target} {
+		if h != "" {
+			ops = append(ops, touch(h, m.VM, "migration"))
+		}
+	}
+	return ops
 }
 
 // MovePlacement moves a VM that runs nowhere (no ownership key) from one

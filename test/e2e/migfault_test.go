@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,36 +167,66 @@ func TestMigrationFaults(t *testing.T) {
 		auditOne(t, b, cl, vm, vm.Node)
 	})
 
+	// A cancel that lands in the moment of the switchover: bisect the delay
+	// between a cancel that wins and one that comes too late, so that the
+	// last rounds land within a few tens of milliseconds of the switchover
+	// (on either side), and assert that both sides were hit.
 	t.Run("cancel races switchover", func(t *testing.T) {
 		vm, to := newGuest(t)
-		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-		outcomes := map[string]int{}
-		for round := 0; round < 6; round++ {
+		move := func(delay time.Duration, cancel bool) (*api.Migration, error) {
+			start := time.Now()
 			m, err := cl.MigrateVM(ctx, vm.Spec.Name, api.MigrateRequest{To: to})
 			if err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(time.Duration(rng.Intn(700)) * time.Millisecond)
-			_, cerr := cl.CancelMigration(ctx, vm.Spec.Name)
+			var cerr error
+			if cancel {
+				time.Sleep(delay - time.Since(start))
+				_, cerr = cl.CancelMigration(ctx, vm.Spec.Name)
+			}
 			m = waitMigEnd(t, cl, vm.Spec.Name, m.ID)
-			outcomes[m.Phase]++
 			where := vm.Node
 			switch m.Phase {
 			case api.MigCompleted:
 				where = to
+				if cancel && cerr == nil {
+					t.Fatalf("after %s: the cancel was accepted but the migration completed", delay)
+				}
 			case api.MigCancelled, api.MigFailed:
 			default:
-				t.Fatalf("round %d: phase %s", round, m.Phase)
-			}
-			if m.Phase == api.MigCompleted && cerr == nil {
-				t.Fatalf("round %d: the cancel was accepted but the migration completed", round)
+				t.Fatalf("after %s: phase %s", delay, m.Phase)
 			}
 			auditOne(t, b, cl, vm, where)
 			if where == to {
 				to, vm.Node = vm.Node, to
 			}
+			if m.Phase == api.MigCompleted {
+				return m, nil
+			}
+			return m, fmt.Errorf("%s", m.Phase)
 		}
-		t.Logf("outcomes: %v", outcomes)
+		// How long a whole move takes bounds the window.
+		t0 := time.Now()
+		if _, err := move(0, false); err != nil {
+			t.Fatalf("a move without a cancel ended %v", err)
+		}
+		lo, hi := time.Duration(0), time.Since(t0)+300*time.Millisecond
+		won, late := 0, 0
+		for round := 0; round < 7; round++ {
+			mid := (lo + hi) / 2
+			if _, err := move(mid, true); err != nil {
+				won++
+				lo = mid // the cancel came in time: later next
+			} else {
+				late++
+				hi = mid // too late: earlier next
+			}
+			t.Logf("round %d: cancel after %s: %s (window %s-%s)", round, mid, map[bool]string{true: "too late", false: "won"}[lo != mid], lo, hi)
+		}
+		if won == 0 || late == 0 {
+			t.Fatalf("the cancels never straddled the switchover: %d won, %d came too late", won, late)
+		}
+		t.Logf("cancels won up to %s after the migration was asked for and came too late from %s", lo, hi)
 	})
 }
 
