@@ -41,11 +41,11 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 	})
 }
 
-// alive rewrites the host's alive key every ha.AliveEvery (without holding
+// alive rewrites the host's alive key every HA.AliveEvery() (without holding
 // up the renewals), so the cluster notices quickly when it goes quiet.
 func (a *Agent) alive(ctx context.Context) {
 	a.fmu.Lock()
-	due := !a.aliveBusy && time.Since(a.aliveAt) >= ha.AliveEvery
+	due := !a.aliveBusy && time.Since(a.aliveAt) >= a.cfg.HA.AliveEvery()
 	if due {
 		a.aliveBusy, a.aliveAt = true, time.Now()
 	}
@@ -54,7 +54,7 @@ func (a *Agent) alive(ctx context.Context) {
 		return
 	}
 	go func() {
-		if err := ha.PutAlive(ctx, a.st, a.cfg.Node, a.lk.ID()); err != nil && ctx.Err() == nil {
+		if err := ha.PutAlive(ctx, a.st, a.cfg.HA, a.cfg.Node, a.lk.ID()); err != nil && ctx.Err() == nil {
 			a.log.Debug("alive key", "err", err)
 		}
 		a.fmu.Lock()

@@ -77,6 +77,12 @@ func (a *Agent) migrateSource(ctx context.Context, vm *api.VM, m *api.Migration,
 			return nil
 		}
 	}
+	return a.startCopy(ctx, in, m)
+}
+
+// startCopy starts QEMU's outgoing migration once the target is ready,
+// records the copy as started and follows it.
+func (a *Agent) startCopy(ctx context.Context, in *instance, m *api.Migration) error {
 	uri := m.TargetURI
 	in.mu.Lock()
 	if s := in.srcTunnel; s != nil {
@@ -173,26 +179,13 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 	defer in.closeTunnel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	var lastWrite time.Time
-	lastBytes, lastProgress := int64(-1), time.Now()
-	postcopyStarted, continued := false, false
-	var pc sourcePostcopy
-	downtime, lastRound := migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), int64(0)
-	// The link's rate as the first pass measured it (bytes/s): QEMU's own
-	// estimate sinks in later rounds, which send little, and then it
-	// thinks the rest will not fit in the downtime limit.
-	var linkRate float64
-	plan := m.Plan
-	if plan == nil {
-		plan = &api.MigrationPlan{}
-	}
-	_, setLink := plan.SourceParameters["avail-switchover-bandwidth"]
+	f := newSourceFollower(a, in, m)
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-in.gone:
-			return a.sourceLost(ctx, m)
+			return a.sourceLost(ctx, f.m)
 		case <-in.migEvents:
 		case <-tick.C:
 		}
@@ -201,7 +194,7 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		cancel()
 		if err != nil {
 			if !in.alive() {
-				return a.sourceLost(ctx, m)
+				return a.sourceLost(ctx, f.m)
 			}
 			continue
 		}
@@ -210,120 +203,192 @@ func (a *Agent) followSource(ctx context.Context, in *instance, m *api.Migration
 		// downtime, the record of the last poll is recent, and a cancel
 		// that came since is still excluded by the target's takeover,
 		// which compares the record.
-		if info.Status != "pre-switchover" || continued {
-			cur, crev, err := a.st.GetMigration(ctx, m.VM)
-			if err == nil && cur != nil && cur.ID == m.ID {
-				m, rev = cur, crev
+		if info.Status != "pre-switchover" || f.continued {
+			if cur, _, err := a.st.GetMigration(ctx, f.m.VM); err == nil && cur != nil && cur.ID == f.m.ID {
+				f.m = cur
 			}
 		}
 		if qemu.InPostcopy(info.Status) {
-			a.followPostcopySource(ctx, in, m, info, &pc)
+			a.followPostcopySource(ctx, in, f.m, info, &f.pc)
 		}
 		switch info.Status {
 		case "pre-switchover":
-			// The guest is stopped here and the target has its memory but
-			// not its device state: the last point at which a cancel needs
-			// no compare-and-swap against the target's takeover.
-			if continued {
-				break
-			}
-			// After a pause (fault injection), read the record again.
-			if failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.PreSwitchover) {
-				if cur, _, err := a.st.GetMigration(ctx, m.VM); err == nil && cur != nil && cur.ID == m.ID {
-					m = cur
-				}
-			}
-			if m.Cancel {
-				a.cancelSource(ctx, in, m, "cancelled")
+			if done := f.atPreSwitchover(ctx); done {
 				return nil
 			}
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := in.qmp.MigrateContinue(cctx)
-			cancel()
-			if err != nil {
-				a.log.Warn("continuing at pre-switchover", "vm", m.VM, "err", err)
-				break // the next query tells what QEMU did
-			}
-			continued = true
-			in.mu.Lock()
-			stopped := in.stoppedAt
-			in.mu.Unlock()
-			in.steps = append(in.steps, a.step("guest paused on source (pre-switchover)", stopped), a.step("switchover continued", time.Now()))
 			continue
 		case "completed":
 			doneAt := time.Now()
-			// QEMU 7.2 reports "completed" a moment before it has computed
-			// the total time and downtime.
-			for i := 0; i < 20 && info.TotalTime == 0; i++ {
-				time.Sleep(10 * time.Millisecond)
-				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				if again, err := in.qmp.QueryMigrate(qctx); err == nil {
-					info = again
-				}
-				cancel()
-			}
-			return a.awaitTakeover(ctx, in, m, info, doneAt)
+			return a.awaitTakeover(ctx, in, f.m, f.finalInfo(ctx, info), doneAt)
 		case "failed", "cancelled":
-			a.sourceFailed(ctx, in, m, info)
+			a.sourceFailed(ctx, in, f.m, info)
 			return nil
 		}
-		// Progress, at most twice a second.
-		if info.RAM != nil {
-			if info.RAM.Transferred != lastBytes {
-				lastBytes, lastProgress = info.RAM.Transferred, time.Now()
-			} else if time.Since(lastProgress) > a.cfg.MigrationStall && m.Phase == api.MigCopying {
-				a.cancelSource(ctx, in, m, fmt.Sprintf("no progress for %s (link down?)", a.cfg.MigrationStall))
-				return nil
-			}
-		}
-		if m.Cancel && m.Phase == api.MigCopying {
-			a.cancelSource(ctx, in, m, "cancelled")
+		if why := f.reasonToCancel(info); why != "" {
+			a.cancelSource(ctx, in, f.m, why)
 			return nil
 		}
-		if info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount <= 1 {
-			linkRate = max(linkRate, info.RAM.Mbps*1e6/8)
-		}
-		if setLink && info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount >= 2 && linkRate > 0 {
-			setLink = false
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := in.qmp.SetMigrationParameters(cctx, map[string]any{"avail-switchover-bandwidth": int64(linkRate)}); err == nil {
-				in.steps = append(in.steps, a.step(fmt.Sprintf("switchover bandwidth set to the first pass's %.0f MB/s", linkRate/1e6), time.Now()))
-			}
-			cancel()
-		}
-		if info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount > lastRound {
-			// A new round: the guest did not fit in the downtime limit
-			// yet; allow it more, up to the operator's limit.
-			lastRound = info.RAM.DirtySyncCount
-			if next := migrate.NextDowntimeMS(downtime, m.Options.MaxDowntimeMS); lastRound >= 3 && next != downtime {
-				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				if err := in.qmp.SetMigrationParameters(cctx, map[string]any{"downtime-limit": next}); err == nil {
-					downtime = next
-					in.steps = append(in.steps, a.step(fmt.Sprintf("round %d: downtime limit raised to %d ms", lastRound, next), time.Now()))
-				}
-				cancel()
-			}
-		}
-		if plan.Postcopy && !postcopyStarted && info.Status == "active" && info.RAM != nil && info.RAM.DirtySyncCount >= 2 {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := in.qmp.MigrateStartPostcopy(cctx); err == nil {
-				postcopyStarted = true
-				a.log.Info("switched to post-copy", "vm", m.VM)
-			}
-			cancel()
-		}
-		if time.Since(lastWrite) >= 500*time.Millisecond {
-			lastWrite = time.Now()
-			p := progressOf(info, m.Progress)
-			a.st.UpdateMigration(ctx, m.VM, func(cur *api.Migration) error {
-				if cur.ID != m.ID || api.MigrationTerminal(cur.Phase) {
-					return errors.New("done")
-				}
-				cur.Progress = p
-				return nil
-			})
+		f.tune(ctx, info)
+		f.report(ctx, info)
+	}
+}
+
+// sourceFollower is what followSource keeps between two polls of an
+// outgoing migration.
+type sourceFollower struct {
+	a               *Agent
+	in              *instance
+	m               *api.Migration
+	plan            *api.MigrationPlan
+	lastWrite       time.Time
+	lastBytes       int64
+	lastProgress    time.Time
+	postcopyStarted bool
+	continued       bool // past pre-switchover
+	pc              sourcePostcopy
+	downtime        int64
+	lastRound       int64
+	// linkRate is the link's rate as the first pass measured it (bytes/s):
+	// QEMU's own estimate sinks in later rounds, which send little, and
+	// then it thinks the rest will not fit in the downtime limit.
+	linkRate float64
+	setLink  bool // avail-switchover-bandwidth is still to be set
+}
+
+func newSourceFollower(a *Agent, in *instance, m *api.Migration) *sourceFollower {
+	plan := m.Plan
+	if plan == nil {
+		plan = &api.MigrationPlan{}
+	}
+	_, setLink := plan.SourceParameters["avail-switchover-bandwidth"]
+	return &sourceFollower{a: a, in: in, m: m, plan: plan, lastBytes: -1, lastProgress: time.Now(),
+		downtime: migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), setLink: setLink}
+}
+
+// atPreSwitchover handles the guest stopped at pre-switchover: the target
+// has its memory but not its device state, the last point at which a
+// cancel needs no compare-and-swap against the target's takeover. It
+// returns true when the migration ended here (cancelled).
+func (f *sourceFollower) atPreSwitchover(ctx context.Context) bool {
+	a, in := f.a, f.in
+	if f.continued {
+		return false
+	}
+	// After a pause (fault injection), read the record again.
+	if failpoint.Sleep(ctx, a.log, a.cfg.FailpointFile, failpoint.PreSwitchover) {
+		if cur, _, err := a.st.GetMigration(ctx, f.m.VM); err == nil && cur != nil && cur.ID == f.m.ID {
+			f.m = cur
 		}
 	}
+	if f.m.Cancel {
+		a.cancelSource(ctx, in, f.m, "cancelled")
+		return true
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := in.qmp.MigrateContinue(cctx)
+	cancel()
+	if err != nil {
+		a.log.Warn("continuing at pre-switchover", "vm", f.m.VM, "err", err)
+		return false // the next query tells what QEMU did
+	}
+	f.continued = true
+	in.mu.Lock()
+	stopped := in.stoppedAt
+	in.mu.Unlock()
+	in.steps = append(in.steps, a.step("guest paused on source (pre-switchover)", stopped), a.step("switchover continued", time.Now()))
+	return false
+}
+
+// finalInfo is QEMU's last word on a completed migration: QEMU 7.2 reports
+// "completed" a moment before it has computed the total time and downtime.
+func (f *sourceFollower) finalInfo(ctx context.Context, info qemu.MigrationInfo) qemu.MigrationInfo {
+	for i := 0; i < 20 && info.TotalTime == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if again, err := f.in.qmp.QueryMigrate(qctx); err == nil {
+			info = again
+		}
+		cancel()
+	}
+	return info
+}
+
+// reasonToCancel says why the copy must end now: a cancel was asked for,
+// or the stream made no progress for the stall limit.
+func (f *sourceFollower) reasonToCancel(info qemu.MigrationInfo) string {
+	if info.RAM != nil {
+		if info.RAM.Transferred != f.lastBytes {
+			f.lastBytes, f.lastProgress = info.RAM.Transferred, time.Now()
+		} else if time.Since(f.lastProgress) > f.a.cfg.MigrationStall && f.m.Phase == api.MigCopying {
+			return fmt.Sprintf("no progress for %s (link down?)", f.a.cfg.MigrationStall)
+		}
+	}
+	if f.m.Cancel && f.m.Phase == api.MigCopying {
+		return "cancelled"
+	}
+	return ""
+}
+
+// tune adjusts QEMU between rounds: the switchover bandwidth from the first
+// pass, a downtime limit that grows round by round up to the operator's,
+// and the switch to post-copy when the plan asks for it.
+func (f *sourceFollower) tune(ctx context.Context, info qemu.MigrationInfo) {
+	a, in := f.a, f.in
+	if info.Status != "active" || info.RAM == nil {
+		return
+	}
+	set := func(params map[string]any, step string) bool {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := in.qmp.SetMigrationParameters(cctx, params); err != nil {
+			return false
+		}
+		in.steps = append(in.steps, a.step(step, time.Now()))
+		return true
+	}
+	if info.RAM.DirtySyncCount <= 1 {
+		f.linkRate = max(f.linkRate, info.RAM.Mbps*1e6/8)
+	}
+	if f.setLink && info.RAM.DirtySyncCount >= 2 && f.linkRate > 0 {
+		f.setLink = false
+		set(map[string]any{"avail-switchover-bandwidth": int64(f.linkRate)},
+			fmt.Sprintf("switchover bandwidth set to the first pass's %.0f MB/s", f.linkRate/1e6))
+	}
+	if info.RAM.DirtySyncCount > f.lastRound {
+		// A new round: the guest did not fit in the downtime limit yet;
+		// allow it more, up to the operator's limit.
+		f.lastRound = info.RAM.DirtySyncCount
+		if next := migrate.NextDowntimeMS(f.downtime, f.m.Options.MaxDowntimeMS); f.lastRound >= 3 && next != f.downtime {
+			if set(map[string]any{"downtime-limit": next}, fmt.Sprintf("round %d: downtime limit raised to %d ms", f.lastRound, next)) {
+				f.downtime = next
+			}
+		}
+	}
+	if f.plan.Postcopy && !f.postcopyStarted && info.RAM.DirtySyncCount >= 2 {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := in.qmp.MigrateStartPostcopy(cctx); err == nil {
+			f.postcopyStarted = true
+			a.log.Info("switched to post-copy", "vm", f.m.VM)
+		}
+		cancel()
+	}
+}
+
+// report writes the migration's progress, at most twice a second.
+func (f *sourceFollower) report(ctx context.Context, info qemu.MigrationInfo) {
+	if time.Since(f.lastWrite) < 500*time.Millisecond {
+		return
+	}
+	f.lastWrite = time.Now()
+	p := progressOf(info, f.m.Progress)
+	id := f.m.ID
+	f.a.st.UpdateMigration(ctx, f.m.VM, func(cur *api.Migration) error {
+		if cur.ID != id || api.MigrationTerminal(cur.Phase) {
+			return errors.New("done")
+		}
+		cur.Progress = p
+		return nil
+	})
 }
 
 func progressOf(info qemu.MigrationInfo, prev api.MigrationProgress) api.MigrationProgress {

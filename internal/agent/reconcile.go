@@ -42,32 +42,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 
 	// A guest that exited: record why, and let go of it.
 	if in != nil && !in.alive() {
-		a.forget(ctx, in)
-		in.mu.Lock()
-		expected := in.expectExit
-		in.mu.Unlock()
-		if !expected && vm != nil && vm.Node == a.cfg.Node {
-			phase, msg := in.exitSummary()
-			a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
-			st := api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
-				Message: msg, LogTail: a.logTail(name), Restarts: in.rec.Restarts}
-			if vm.Spec.HA && phase == api.PhaseFailed && vm.Spec.Power == api.PowerRunning && vm.Spec.StartSeq == in.rec.StartSeq {
-				// Self-healing: restart here a few times, then let the HA
-				// manager move it. A guest that ran a while starts afresh.
-				if time.Since(in.rec.Started) > restartResetAfter {
-					st.Restarts = 0
-				}
-				st.Restarts++
-				if st.Restarts <= ha.MaxLocalRestarts {
-					st.Phase = api.PhasePending
-					st.Message = fmt.Sprintf("%s; restarting it here (%d of %d)", msg, st.Restarts, ha.MaxLocalRestarts)
-				} else {
-					st.Message = fmt.Sprintf("%s; gave up after %d restarts here, the HA manager moves it", msg, ha.MaxLocalRestarts)
-				}
-				a.event(ctx, api.Event{Kind: "guest-exited", VM: name, Node: a.cfg.Node, Message: st.Message})
-			}
-			a.putStatus(ctx, name, st)
-		}
+		a.exited(ctx, in, vm)
 		in = nil
 		if vm != nil {
 			vm.Status, _ = a.currentStatus(ctx, name)
@@ -149,6 +124,39 @@ func (a *Agent) keep(ctx context.Context, in *instance, vm *api.VM) error {
 		a.putStatus(ctx, in.name, a.runningStatus(in))
 	}
 	return nil
+}
+
+// exited lets go of a guest whose QEMU ended and, unless the agent ended it,
+// records why; an HA guest that failed is restarted here a few times before
+// the HA manager moves it (self-healing).
+func (a *Agent) exited(ctx context.Context, in *instance, vm *api.VM) {
+	name := in.name
+	a.forget(ctx, in)
+	in.mu.Lock()
+	expected := in.expectExit
+	in.mu.Unlock()
+	if !expected && vm != nil && vm.Node == a.cfg.Node {
+		phase, msg := in.exitSummary()
+		a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
+		st := api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
+			Message: msg, LogTail: a.logTail(name), Restarts: in.rec.Restarts}
+		if vm.Spec.HA && phase == api.PhaseFailed && vm.Spec.Power == api.PowerRunning && vm.Spec.StartSeq == in.rec.StartSeq {
+			// Self-healing: restart here a few times, then let the HA
+			// manager move it. A guest that ran a while starts afresh.
+			if time.Since(in.rec.Started) > restartResetAfter {
+				st.Restarts = 0
+			}
+			st.Restarts++
+			if st.Restarts <= ha.MaxLocalRestarts {
+				st.Phase = api.PhasePending
+				st.Message = fmt.Sprintf("%s; restarting it here (%d of %d)", msg, st.Restarts, ha.MaxLocalRestarts)
+			} else {
+				st.Message = fmt.Sprintf("%s; gave up after %d restarts here, the HA manager moves it", msg, ha.MaxLocalRestarts)
+			}
+			a.event(ctx, api.Event{Kind: "guest-exited", VM: name, Node: a.cfg.Node, Message: st.Message})
+		}
+		a.putStatus(ctx, name, st)
+	}
 }
 
 func (a *Agent) runningStatus(in *instance) api.VMStatus {

@@ -11,22 +11,24 @@ import (
 	"github.com/ferryvm/ferry/internal/store"
 )
 
-// AliveEvery is how often an agent writes its alive key, and SuspectAfter
-// how long a host may go unseen before the cluster reports it unreachable.
+// AliveEvery is how often an agent writes its alive key with the default
+// timing (Timing.Alive), and SuspectAfter how long a host may then go unseen
+// before the cluster reports it unreachable (three beats: Timing.Suspect).
 // Suspicion is detection only: nothing restarts before the host's lease has
-// expired (see Manager), because only the lease bounds when the host's own
+// expired (see Restarts), because only the lease bounds when the host's own
 // fencing has acted.
 const (
 	AliveEvery   = 500 * time.Millisecond
-	SuspectAfter = 1500 * time.Millisecond
+	SuspectAfter = 3 * AliveEvery
 )
 
 // Liveness watches the alive keys and, while this host leads, reports hosts
 // that stopped writing them (event host-unreachable) and hosts that are back.
 type Liveness struct {
-	st     *store.Store
-	log    *slog.Logger
-	leader func() bool
+	st      *store.Store
+	log     *slog.Logger
+	leader  func() bool
+	suspect time.Duration
 
 	mu        sync.Mutex
 	lastSeen  map[string]time.Time // by this process's clock: no cross-host clock compare
@@ -35,11 +37,11 @@ type Liveness struct {
 }
 
 // NewLiveness returns a watcher; leader reports whether this host leads now.
-func NewLiveness(st *store.Store, leader func() bool, log *slog.Logger) *Liveness {
+func NewLiveness(st *store.Store, t Timing, leader func() bool, log *slog.Logger) *Liveness {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Liveness{st: st, leader: leader, log: log.With("component", "liveness"),
+	return &Liveness{st: st, leader: leader, suspect: t.Suspect(), log: log.With("component", "liveness"),
 		lastSeen: map[string]time.Time{}, lastRev: map[string]int64{}, suspected: map[string]bool{}}
 }
 
@@ -121,11 +123,11 @@ func (l *Liveness) check(ctx context.Context) {
 		for h, seen := range l.lastSeen {
 			quiet := now.Sub(seen)
 			switch {
-			case quiet > SuspectAfter && !l.suspected[h]:
+			case quiet > l.suspect && !l.suspected[h]:
 				l.suspected[h] = true
 				evs = append(evs, api.Event{Time: now.UTC(), Kind: "host-unreachable", Node: h,
 					Message: fmt.Sprintf("host %s: not heard from for %s; its guests restart elsewhere once its lease has expired", h, quiet.Round(time.Millisecond))})
-			case quiet <= SuspectAfter && l.suspected[h]:
+			case quiet <= l.suspect && l.suspected[h]:
 				delete(l.suspected, h)
 				evs = append(evs, api.Event{Time: now.UTC(), Kind: "host-reachable", Node: h, Message: fmt.Sprintf("host %s is heard from again", h)})
 			}
@@ -141,6 +143,6 @@ func (l *Liveness) check(ctx context.Context) {
 }
 
 // PutAlive is the agent's side: it rewrites its beat, bound to its lease.
-func PutAlive(ctx context.Context, st *store.Store, node string, lease store.LeaseID) error {
-	return st.PutAlive(ctx, node, lease, AliveEvery)
+func PutAlive(ctx context.Context, st *store.Store, t Timing, node string, lease store.LeaseID) error {
+	return st.PutAlive(ctx, node, lease, t.AliveEvery())
 }

@@ -37,74 +37,6 @@ const (
 	UserCAKey  = "user-ca.key"
 )
 
-// Role names carried in client certificates (their Organization).
-const (
-	RoleAdmin    = "admin"
-	RoleOperator = "operator"
-	RoleViewer   = "viewer"
-	// RoleNode is a host of the cluster: for the API it is a viewer.
-	RoleNode = "ferry-node"
-)
-
-// Role is what an API client may do; each role may do all a lesser one may.
-type Role int
-
-// Roles, least first.
-const (
-	NoRole Role = iota
-	Viewer
-	Operator
-	Admin
-)
-
-func (r Role) String() string {
-	switch r {
-	case Viewer:
-		return RoleViewer
-	case Operator:
-		return RoleOperator
-	case Admin:
-		return RoleAdmin
-	}
-	return "none"
-}
-
-// AtLeast reports whether r may do what need may.
-func (r Role) AtLeast(need Role) bool { return r >= need }
-
-// ParseRole turns a role name given by a person into a Role.
-func ParseRole(s string) (Role, error) {
-	switch s {
-	case RoleAdmin:
-		return Admin, nil
-	case RoleOperator:
-		return Operator, nil
-	case RoleViewer:
-		return Viewer, nil
-	}
-	return NoRole, fmt.Errorf("role must be admin, operator or viewer, not %q", s)
-}
-
-// RoleOf is the API role of a verified client certificate: for one from
-// the user CA (fromUserCA) the highest role its Organization names; for one
-// from the cluster CA, viewer if it is a host's, else none (the cluster CA
-// certifies hosts only).
-func RoleOf(c *x509.Certificate, fromUserCA bool) (Role, bool) {
-	best := NoRole
-	for _, o := range c.Subject.Organization {
-		if !fromUserCA {
-			if o == RoleNode {
-				best = Viewer
-			}
-			continue
-		}
-		if r, err := ParseRole(o); err == nil && r > best {
-			best = r
-		}
-	}
-	return best, best != NoRole
-}
-
 // CA is a certificate authority held in memory.
 type CA struct {
 	Cert *x509.Certificate
@@ -354,125 +286,9 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), 0o600)
 }
 
-// Files of the migration PKI. Its CA is separate from the cluster CA: a
-// cluster certificate never authenticates a migration stream, and a
-// migration certificate never calls the API.
-const (
-	MigrationCACert = "migration-ca.crt"
-	MigrationCAKey  = "migration-ca.key"
-	// MigrationDir (inside a PKI directory) holds this host's migration
-	// credentials in the layout QEMU's tls-creds-x509 reads.
-	MigrationDir = "migration"
-	// MigrationOrg is the Organization of every migration certificate.
-	MigrationOrg = "ferry-migration"
-)
-
 // EnsureUserCA loads the user CA from dir, creating it if there is none.
 func EnsureUserCA(dir string) (*CA, error) {
 	return ensureCA(dir, UserCACert, UserCAKey, "ferry user CA")
-}
-
-// EnsureMigrationCA loads the migration CA from dir, creating it if there is none.
-func EnsureMigrationCA(dir string) (*CA, error) {
-	return ensureCA(dir, MigrationCACert, MigrationCAKey, "ferry migration CA")
-}
-
-// MigrationDN is the distinguished name QEMU (GnuTLS) reports for node's
-// migration certificate: what a target's authorization rule matches.
-func MigrationDN(node string) string { return "O=" + MigrationOrg + ",CN=" + node }
-
-// IssueMigration writes node's migration credentials into
-// dir/MigrationDir for QEMU: one certificate, usable as TLS server (the
-// target, named by node and hosts) and as client (the source), with the
-// migration CA beside it.
-func (ca *CA) IssueMigration(dir, node string, hosts []string, validity time.Duration) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := migrationTemplate(node, hosts, validity)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
-	if err != nil {
-		return err
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	return WriteMigrationCreds(dir, pemCert(der), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), ca.PEM)
-}
-
-// EnsureMigration issues node's migration credentials unless valid ones for
-// at least another 30 days exist.
-func (ca *CA) EnsureMigration(dir, node string, hosts []string) error {
-	md := filepath.Join(dir, MigrationDir)
-	if c, err := tls.LoadX509KeyPair(filepath.Join(md, "server-cert.pem"), filepath.Join(md, "server-key.pem")); err == nil {
-		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil && time.Until(leaf.NotAfter) > 30*24*time.Hour &&
-			sameHosts(leaf, hosts) && leaf.CheckSignatureFrom(ca.Cert) == nil {
-			return writeDHParams(md) // credentials made before the file existed
-		}
-	}
-	return ca.IssueMigration(dir, node, hosts, 365*24*time.Hour)
-}
-
-// CRLFile is the cluster CA's revocation list (DER, as etcd wants it)
-// inside a PKI directory; etcd reads it on every new connection.
-const CRLFile = "crl.der"
-
-// Reasons for a revocation, as X.509 revocation lists carry them (RFC 5280).
-const (
-	// ReasonSuperseded: the certificate was replaced by a renewal; its
-	// holder is still trusted, with the new one.
-	ReasonSuperseded = 4
-	// ReasonCessationOfOperation: the holder left (a host removed, a user
-	// removed) and is no longer trusted at all.
-	ReasonCessationOfOperation = 5
-)
-
-// RevokedCert is one entry of a revocation list.
-type RevokedCert struct {
-	Serial *big.Int
-	Reason int // a Reason constant; 0: unspecified (treated as distrust)
-}
-
-// CRL is a revocation list (DER) of serials signed by ca, without reasons.
-func (ca *CA) CRL(serials []*big.Int) ([]byte, error) {
-	var entries []RevokedCert
-	for _, s := range serials {
-		entries = append(entries, RevokedCert{Serial: s})
-	}
-	return ca.CRLWithReasons(entries)
-}
-
-// CRLWithReasons is a revocation list (DER) signed by ca whose entries
-// carry their reasons.
-func (ca *CA) CRLWithReasons(revoked []RevokedCert) ([]byte, error) {
-	if ca.Key == nil {
-		return nil, errors.New("pki: this host holds no CA key and cannot sign a revocation list")
-	}
-	now := time.Now()
-	var entries []x509.RevocationListEntry
-	for _, r := range revoked {
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: r.Serial, RevocationTime: now, ReasonCode: r.Reason})
-	}
-	return x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number:                    big.NewInt(now.UnixNano()),
-		ThisUpdate:                now.Add(-time.Minute),
-		NextUpdate:                now.AddDate(1, 0, 0),
-		RevokedCertificateEntries: entries,
-	}, ca.Cert, ca.Key)
-}
-
-// CRLPEM is a DER revocation list in PEM, as QEMU reads it (ca-crl.pem).
-func CRLPEM(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}) }
-
-// WriteCRL writes a revocation list of serials signed by ca to path (DER).
-func (ca *CA) WriteCRL(path string, serials []*big.Int) error {
-	der, err := ca.CRL(serials)
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(path, der)
 }
 
 // WriteFileAtomic replaces path with data so that a reader never sees half
@@ -586,24 +402,6 @@ func LoadCACert(path string) (*CA, error) {
 	return &CA{Cert: c, PEM: b}, nil
 }
 
-// SignMigrationCSR issues a migration certificate (pki.IssueMigration's
-// shape) for a joining host's key.
-func (ca *CA) SignMigrationCSR(csrPEM []byte, node string, hosts []string, validity time.Duration) ([]byte, error) {
-	if ca.Key == nil {
-		return nil, errors.New("pki: this host holds no migration CA key")
-	}
-	csr, err := parseCSR(csrPEM)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := migrationTemplate(node, hosts, validity)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
-	if err != nil {
-		return nil, err
-	}
-	return pemCert(der), nil
-}
-
 func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	if len(csrPEM) > MaxCSRBytes {
 		return nil, errors.New("pki: certificate request too large")
@@ -625,27 +423,6 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-// WriteMigrationCreds writes a migration certificate and its key in QEMU's
-// layout into dir/MigrationDir, with the migration CA.
-func WriteMigrationCreds(dir string, certPEM, keyPEM, caPEM []byte) error {
-	md := filepath.Join(dir, MigrationDir)
-	if err := os.MkdirAll(md, 0o700); err != nil {
-		return err
-	}
-	for _, side := range []string{"server", "client"} {
-		if err := os.WriteFile(filepath.Join(md, side+"-key.pem"), keyPEM, 0o600); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(md, side+"-cert.pem"), certPEM, 0o644); err != nil {
-			return err
-		}
-	}
-	if err := writeDHParams(md); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(md, "ca-cert.pem"), caPEM, 0o644)
-}
-
 // ffdhe2048 is the finite-field group of RFC 7919 (as `openssl genpkey
 // -genparam -algorithm DH -pkeyopt group:ffdhe2048` prints it).
 const ffdhe2048 = `-----BEGIN DH PARAMETERS-----
@@ -657,37 +434,6 @@ YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
 ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 `
-
-// writeDHParams gives QEMU's server credentials fixed Diffie-Hellman
-// parameters. Without dh-params.pem QEMU generates 2048-bit parameters each
-// time a migration target adds its tls-creds-x509 object: about 200 ms of
-// CPU on every incoming migration (measured with QEMU 7.2, GnuTLS 3.7).
-// TLS 1.3, which the migration stream uses, negotiates its groups itself;
-// the standard group only serves a TLS 1.2 peer.
-func writeDHParams(md string) error {
-	return os.WriteFile(filepath.Join(md, "dh-params.pem"), []byte(ffdhe2048), 0o644)
-}
-
-func migrationTemplate(node string, hosts []string, validity time.Duration) *x509.Certificate {
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: node, Organization: []string{MigrationOrg}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(validity),
-		// GnuTLS, for QEMU, wants key encipherment on a server certificate.
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:    []string{node},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else if h != node {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	return tmpl
-}
 
 // leafTemplate is a cluster CA leaf: a client certificate whose
 // Organization is its role, and a server certificate too when it names

@@ -158,7 +158,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, err
 	}
 	say(fmt.Sprintf("starting %d hosts", cfg.Hosts))
-	if err := startHosts(ctx, c, st, names); err != nil {
+	if err := startHosts(ctx, c, st, names, say); err != nil {
 		return res, err
 	}
 	for _, gs := range guests {

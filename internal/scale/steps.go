@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,9 +55,13 @@ func parallel(n, width int, f func(i int) error) error {
 }
 
 // startHosts starts every host's agent and waits until all registered.
-func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, names []string) error {
+func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, names []string, say func(string)) error {
+	var started atomic.Int64
 	if err := parallel(len(names), 8, func(i int) error {
 		_, err := c.Start(ctx, names[i])
+		if n := started.Add(1); n%100 == 0 {
+			say(fmt.Sprintf("%d hosts started", n))
+		}
 		return err
 	}); err != nil {
 		return err
