@@ -158,7 +158,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, err
 	}
 	say(fmt.Sprintf("starting %d hosts", cfg.Hosts))
-	if err := startHosts(ctx, c, st, names, say); err != nil {
+	// The victim first: a host that is not up yet when the leader looks
+	// counts as lost, and its HA guests would start elsewhere before the
+	// run kills it.
+	order := append([]string{victim}, names[:len(names)-1]...)
+	if err := startHosts(ctx, c, st, order, say); err != nil {
 		return res, err
 	}
 	for _, gs := range guests {
@@ -182,7 +186,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	say("killing " + victim)
-	if res.Death, err = killHost(ctx, c, st, victim, guests[victim]); err != nil {
+	onVictim, err := placedOn(ctx, st, victim, guests[victim])
+	if err != nil {
+		return res, err
+	}
+	if len(onVictim) != len(guests[victim]) {
+		return res, fmt.Errorf("only %d of %s's %d HA guests are still placed there before it dies", len(onVictim), victim, len(guests[victim]))
+	}
+	if res.Death, err = killHost(ctx, c, st, victim, onVictim); err != nil {
 		return res, err
 	}
 	stats, err := st.Stats(ctx)

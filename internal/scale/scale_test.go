@@ -2,6 +2,7 @@ package scale
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ func TestRestartsIssuedAt50Hosts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Config{Hosts: 50, GuestsPerHost: 5, VictimGuests: 50, Candidates: 3,
-		Endpoints: storetest.Etcd(t), Etcd: "embedded (in the test)", Dir: t.TempDir(), Samples: 10, Idle: 2 * time.Second,
+		Endpoints: storetest.Etcd(t), Etcd: "embedded (in the test)", Dir: dirForTest(t), Samples: 10, Idle: 2 * time.Second,
 		Progress: func(s string) { t.Log(s) }})
 	if err != nil {
 		t.Fatal(err)
@@ -37,4 +38,11 @@ func TestRestartsIssuedAt50Hosts(t *testing.T) {
 	if d := res.Death; d.RestartsIssuedMS > 2000 {
 		t.Fatalf("the last of %d restarts was issued %.0f ms after the dead host's lease expired; the bound is 2000 ms", d.Guests, d.RestartsIssuedMS)
 	}
+}
+
+func dirForTest(t *testing.T) string {
+	if d := os.Getenv("FERRY_SCALE_DIR"); d != "" {
+		return d
+	}
+	return t.TempDir()
 }

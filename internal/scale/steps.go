@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -233,7 +234,6 @@ func killHost(ctx context.Context, c *simcluster.Cluster, st *store.Store, victi
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	wc := st.Watch(wctx, s.Revision+1, store.KindNode, store.KindPlacement)
 	mine := map[string]bool{}
 	for _, g := range guests {
 		mine[g.name] = true
@@ -242,13 +242,9 @@ func killHost(ctx context.Context, c *simcluster.Cluster, st *store.Store, victi
 	c.Host(victim).Kill()
 	var expired, issued time.Time
 	moved := map[string]bool{}
-	for issued.IsZero() {
-		ch, ok := <-wc
-		if !ok {
-			return d, fmt.Errorf("lease expired: %v; %d of %d restarts issued before the watch ended", !expired.IsZero(), len(moved), len(guests))
-		}
+	see := func(ch store.Change) {
 		switch {
-		case ch.Kind == store.KindNode && ch.Name == victim && ch.Deleted:
+		case ch.Kind == store.KindNode && ch.Name == victim && ch.Deleted && expired.IsZero():
 			expired = time.Now()
 		case ch.Kind == store.KindPlacement && mine[ch.Name] && !ch.Deleted && string(ch.Value) != victim:
 			moved[ch.Name] = true
@@ -256,6 +252,39 @@ func killHost(ctx context.Context, c *simcluster.Cluster, st *store.Store, victi
 				issued = time.Now()
 			}
 		}
+	}
+	rev := s.Revision
+	for issued.IsZero() {
+		// A watch ends when its etcd member loses its leader (busy
+		// 3-member clusters do): read what changed meanwhile, watch on.
+		for ch := range st.Watch(wctx, rev+1, store.KindNode, store.KindPlacement) {
+			see(ch)
+			rev = ch.Rev
+			if !issued.IsZero() {
+				break
+			}
+		}
+		if !issued.IsZero() {
+			break
+		}
+		if wctx.Err() != nil {
+			return d, fmt.Errorf("lease expired: %v; %d of %d restarts issued in 2 minutes", !expired.IsZero(), len(moved), len(guests))
+		}
+		placed, prev, err := st.Placements(wctx)
+		if err != nil {
+			continue
+		}
+		nodes, err := st.ListNodes(wctx)
+		if err != nil {
+			continue
+		}
+		if !slices.ContainsFunc(nodes, func(n api.Node) bool { return n.Name == victim }) {
+			see(store.Change{Kind: store.KindNode, Name: victim, Deleted: true})
+		}
+		for name, node := range placed {
+			see(store.Change{Kind: store.KindPlacement, Name: name, Value: []byte(node)})
+		}
+		rev = prev
 	}
 	if expired.IsZero() {
 		return d, fmt.Errorf("the guests were placed elsewhere before %s's lease expired", victim)
@@ -312,4 +341,19 @@ func pidsCPU(pids []int) time.Duration {
 		total += time.Duration(u+s) * 10 * time.Millisecond
 	}
 	return total
+}
+
+// placedOn is those of the guests that are placed on host now.
+func placedOn(ctx context.Context, st *store.Store, host string, guests []guest) ([]guest, error) {
+	placed, _, err := st.Placements(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []guest
+	for _, g := range guests {
+		if placed[g.name] == host {
+			out = append(out, g)
+		}
+	}
+	return out, nil
 }
