@@ -81,6 +81,19 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.changed = cmd.Flags().Changed
+			if f := cmd.Flags(); f.Changed("lease-ttl") {
+				// The rest of the fencing timing follows the lease
+				// (ha.TimingFor) unless set by hand.
+				t := ha.TimingFor(o.haTiming.LeaseTTL)
+				for name, v := range map[string]*time.Duration{"lease-renew": &o.haTiming.Renew,
+					"self-fence-after": &o.haTiming.FenceAfter, "watchdog-after": &o.haTiming.WatchdogAfter, "ha-margin": &o.haTiming.Margin} {
+					if !f.Changed(name) {
+						*v = map[string]time.Duration{"lease-renew": t.Renew, "self-fence-after": t.FenceAfter,
+							"watchdog-after": t.WatchdogAfter, "ha-margin": t.Margin}[name]
+					}
+				}
+				o.haTiming.RenewTimeout, o.haTiming.Alive = t.RenewTimeout, t.Alive
+			}
 			return runAgent(cmd.Context(), g, o)
 		},
 	}
@@ -114,7 +127,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.haTiming = ha.DefaultTiming()
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
-	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); see docs/HA.md for the timing it must satisfy")
+	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
 	f.DurationVar(&o.haTiming.FenceAfter, "self-fence-after", o.haTiming.FenceAfter, "kill HA guests after this long without a lease renewal")
 	f.DurationVar(&o.haTiming.WatchdogAfter, "watchdog-after", o.haTiming.WatchdogAfter, "the watchdog kills HA guests after this long without a renewal if the agent does not")

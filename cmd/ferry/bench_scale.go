@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// Long on purpose: a declarative list, one entry per option, read top to bottom.
 func benchScaleCmd() *cobra.Command {
 	var (
 		hosts, etcds        string

@@ -24,6 +24,7 @@ import (
 // new certificates for new keys, the same identity, the old ones revoked,
 // and the API server itself serving a replaced certificate without a
 // restart.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestRenewCertificates(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.EnsureCA(dir, "test CA")

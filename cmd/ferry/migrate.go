@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// Long on purpose: a declarative list, one entry per option, read top to bottom.
 func vmMigrateCmd(g *globals) *cobra.Command {
 	var req api.MigrateRequest
 	var cancelIt, noWait bool

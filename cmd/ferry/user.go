@@ -26,6 +26,7 @@ func certState(issued, expires, now time.Time) string {
 	return fmt.Sprintf("%dd left", days)
 }
 
+// Long on purpose: a declarative list, one entry per option, read top to bottom.
 func userCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "user", Short: "People and tools that call the API, each with a role (admin, operator, viewer)"}
 	var role, out string

@@ -98,6 +98,7 @@ func (e *env) migStatus(vm *api.VM, host, status string) *simqemu.Proc {
 // outcomes — the ones the e2e fault suite shows against real QEMU — and
 // checks that each ends with the record's phase right and exactly one
 // running copy of the guest where the phase says (none if its QEMU died).
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestMigrationBranches(t *testing.T) {
 	busy := func(e *env, vm *api.VM) {
 		e.c.World.SetBandwidth(256 << 20) // a whole pass takes 1 s: longer than the downtime limit

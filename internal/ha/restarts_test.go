@@ -15,6 +15,7 @@ import (
 // manager against a real etcd: host h2 has died (no node key), and its
 // guests are moved only after the margin, by priority, never next to a
 // member of their anti-affinity group, and a guest that fits nowhere waits.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	st := storetest.New(t)
 	ctx := context.Background()

@@ -112,6 +112,7 @@ func (c *Config) Validate() error {
 
 // Args returns the QEMU command line (without the binary) for c. QEMU is
 // asked to daemonize once initialised and to write its pid to PidFile.
+// (Long on purpose: a declarative list, one entry per option, read top to bottom.)
 func (c *Config) Args() []string {
 	a := []string{
 		"-name", "guest=" + c.Name + ",debug-threads=on",

@@ -145,35 +145,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	res := &Result{LeaseTTLS: ha.TimingFor(cfg.LeaseTTL).LeaseTTL.Seconds(), Candidates: cfg.Candidates, Hosts: cfg.Hosts, GuestsPerHost: cfg.GuestsPerHost, Etcd: cfg.Etcd, CPUs: runtime.NumCPU(), API: map[string]Latency{}}
-	heap0 := heapInUse()
-	start := time.Now()
 	names := hostNames(cfg.Hosts)
 	victim := names[len(names)-1]
-	// The guests are recorded first, placed on their hosts (the leader's
-	// scheduler would otherwise spread them its own way), and the hosts
-	// then come up and start them: a whole cluster's start.
-	say("creating guests")
-	guests, err := populate(ctx, st, names, victim, cfg.GuestsPerHost, cfg.VictimGuests)
+	guests, err := startCluster(ctx, c, st, cfg, res, names, say)
 	if err != nil {
 		return res, err
 	}
-	say(fmt.Sprintf("starting %d hosts", cfg.Hosts))
-	// The victim first: a host that is not up yet when the leader looks
-	// counts as lost, and its HA guests would start elsewhere before the
-	// run kills it.
-	order := append([]string{victim}, names[:len(names)-1]...)
-	if err := startHosts(ctx, c, st, order, say); err != nil {
-		return res, err
-	}
-	for _, gs := range guests {
-		res.VMs += len(gs)
-	}
-	if err := waitRunning(ctx, c, res.VMs, 10*time.Minute); err != nil {
-		return res, err
-	}
-	res.StartupS = time.Since(start).Seconds()
-	res.AgentHeapKiB = float64(heapInUse()-heap0) / 1024 / float64(cfg.Hosts)
-
 	say(fmt.Sprintf("%d guests run; idle for %s", res.VMs, cfg.Idle))
 	time.Sleep(5 * time.Second) // let the start-up writes settle
 	if err := measureIdle(ctx, st, cfg, res, &rs); err != nil {
@@ -202,6 +179,40 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.DBSizeBytes, res.DBInUseBytes = stats.DBSize, stats.DBSizeInUse
 	return res, nil
+}
+
+// startCluster records the guests, starts the hosts and waits until every
+// guest runs; it fills in the start-up time, the guest count and the heap
+// per agent.
+func startCluster(ctx context.Context, c *simcluster.Cluster, st *store.Store, cfg Config, res *Result, names []string, say func(string)) (map[string][]guest, error) {
+	heap0 := heapInUse()
+	start := time.Now()
+	victim := names[len(names)-1]
+	// The guests are recorded first, placed on their hosts (the leader's
+	// scheduler would otherwise spread them its own way), and the hosts
+	// then come up and start them: a whole cluster's start.
+	say("creating guests")
+	guests, err := populate(ctx, st, names, victim, cfg.GuestsPerHost, cfg.VictimGuests)
+	if err != nil {
+		return guests, err
+	}
+	say(fmt.Sprintf("starting %d hosts", cfg.Hosts))
+	// The victim first: a host that is not up yet when the leader looks
+	// counts as lost, and its HA guests would start elsewhere before the
+	// run kills it.
+	order := append([]string{victim}, names[:len(names)-1]...)
+	if err := startHosts(ctx, c, st, order, say); err != nil {
+		return guests, err
+	}
+	for _, gs := range guests {
+		res.VMs += len(gs)
+	}
+	if err := waitRunning(ctx, c, res.VMs, 10*time.Minute); err != nil {
+		return guests, err
+	}
+	res.StartupS = time.Since(start).Seconds()
+	res.AgentHeapKiB = float64(heapInUse()-heap0) / 1024 / float64(cfg.Hosts)
+	return guests, nil
 }
 
 func hostNames(n int) []string {

@@ -24,6 +24,7 @@ import (
 // An embedded etcd with TLS admits clients with a certificate of its CA,
 // and refuses plaintext, no certificate, another CA, and a revoked one —
 // also on a connection made before the revocation, and its open watch.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestEmbeddedTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.EnsureCA(dir, "test CA")

@@ -62,6 +62,7 @@ func fakeQEMU(t *testing.T, path string) (got chan [32]byte) {
 	return got
 }
 
+// Long on purpose: a scenario or table read top to bottom; split, its story would scatter.
 func TestTunnel(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	caDir := t.TempDir()

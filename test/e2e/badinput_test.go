@@ -19,6 +19,7 @@ import (
 
 // Bad input against the real API: each request gets the right status and a
 // machine-readable code, and leaves the store exactly as it was.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestBadInput(t *testing.T) {
 	d := newDev(t)
 	cl := d.Client

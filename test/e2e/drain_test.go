@@ -12,6 +12,7 @@ import (
 // Draining a host live-migrates all its guests away, never more than the
 // per-host limit at once, and every guest ends up running (once) elsewhere
 // without rebooting.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestDrainMovesEveryGuest(t *testing.T) {
 	b, cl := newBed(t, 3)
 	ctx := ctxT(t, 10*time.Minute)

@@ -24,6 +24,7 @@ import (
 // serves the API) and audits each: no guest ever runs twice, every HA guest
 // runs again (on a surviving host when its own is gone), no acknowledged
 // write is lost, and the records agree with the processes.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestHAFaults(t *testing.T) {
 	b, cl0 := newBed(t, 5)
 	ctx := ctxT(t, 20*time.Minute)

@@ -17,6 +17,7 @@ import (
 
 // create -> running -> answers HTTP -> durable disk writes -> stop -> start
 // (the writes are still there) -> restart -> delete, with nothing left behind.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestVMLifecycle(t *testing.T) {
 	d := newDev(t)
 	cl := d.Client

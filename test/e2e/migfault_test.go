@@ -23,6 +23,7 @@ import (
 // afterwards that the guest runs on exactly one host — or on none, marked
 // failed, where its only copy died — that it did not reboot, and that the
 // API says what happened.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestMigrationFaults(t *testing.T) {
 	b, cl := newBed(t, 3)
 	ctx := ctxT(t, 15*time.Minute)

@@ -10,6 +10,7 @@ import (
 	"github.com/ferryvm/ferry/internal/testbed"
 )
 
+// Long on purpose: a scenario or table read top to bottom; split, its story would scatter.
 func TestMigrationKeepsConnection(t *testing.T) {
 	b, cl := newBed(t, 3)
 	if _, err := cl.CreateVM(ctxT(t, 10*time.Second), api.VMCreateRequest{Name: "mig"}); err != nil {

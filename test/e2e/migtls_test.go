@@ -21,6 +21,7 @@ import (
 // migration), from a certificate named h1 but made by another CA, and in
 // plaintext. Each must be refused with the target still waiting; then h1's
 // stream must be accepted.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestMigrationTLSAuthorization(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)

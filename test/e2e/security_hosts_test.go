@@ -36,6 +36,7 @@ import (
 // checkRemovedHost drains and removes the one host that is not an etcd
 // member, and shows its identity refused by the API, by etcd and in the
 // migration revocation list every host holds.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func checkRemovedHost(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	ctx := ctxT(t, 3*time.Minute)
 	hi := len(b.Hosts) - 1
@@ -280,6 +281,7 @@ func checkJoin(t *testing.T, b *testbed.Bed, admin *client.Client) {
 // guest runs on it (its agent told to renew every second), and shows the
 // guest untouched, the host's API serving the new certificate without a
 // restart, and the replaced certificate refused.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func checkRenewal(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	ctx := ctxT(t, 3*time.Minute)
 	hi := len(b.Hosts) - 1

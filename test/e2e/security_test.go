@@ -95,6 +95,7 @@ func TestSecurity(t *testing.T) {
 // obeys, opens neither etcd's client port nor its peer port: users come
 // from the user CA, etcd trusts only the cluster CA of hosts. (Were it
 // otherwise, any user could write the cluster's state past its role.)
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func checkUserNotEtcd(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	ctx := ctxT(t, time.Minute)
 	key, csr, err := pki.NewKeyAndCSR("eve")
@@ -292,6 +293,7 @@ func clientFor(t *testing.T, b *testbed.Bed, certPEM, keyPEM, caPEM []byte) *cli
 }
 
 // checkRoles shows what each role may and may not do.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func checkRoles(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	ctx := ctxT(t, 3*time.Minute)
 	viewer := userClient(t, b, admin, "vera", pki.RoleViewer)

@@ -20,6 +20,7 @@ import (
 // with its memory intact: a buffer filled before the first move keeps its
 // checksum, and every page the guest wrote during the moves holds its last
 // write. (QEMU 7.2 under TCG lost such pages; docs/KNOWN-ISSUES.md.)
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestMigrationStrategies(t *testing.T) {
 	b, cl := newBed(t, 2)
 	ctx := ctxT(t, 10*time.Minute)

@@ -41,6 +41,7 @@ func oldQEMU(t *testing.T) string {
 // memory), and a drain says which guests it cannot move; the upgrade path
 // for them — stop, let the drain re-place, start — boots the guest on the
 // new QEMU with its old machine type.
+// (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestMixedQEMUVersions(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
