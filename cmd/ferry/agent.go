@@ -85,13 +85,15 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 				// The rest of the fencing timing follows the lease
 				// (ha.TimingFor) unless set by hand.
 				t := ha.TimingFor(o.haTiming.LeaseTTL)
-				for name, v := range map[string]*time.Duration{"lease-renew": &o.haTiming.Renew,
-					"self-fence-after": &o.haTiming.FenceAfter, "watchdog-after": &o.haTiming.WatchdogAfter, "ha-margin": &o.haTiming.Margin} {
-					if !f.Changed(name) {
-						*v = map[string]time.Duration{"lease-renew": t.Renew, "self-fence-after": t.FenceAfter,
-							"watchdog-after": t.WatchdogAfter, "ha-margin": t.Margin}[name]
+				scaled := func(flag string, v *time.Duration, to time.Duration) {
+					if !f.Changed(flag) {
+						*v = to
 					}
 				}
+				scaled("lease-renew", &o.haTiming.Renew, t.Renew)
+				scaled("self-fence-after", &o.haTiming.FenceAfter, t.FenceAfter)
+				scaled("watchdog-after", &o.haTiming.WatchdogAfter, t.WatchdogAfter)
+				scaled("ha-margin", &o.haTiming.Margin, t.Margin)
 				o.haTiming.RenewTimeout, o.haTiming.Alive = t.RenewTimeout, t.Alive
 			}
 			return runAgent(cmd.Context(), g, o)
