@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -10,7 +11,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/simqemu"
-	"github.com/ferryvm/ferry/internal/store"
+	"github.com/ferryvm/ferry/internal/store/storetest"
 	"github.com/ferryvm/ferry/internal/wait"
 )
 
@@ -140,14 +141,8 @@ func TestHAGuestNeedsWatchdog(t *testing.T) {
 	plain := e.create("web", "h1", false)
 	e.oneCopy(plain, "h1")
 	ctx := context.Background()
-	spec := &api.VMSpec{Name: "db", UUID: "00000000-0000-4000-8000-00000000d0b0", MemoryMiB: 256, CPUs: 1, DiskMiB: 64,
-		Image: api.ImageTiny, Power: api.PowerRunning, StartSeq: 1, HA: true}
-	if err := e.st.CreateVM(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.st.Place(ctx, "db", "h1", store.Guard{}); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Placed(t, e.st, api.VMSpec{Name: "db", UUID: "00000000-0000-4000-8000-00000000d0b0", MemoryMiB: 256, CPUs: 1, DiskMiB: 64,
+		Image: api.ImageTiny, Power: api.PowerRunning, StartSeq: 1, HA: true}, "h1")
 	wait.For(t, 10*time.Second, "the agent to refuse the HA guest", func() (bool, error) {
 		vm, err := e.st.GetVM(ctx, "db")
 		if err != nil {
@@ -191,8 +186,12 @@ func TestHARestartElsewhereOnce(t *testing.T) {
 	if got.Node != p.Host {
 		t.Fatalf("db is placed on %s, runs on %s", got.Node, p.Host)
 	}
-	// Long enough for h1's agent to have reconciled the guest it lost.
-	time.Sleep(2 * time.Second)
+	// h1's agent has looked at the guest it lost once it let go of it:
+	// the guest has left h1's range.
+	wait.For(t, 10*time.Second, "h1's agent to let go of db", func() (bool, error) {
+		vms, _, err := e.st.HostVMs(context.Background(), "h1")
+		return err == nil && !slices.Contains(vms, "db"), err
+	})
 	if ps := e.procs(haVM); len(ps) != 1 || ps[0] != p {
 		t.Fatalf("after h1 came back, %d copies of the HA guest", len(ps))
 	}
@@ -214,7 +213,9 @@ func TestHostDeathRestartsHAGuests(t *testing.T) {
 		ps := e.procs(haVM)
 		return len(ps) == 1 && ps[0].Host != "h1" && ps[0].Running()
 	}))
-	time.Sleep(time.Second)
+	// The round that restarted db passed over web: by the time db's
+	// restart is recorded, web's fate was decided.
+	wait.For(t, 5*time.Second, "db's restart to be recorded", wait.True(func() bool { return len(e.events("ha-restart")) >= 1 }))
 	if n := len(e.procs(plain)); n != 0 {
 		t.Fatalf("the guest without HA was restarted (%d copies)", n)
 	}

@@ -178,15 +178,8 @@ func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 		restarts = vm.Status.Restarts
 	}
 	if !a.leaseValid() {
-		// Not now, but once the lease is renewed: a guest fenced in an
-		// outage too short to cost the lease is restarted by no one
-		// else. The worker tries again; the status says why it waits.
-		why := fmt.Sprintf("waiting for this host's lease (last renewed %s ago) to start", a.lk.SinceOK().Round(100*time.Millisecond))
-		if vm.Status.Phase != api.PhasePending || !strings.HasPrefix(vm.Status.Message, "waiting for this host's lease") {
-			a.putStatus(ctx, name, api.VMStatus{Phase: api.PhasePending, Node: a.cfg.Node, StartSeq: spec.StartSeq,
-				Message: why, Restarts: restarts})
-		}
-		return errdefs.New(errdefs.ErrUnavailable, why)
+		// Not even a QEMU before the lease is fresh again.
+		return a.deferStart(ctx, vm, restarts, errStaleLease)
 	}
 	a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseStarting, Node: a.cfg.Node, StartSeq: spec.StartSeq})
 	err := a.launch(ctx, spec, restarts)
@@ -195,19 +188,32 @@ func (a *Agent) start(ctx context.Context, vm *api.VM) error {
 			return ctx.Err()
 		}
 		if errors.Is(err, errdefs.ErrUnavailable) {
-			// This host may not run guests just now (a renewal came
-			// late, the watchdog could not be armed): that passes. The
-			// worker tries again; a failed status would end the start.
-			a.log.Warn("start deferred", "vm", name, "why", err)
-			a.putStatus(ctx, name, api.VMStatus{Phase: api.PhasePending, Node: a.cfg.Node, StartSeq: spec.StartSeq,
-				Message: "waiting: " + firstLine(err.Error()), Restarts: restarts})
-			return err
+			return a.deferStart(ctx, vm, restarts, err)
 		}
 		a.log.Error("start failed", "vm", name, "err", err)
 		a.putStatus(ctx, name, api.VMStatus{Phase: api.PhaseFailed, Node: a.cfg.Node, StartSeq: spec.StartSeq,
 			Message: firstLine(err.Error()), LogTail: a.logTail(name)})
 	}
 	return nil
+}
+
+// errStaleLease refuses a start before the host's lease is fresh again.
+var errStaleLease = errdefs.New(errdefs.ErrUnavailable, "this host's lease is not fresh; not starting guests until it is renewed")
+
+// deferStart puts off a start this host may not make just now (its lease
+// is stale, a renewal came late, the watchdog cannot be armed): that
+// passes, and a failed status would end the start for good — a guest
+// fenced in an outage too short to cost the lease is restarted by no one
+// else. The status says why it waits (written once, not on every retry);
+// the worker tries again.
+func (a *Agent) deferStart(ctx context.Context, vm *api.VM, restarts int, why error) error {
+	msg := "waiting: " + firstLine(why.Error())
+	if vm.Status.Phase != api.PhasePending || vm.Status.Message != msg {
+		a.log.Warn("start deferred", "vm", vm.Spec.Name, "why", why)
+		a.putStatus(ctx, vm.Spec.Name, api.VMStatus{Phase: api.PhasePending, Node: a.cfg.Node, StartSeq: vm.Spec.StartSeq,
+			Message: msg, Restarts: restarts})
+	}
+	return why
 }
 
 func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error {

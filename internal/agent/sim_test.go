@@ -76,15 +76,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 // create stores a running VM placed on host (no scheduler needed).
 func (e *env) create(name, host string, ha bool) *api.VM {
 	e.t.Helper()
-	ctx := context.Background()
-	spec := &api.VMSpec{Name: name, UUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", len(name)*1000+int(name[len(name)-1])),
+	spec := api.VMSpec{Name: name, UUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", len(name)*1000+int(name[len(name)-1])),
 		MemoryMiB: 256, CPUs: 1, DiskMiB: 64, Image: api.ImageTiny, Power: api.PowerRunning, StartSeq: 1, HA: ha}
-	if err := e.st.CreateVM(ctx, spec); err != nil {
-		e.t.Fatal(err)
-	}
-	if ok, err := e.st.Place(ctx, name, host, store.Guard{}); err != nil || !ok {
-		e.t.Fatalf("placing %s on %s: %v %v", name, host, ok, err)
-	}
+	storetest.Placed(e.t, e.st, spec, host)
 	return e.waitPhase(name, api.PhaseRunning)
 }
 

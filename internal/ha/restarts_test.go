@@ -23,14 +23,9 @@ func TestRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []api.Node{
-		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), Images: []string{"tiny"}},
-		{Name: "h3", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), Images: []string{"tiny"}},
-	} {
-		if err := st.PutNode(ctx, n, lease); err != nil {
-			t.Fatal(err)
-		}
-	}
+	storetest.Nodes(t, st, lease,
+		api.Node{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), Images: []string{"tiny"}},
+		api.Node{Name: "h3", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), Images: []string{"tiny"}})
 	vms := []struct {
 		spec api.VMSpec
 		node string
@@ -44,12 +39,7 @@ func TestRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 	}
 	for _, v := range vms {
 		v.spec.Image, v.spec.Power, v.spec.StartSeq = "tiny", api.PowerRunning, 1
-		if err := st.CreateVM(ctx, &v.spec); err != nil {
-			t.Fatal(err)
-		}
-		if ok, err := st.Place(ctx, v.spec.Name, v.node, store.Guard{}); !ok || err != nil {
-			t.Fatal(ok, err)
-		}
+		storetest.Placed(t, st, v.spec, v.node)
 	}
 	// e runs on h1 and owns its key there.
 	if _, err := st.AcquireOwner(ctx, "e", "h1", lease); err != nil {
@@ -148,9 +138,7 @@ func TestHostsDrainsFlappingAndDegradedHosts(t *testing.T) {
 	}
 	up := func(n api.Node, lease store.LeaseID) {
 		n.State, n.MemoryMiB, n.Heartbeat = "ready", 4096, time.Now()
-		if err := st.PutNode(ctx, n, lease); err != nil {
-			t.Fatal(err)
-		}
+		storetest.Nodes(t, st, lease, n)
 	}
 	// h3 has a lease of its own, which the test ends to lose the host.
 	h3lease := func() store.LeaseID {
@@ -164,12 +152,7 @@ func TestHostsDrainsFlappingAndDegradedHosts(t *testing.T) {
 	up(api.Node{Name: "h2", Degraded: []string{"guest overlay: fvx0 is down"}}, lease)
 	l3 := h3lease()
 	up(api.Node{Name: "h3"}, l3)
-	if err := st.CreateVM(ctx, &api.VMSpec{Name: "x", MemoryMiB: 256, Image: "tiny", Power: api.PowerRunning}); err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := st.Place(ctx, "x", "h3", store.Guard{}); !ok || err != nil {
-		t.Fatal(ok, err)
-	}
+	storetest.Placed(t, st, api.VMSpec{Name: "x", MemoryMiB: 256, Image: "tiny", Power: api.PowerRunning}, "h3")
 	m := newManager(t, st, DefaultTiming())
 	var guard store.Guard // no leadership: nothing fences these writes
 	maint := func(name string) bool {

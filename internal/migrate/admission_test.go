@@ -23,21 +23,11 @@ func TestAdmitChecksRoomOnTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range []api.Node{
-		{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), QEMU: qemu10},
-		{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), QEMU: qemu10},
-	} {
-		if err := st.PutNode(ctx, n, lease); err != nil {
-			t.Fatal(err)
-		}
-	}
+	storetest.Nodes(t, st, lease,
+		api.Node{Name: "h1", State: "ready", MemoryMiB: 4096, Heartbeat: time.Now(), QEMU: qemu10},
+		api.Node{Name: "h2", State: "ready", MemoryMiB: 1024, Heartbeat: time.Now(), QEMU: qemu10})
 	for _, name := range []string{"a", "b"} {
-		if err := st.CreateVM(ctx, &api.VMSpec{Name: name, MemoryMiB: 768, Image: "/img/x.qcow2", Power: api.PowerRunning}); err != nil {
-			t.Fatal(err)
-		}
-		if ok, err := st.Place(ctx, name, "h1", store.Guard{}); err != nil || !ok {
-			t.Fatal(ok, err)
-		}
+		storetest.Placed(t, st, api.VMSpec{Name: name, MemoryMiB: 768, Image: "/img/x.qcow2", Power: api.PowerRunning}, "h1")
 	}
 	start := time.Now().UTC()
 	for i, name := range []string{"a", "b"} {

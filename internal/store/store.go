@@ -249,22 +249,12 @@ func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec
 	}
 }
 
-// PutStatus records a VM's observed status, unless the VM has been removed.
-func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) error {
-	ctx, cancel := bounded(ctx)
-	defer cancel()
-	st.UpdatedAt = time.Now().UTC()
-	b, _ := json.Marshal(st)
-	_, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0)).
-		Then(clientv3.OpPut(StatusPrefix+name, string(b))).Commit()
-	return unavailable(err)
-}
-
-// PutStatusPlaced writes a VM's status only while the VM is placed on
-// node: a host reporting on a guest that was moved away meanwhile (an HA
-// restart elsewhere while its own start failed) must not overwrite what
-// the new host reports. It returns false when the VM is placed elsewhere.
+// PutStatusPlaced writes a VM's status only while the VM exists and is
+// placed on node — the one way hosts write statuses: a late write for a
+// deleted VM must not resurrect it, and a host reporting on a guest that
+// was moved away meanwhile (an HA restart elsewhere while its own start
+// failed) must not overwrite what the new host reports. It returns false
+// when the VM is gone or placed elsewhere.
 func (s *Store) PutStatusPlaced(ctx context.Context, name, node string, st api.VMStatus) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()

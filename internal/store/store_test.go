@@ -172,7 +172,7 @@ func TestUpdateSpecAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A late status write for a deleted VM must not resurrect keys.
-	st.PutStatus(ctx, "u", api.VMStatus{Phase: api.PhaseRunning})
+	st.PutStatusPlaced(ctx, "u", "n1", api.VMStatus{Phase: api.PhaseRunning})
 	resp, _ := st.Etcd().Get(ctx, store.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if resp.Count != 0 {
 		t.Fatalf("%d keys left after delete", resp.Count)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -56,4 +57,26 @@ func Ports(t testing.TB, n int) []int {
 		l.Close()
 	}
 	return ports
+}
+
+// Nodes registers hosts bound to lease, as their agents would.
+func Nodes(t testing.TB, st *store.Store, lease store.LeaseID, nodes ...api.Node) {
+	t.Helper()
+	for _, n := range nodes {
+		if err := st.PutNode(context.Background(), n, lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Placed records a VM and places it on node, as the scheduler would.
+func Placed(t testing.TB, st *store.Store, spec api.VMSpec, node string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := st.CreateVM(ctx, &spec); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, spec.Name, node, store.Guard{}); err != nil || !ok {
+		t.Fatalf("placing %s on %s: placed %v, %v", spec.Name, node, ok, err)
+	}
 }
