@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -168,7 +169,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, err
 	}
 	if len(onVictim) != len(guests[victim]) {
-		return res, fmt.Errorf("only %d of %s's %d HA guests are still placed there before it dies", len(onVictim), victim, len(guests[victim]))
+		return res, fmt.Errorf("only %d of %s's %d HA guests are still placed there before it dies; %s", len(onVictim), victim, len(guests[victim]), eventsOf(ctx, st, victim))
 	}
 	if res.Death, err = killHost(ctx, c, st, victim, onVictim); err != nil {
 		return res, err
@@ -213,6 +214,28 @@ func startCluster(ctx context.Context, c *simcluster.Cluster, st *store.Store, c
 	res.StartupS = time.Since(start).Seconds()
 	res.AgentHeapKiB = float64(heapInUse()-heap0) / 1024 / float64(cfg.Hosts)
 	return guests, nil
+}
+
+// eventsOf tells what the store's events say about host: why its guests
+// may have moved before the run meant them to.
+func eventsOf(ctx context.Context, st *store.Store, host string) string {
+	evs, err := st.ListEvents(ctx, 0)
+	if err != nil {
+		return "its events could not be read: " + err.Error()
+	}
+	var out []string
+	for _, ev := range evs {
+		if ev.Node == host {
+			out = append(out, fmt.Sprintf("%s %s %s: %s", ev.Time.Format("15:04:05.000"), ev.Kind, ev.VM, ev.Message))
+		}
+	}
+	if len(out) == 0 {
+		return "no event names it"
+	}
+	if len(out) > 12 {
+		out = append(out[:12], fmt.Sprintf("and %d more", len(out)-12))
+	}
+	return "its events: " + strings.Join(out, "; ")
 }
 
 func hostNames(n int) []string {
