@@ -3,33 +3,22 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	"github.com/ferryvm/ferry/client"
-	"github.com/ferryvm/ferry/internal/agent"
-	"github.com/ferryvm/ferry/internal/apiserver"
 	"github.com/ferryvm/ferry/internal/daemon"
-	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
-	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
-	"github.com/ferryvm/ferry/internal/ipam"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
-	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -137,277 +126,59 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	return c
 }
 
+// runAgent turns the flags into a host's configuration; internal/daemon
+// runs it.
 func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
-	if err := o.haTiming.Check(); err != nil {
-		return fmt.Errorf("unsafe HA timing: %w", err)
-	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	slog.SetDefault(log)
-	modes := 0
-	for _, m := range []bool{o.dev, o.server || o.join != ""} {
-		if m {
-			modes++
-		}
-	}
-	if modes > 1 || (modes == 0 && len(o.etcdEndpoints) == 0) {
+	if o.dev && (o.server || o.join != "") || (!o.dev && !o.server && o.join == "" && len(o.etcdEndpoints) == 0) {
 		return errors.New("say --dev (single host), --server (the first server), --server --join ADDR (another etcd server), --join ADDR (another host), or give --etcd-endpoints")
-	}
-	var adv net.IP
-	if o.server || o.join != "" {
-		if adv = net.ParseIP(o.advertise).To4(); adv == nil {
-			return fmt.Errorf("--advertise must be this host's IPv4 underlay address, not %q", o.advertise)
-		}
-		if !o.changed("listen") {
-			o.listen = net.JoinHostPort(adv.String(), "7443")
-		}
-		if !o.changed("etcd-client-url") {
-			o.etcdClientURL = "https://" + net.JoinHostPort(adv.String(), "2379")
-		}
-		if !o.changed("etcd-peer-url") {
-			o.etcdPeerURL = "https://" + net.JoinHostPort(adv.String(), "2380")
-		}
 	}
 	dataDir, err := filepath.Abs(g.dataDir)
 	if err != nil {
 		return err
 	}
-	if o.storageDir == "" {
-		o.storageDir = filepath.Join(dataDir, "storage")
+	h := daemon.Host{Node: o.node, Dev: o.dev, Server: o.server, Join: o.join, Token: o.token, Listen: o.listen,
+		DataDir: dataDir, RunDir: o.runDir, ImageDir: o.imageDir, StorageDir: o.storageDir,
+		EtcdEndpoints: o.etcdEndpoints, EtcdClientURL: o.etcdClientURL, EtcdPeerURL: o.etcdPeerURL,
+		VNI: o.vni, Accel: o.accel, CPUModel: o.cpuModel, GuestTHP: o.guestTHP, HA: o.haTiming,
+		MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, NoLeader: o.noLeader,
+		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log}
+	if h.Node == "" {
+		h.Node = defaultNodeName()
 	}
-	if o.node == "" {
-		o.node = defaultNodeName()
-	}
-	if err := api.ValidateName("node", o.node); err != nil {
-		return fmt.Errorf("%v (pass --node-name)", err)
-	}
-	host, _, err := net.SplitHostPort(o.listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: %w", o.listen, err)
-	}
-	for _, d := range []string{dataDir, o.runDir} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			return err
+	if o.server || o.join != "" {
+		if h.Advertise = net.ParseIP(o.advertise).To4(); h.Advertise == nil {
+			return fmt.Errorf("--advertise must be this host's IPv4 underlay address, not %q", o.advertise)
+		}
+		adv := h.Advertise.String()
+		if !o.changed("listen") {
+			h.Listen = net.JoinHostPort(adv, "7443")
+		}
+		if !o.changed("etcd-client-url") {
+			h.EtcdClientURL = "https://" + net.JoinHostPort(adv, "2379")
+		}
+		if !o.changed("etcd-peer-url") {
+			h.EtcdPeerURL = "https://" + net.JoinHostPort(adv, "2380")
 		}
 	}
-	qinfo, err := qemu.Probe(ctx, o.runDir)
-	if err != nil {
-		return err
-	}
-
-	// Credentials (credentials.go): a host with the CA keys (the first
-	// server, or a server given them) makes its own; a host joining with a
-	// token asks the cluster for them.
-	pkiDir := filepath.Join(dataDir, "pki")
-	hosts := []string{"127.0.0.1", "localhost", o.node}
-	if host != "" && host != "0.0.0.0" && host != "::" {
-		hosts = append(hosts, host)
-	}
-	migHosts := []string{o.node}
-	if adv != nil {
-		migHosts = append(migHosts, adv.String())
-	}
-	cas, err := hostCredentials(ctx, o, pkiDir, hosts, migHosts, log)
-	if err != nil {
-		return err
-	}
-	serials, err := pki.Serials(filepath.Join(pkiDir, pki.ServerCert), filepath.Join(pkiDir, pki.MigrationDir, "server-cert.pem"))
-	if err != nil {
-		return err
-	}
-	tlsCfg, err := pki.ServerTLS(pkiDir)
-	if err != nil {
-		return err
-	}
-
-	// etcd: mutual TLS. The embedded member serves with this host's
-	// certificate and admits only the cluster CA's, minus the revoked (CRL);
-	// an external etcd brings its own CA and client certificate.
-	etcdTLS, err := pki.ClientTLS(pkiDir, pki.ServerCert, pki.ServerKey)
-	if err != nil {
-		return err
+	for _, p := range o.overlayPeers {
+		ip := net.ParseIP(p).To4()
+		if ip == nil {
+			return fmt.Errorf("--overlay-peer %q is not an IPv4 address", p)
+		}
+		h.OverlayPeers = append(h.OverlayPeers, ip)
 	}
 	if len(o.etcdEndpoints) > 0 {
-		if etcdTLS, err = externalEtcdTLS(o); err != nil {
+		if h.EtcdTLS, err = externalEtcdTLS(o); err != nil {
 			return err
 		}
 	}
-	crlPath := filepath.Join(pkiDir, pki.CRLFile)
-	if _, err := os.Stat(crlPath); err != nil && cas.Cluster.Key != nil {
-		if err := cas.Cluster.WriteCRL(crlPath, nil); err != nil {
-			return fmt.Errorf("revocation list: %w", err)
-		}
-	}
-	endpoints := o.etcdEndpoints
-	var initialCluster string
-	if o.join != "" && len(endpoints) == 0 {
-		info, err := fetchCluster(ctx, pkiDir, o.join)
-		if err != nil {
-			return err
-		}
-		endpoints = info.EtcdEndpoints
-		o.vni = info.VNI
-		etcdDir := filepath.Join(dataDir, "etcd")
-		if o.server && !store.HasMemberData(etcdDir) {
-			// Another etcd server: become a member of the cluster's etcd.
-			if initialCluster, err = store.AddMember(ctx, endpoints, etcdTLS, o.node, o.etcdPeerURL); err != nil {
-				return err
-			}
-			log.Info("joining the cluster's etcd", "initial_cluster", initialCluster)
-		}
-	}
-	if o.server || len(endpoints) == 0 {
-		emb, err := store.StartEmbedded(ctx, store.EmbedConfig{Dir: filepath.Join(dataDir, "etcd"), Name: o.node,
-			ClientURL: o.etcdClientURL, PeerURL: o.etcdPeerURL, Log: log,
-			InitialCluster: initialCluster, Existing: initialCluster != "",
-			TLS: &store.TLSFiles{CA: filepath.Join(pkiDir, pki.CACert), Cert: filepath.Join(pkiDir, pki.ServerCert),
-				Key: filepath.Join(pkiDir, pki.ServerKey), CRL: crlPath},
-			Distrusted: pki.NewRevocationFile(crlPath, cas.Cluster.Cert).Distrusted})
-		if err != nil {
-			return err
-		}
-		defer emb.Close()
-		if len(endpoints) > 0 {
-			// Joined as a learner (store.AddMember): a voter once caught up.
-			if err := store.PromoteMember(ctx, endpoints, etcdTLS, o.node); err != nil {
-				return err
-			}
-		}
-		endpoints = append([]string{emb.ClientURL()}, endpoints...)
-	}
-	st, err := store.Open(ctx, endpoints, etcdTLS)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-
-	var kernel, initrd string
-	if img, err := image.Find(o.imageDir); err == nil {
-		kernel, initrd = img.Kernel, img.Initrd
-	} else {
-		log.Warn("built-in image missing; VMs from image tiny cannot start until it is built", "err", err)
-	}
-	accel, why, err := qemu.ChooseAccel(ctx, o.accel, kernel, initrd, dataDir)
-	if err != nil {
-		return err
-	}
-	log.Info("accelerator chosen", "accel", accel, "reason", why)
-	switch thp := o.guestTHP; {
-	case thp == "off" || (thp == "auto" && accel == "tcg"):
-		if err := qemu.DisableTHP(); err != nil {
-			return err
-		}
-		log.Info("transparent huge pages off for guests", "why", "--guest-thp "+thp)
-	case thp != "on" && thp != "auto":
-		return fmt.Errorf("--guest-thp %q is not auto, on or off", thp)
-	}
-	qinfo.NoLiveMigration = migrate.NoLiveMigration(accel, qinfo.Version)
-	log.Info("QEMU", "version", qinfo.Version, "package", qinfo.Package, "pc", qinfo.Aliases["pc"],
-		"migration_capabilities", len(qinfo.Capabilities), "multifd_compression", qinfo.MultifdCompression)
-	if qinfo.NoLiveMigration != "" {
-		log.Warn("this host cannot live-migrate guests", "why", qinfo.NoLiveMigration)
-	}
-
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	acfg := agent.Config{
-		Node: o.node, Address: host, DataDir: dataDir, RunDir: o.runDir, StorageDir: o.storageDir,
-		ImageDir: o.imageDir, Accel: accel, CPUModel: o.cpuModel, QEMU: qinfo, Log: log,
-		HA: o.haTiming, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(dataDir, "failpoints"),
-		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: crlPath, CertSerials: serials,
-	}
-	if adv != nil {
-		local, _ := netip.AddrFromSlice(adv)
-		ba := ipam.HostOverlayAddr(local)
-		acfg.Address = adv.String()
-		acfg.Overlay = &hostnet.Overlay{Bridge: "ferry0", VXLAN: "fvx0", VNI: o.vni, Port: 4789, Local: adv,
-			BridgeAddr: &net.IPNet{IP: ba.Addr().AsSlice(), Mask: net.CIDRMask(ba.Bits(), 32)}}
-		for _, p := range o.overlayPeers {
-			ip := net.ParseIP(p).To4()
-			if ip == nil {
-				return fmt.Errorf("--overlay-peer %q is not an IPv4 address", p)
-			}
-			acfg.OverlayPeers = append(acfg.OverlayPeers, ip)
-		}
-	}
-	ag, err := agent.New(acfg, st)
-	if err != nil {
-		return err
-	}
-	apiSrv := apiserver.New(st, func(vm *api.VM) (string, error) {
-		if vm.Node != ag.Node() {
-			return "", errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("vm %s runs on node %s; ask that node's API for its console", vm.Spec.Name, dash(vm.Node)))
-		}
-		return ag.ConsoleLog(vm.Spec.Name), nil
-	}, log)
-	apiSrv.Cluster = api.ClusterInfo{EtcdEndpoints: endpoints, VNI: o.vni}
-	apiSrv.CAs = &apiserver.Signers{Cluster: cas.Cluster, Migration: cas.Migration, Users: cas.Users}
-	apiSrv.ClusterCA = cas.Cluster.Cert
-	apiSrv.Mirror = st.Mirror(ctx)
-	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
-		apiSrv.Cluster.EtcdEndpoints = urls
-	}
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return fmt.Errorf("API listener: %w", err)
-	}
-	srv := &http.Server{Handler: apiSrv.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	endpoint := "https://" + ln.Addr().String()
-	if err := os.WriteFile(filepath.Join(dataDir, client.EndpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
-		return err
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("API server: %w", err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := ag.Run(ctx); err != nil {
-			errc <- err
-		} else if ag.Removed() {
-			errc <- errors.New("this host was removed from the cluster (ferry node remove): its certificates are revoked")
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if o.noLeader {
-			return
-		}
-		daemon.RunControlPlane(ctx, st, daemon.ControlPlane{Node: o.node, HA: o.haTiming,
-			MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, Log: log})
-	}()
-	renewAt := o.join
-	if renewAt == "" {
-		renewAt = ln.Addr().String()
-	}
-	go renewLoop(ctx, pkiDir, renewAt, o.certCheck, o.certBefore, ag, log)
-	log.Info("ferry is up", "api", endpoint, "node", o.node, "data_dir", dataDir)
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down; guests keep running")
-	case err = <-errc:
-		log.Error("shutting down", "err", err)
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(sctx)
-	scancel()
-	cancel()
-	wg.Wait()
-	return err
+	return daemon.Run(ctx, h)
 }
 
 func defaultNodeName() string {
@@ -420,39 +191,6 @@ func defaultNodeName() string {
 		return "node1"
 	}
 	return h
-}
-
-// fetchCluster asks a cluster's API what a joining host needs, with this
-// host's node certificate (issued from the cluster CA placed in pkiDir).
-func fetchCluster(ctx context.Context, pkiDir, addr string) (*api.ClusterInfo, error) {
-	cfg, err := pki.ClientTLS(pkiDir, pki.ServerCert, pki.ServerKey)
-	if err != nil {
-		return nil, err
-	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
-	var last error
-	for i := 0; i < 30; i++ {
-		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/v1/cluster", nil)
-		resp, err := hc.Do(req)
-		if err == nil {
-			var info api.ClusterInfo
-			err = json.NewDecoder(resp.Body).Decode(&info)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode == 200 && len(info.EtcdEndpoints) > 0 {
-				return &info, nil
-			}
-			if err == nil {
-				err = fmt.Errorf("answered %s", resp.Status)
-			}
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	return nil, fmt.Errorf("--join %s: cannot reach the cluster API: %w", addr, last)
 }
 
 // externalEtcdTLS is the client TLS for --etcd-endpoints: https only, with
