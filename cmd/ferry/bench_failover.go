@@ -184,9 +184,18 @@ func failoverOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, vmName
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if err := r.readEvents(ctx, cl, killed, vmName); err != nil {
+		return fail(err)
+	}
+	return r
+}
+
+// readEvents times detection, the lease's expiry and the restart from the
+// cluster's events after the kill.
+func (r *failoverRun) readEvents(ctx context.Context, cl *client.Client, killed time.Time, vmName string) error {
 	evs, err := cl.Events(ctx, 100)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	for _, e := range evs {
 		if e.Time.Before(killed) {
@@ -203,9 +212,9 @@ func failoverOnce(ctx context.Context, b *testbed.Bed, cl *client.Client, vmName
 		}
 	}
 	if r.DetectionMS == 0 || r.LeaseMS == 0 || r.RestartMS == 0 {
-		return fail(fmt.Errorf("no host-unreachable, host-lost or ha-restart event after the kill"))
+		return fmt.Errorf("no host-unreachable, host-lost or ha-restart event after the kill")
 	}
-	return r
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

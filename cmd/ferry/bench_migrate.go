@@ -193,61 +193,13 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		}
 		baselineVersion = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
+	mb := &migBench{b: b, cl: cl, hc: hc, raw: raw, strategy: strategy, maxDowntime: maxDowntime, say: say}
 	var out []migScenario
-	n := 0
 	for _, rate := range rates {
-		sc := migScenario{DirtyMiBs: rate, Variants: map[string]*variantResult{}}
-		for _, v := range variants {
-			sc.Variants[v] = &variantResult{}
+		sc, err := mb.scenario(ctx, rate, runs, variants)
+		if err != nil {
+			return nil, err
 		}
-		for run := 0; run < runs; run++ {
-			// Rotate the order so that no variant always follows another.
-			order := append(append([]string(nil), variants[run%len(variants):]...), variants[:run%len(variants)]...)
-			for _, v := range order {
-				n++
-				var r migResult
-				switch v {
-				case varRawTLS, varRawPlain:
-					r = raw.move(ctx, rate, v == varRawTLS)
-				default:
-					opts := api.MigrateRequest{Strategy: strategy, MaxDowntime: maxDowntime.String()}
-					switch v {
-					case varFerryQEMUTLS:
-						opts.Transport = api.TransportQEMU
-					case varFerryPlain:
-						opts.Plaintext = true
-					}
-					r, err = ferryMigrateOnce(ctx, b, cl, hc, fmt.Sprintf("bench%d", n), rate, opts)
-					if err != nil {
-						return nil, err
-					}
-				}
-				say("%-16s dirty %2.0f MiB/s run %d: total %.0fms downtime %dms gap %.0fms (stop->stream %.0f ->running %.0f ->answer %.0f) alive %v memory %v %s",
-					v, rate, run+1, r.TotalMS, r.DowntimeMS, r.GapMS, r.StopToStreamMS, r.StreamToRunMS, r.RunToAnswerMS, r.GuestAlive, r.MemoryIntact, r.Error)
-				vr := sc.Variants[v]
-				vr.Runs = append(vr.Runs, r)
-			}
-		}
-		for _, vr := range sc.Variants {
-			vr.Median = medianResult(vr.Runs)
-			for _, r := range vr.Runs {
-				switch {
-				case r.Error != "":
-					vr.Failed++
-				case !r.GuestAlive || !r.MemoryIntact:
-					vr.Dead++
-				}
-			}
-		}
-		ratio := func(a, b string) float64 {
-			x, y := sc.Variants[a], sc.Variants[b]
-			if x == nil || y == nil || y.Median.TotalMS == 0 {
-				return 0
-			}
-			return x.Median.TotalMS / y.Median.TotalMS
-		}
-		sc.RatioTLS, sc.RatioPlain = ratio(varFerry, varRawTLS), ratio(varFerryPlain, varRawPlain)
-		sc.TLSCost, sc.TLSCostQEMU, sc.TLSCostBaseline = ratio(varFerry, varFerryPlain), ratio(varFerryQEMUTLS, varFerryPlain), ratio(varRawTLS, varRawPlain)
 		out = append(out, sc)
 	}
 	return map[string]any{
@@ -255,6 +207,79 @@ func benchMigrate(ctx context.Context, self, imageDir string, rates []float64, r
 		"hosts": 2, "guest_memory_mib": 256, "accel": "tcg", "link": "veth pair through a Linux bridge (testbed)",
 		"strategy": strategy, "runs_per_rate": runs, "max_downtime_ms": maxDowntime.Milliseconds(), "variants": variants, "scenarios": out,
 	}, nil
+}
+
+// migBench is one run of the migration benchmark: the testbed, the
+// baseline and Ferry's options.
+type migBench struct {
+	b           *testbed.Bed
+	cl          *client.Client
+	hc          *http.Client
+	raw         *rawMigrator
+	strategy    string
+	maxDowntime time.Duration
+	say         func(string, ...any)
+	n           int // guests made so far (their names)
+}
+
+// scenario measures every variant runs times at one dirty rate, in an order
+// that rotates so that no variant always follows another.
+func (mb *migBench) scenario(ctx context.Context, rate float64, runs int, variants []string) (migScenario, error) {
+	sc := migScenario{DirtyMiBs: rate, Variants: map[string]*variantResult{}}
+	for _, v := range variants {
+		sc.Variants[v] = &variantResult{}
+	}
+	for run := 0; run < runs; run++ {
+		order := append(append([]string(nil), variants[run%len(variants):]...), variants[:run%len(variants)]...)
+		for _, v := range order {
+			r, err := mb.once(ctx, v, rate)
+			if err != nil {
+				return sc, err
+			}
+			mb.say("%-16s dirty %2.0f MiB/s run %d: total %.0fms downtime %dms gap %.0fms (stop->stream %.0f ->running %.0f ->answer %.0f) alive %v memory %v %s",
+				v, rate, run+1, r.TotalMS, r.DowntimeMS, r.GapMS, r.StopToStreamMS, r.StreamToRunMS, r.RunToAnswerMS, r.GuestAlive, r.MemoryIntact, r.Error)
+			vr := sc.Variants[v]
+			vr.Runs = append(vr.Runs, r)
+		}
+	}
+	for _, vr := range sc.Variants {
+		vr.Median = medianResult(vr.Runs)
+		for _, r := range vr.Runs {
+			switch {
+			case r.Error != "":
+				vr.Failed++
+			case !r.GuestAlive || !r.MemoryIntact:
+				vr.Dead++
+			}
+		}
+	}
+	ratio := func(a, b string) float64 {
+		x, y := sc.Variants[a], sc.Variants[b]
+		if x == nil || y == nil || y.Median.TotalMS == 0 {
+			return 0
+		}
+		return x.Median.TotalMS / y.Median.TotalMS
+	}
+	sc.RatioTLS, sc.RatioPlain = ratio(varFerry, varRawTLS), ratio(varFerryPlain, varRawPlain)
+	sc.TLSCost, sc.TLSCostQEMU, sc.TLSCostBaseline = ratio(varFerry, varFerryPlain), ratio(varFerryQEMUTLS, varFerryPlain), ratio(varRawTLS, varRawPlain)
+	return sc, nil
+}
+
+// once moves one fresh guest dirtying rate MiB/s the way variant v says.
+func (mb *migBench) once(ctx context.Context, v string, rate float64) (migResult, error) {
+	mb.n++
+	switch v {
+	case varRawTLS, varRawPlain:
+		return mb.raw.move(ctx, rate, v == varRawTLS), nil
+	}
+	opts := api.MigrateRequest{Strategy: mb.strategy, MaxDowntime: mb.maxDowntime.String()}
+	switch v {
+	case varFerryQEMUTLS:
+		opts.Transport = api.TransportQEMU
+	case varFerryPlain:
+		opts.Plaintext = true
+	}
+	return ferryMigrateOnce(ctx, mb.b, mb.cl, mb.hc, fmt.Sprintf("bench%d", mb.n), rate, opts)
 }
 
 // medianResult takes the median of each figure over the completed runs.

@@ -216,6 +216,13 @@ func (a *Agent) deferStart(ctx context.Context, vm *api.VM, restarts int, why er
 	return why
 }
 
+// launch starts a guest this host owns: ownership taken, QEMU started
+// paused, its record saved, QMP dialled, ownership checked again at the
+// same revision, the guest made known to the fencing, and only then its
+// CPUs run.
+// (Long on purpose: every step pushes its undo onto one revert stack, and
+// the order of steps and undos is the fencing argument; split, it would
+// scatter across functions that each hold part of the stack.)
 func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error {
 	name := spec.Name
 	r := revert.New()

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -83,93 +84,107 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	resp, err := s.admit(r.Context(), req, r.RemoteAddr)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// checkJoin refuses a malformed join request, saying why.
+func checkJoin(req api.JoinRequest) (pki.Token, error) {
 	tok, err := pki.ParseToken(req.Token)
 	if err != nil {
-		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, err.Error()))
-		return
+		return tok, errdefs.New(errdefs.ErrUnauthenticated, err.Error())
 	}
 	if err := api.ValidateName("node", req.Node); err != nil {
-		writeError(w, errdefs.Invalid(err.Error()))
-		return
+		return tok, errdefs.Invalid(err.Error())
 	}
 	if len(req.Addresses) == 0 || len(req.Addresses) > 8 {
-		writeError(w, errdefs.Invalid("addresses: give the host's IP addresses (1 to 8)"))
-		return
+		return tok, errdefs.Invalid("addresses: give the host's IP addresses (1 to 8)")
 	}
 	for _, a := range req.Addresses {
 		if net.ParseIP(a) == nil {
-			writeError(w, errdefs.Invalid(fmt.Sprintf("address %q is not an IP address", a)))
-			return
+			return tok, errdefs.Invalid(fmt.Sprintf("address %q is not an IP address", a))
 		}
+	}
+	return tok, nil
+}
+
+// admit checks a join request, consumes its token and certifies the host.
+func (s *Server) admit(ctx context.Context, req api.JoinRequest, from string) (*api.JoinResponse, error) {
+	tok, err := checkJoin(req)
+	if err != nil {
+		return nil, err
 	}
 	cas, err := s.signers()
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
-	ctx := r.Context()
 	nodes, err := s.st.ListNodes(ctx)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
 	if nodeNamed(nodes, req.Node) != nil {
 		// Another host's name would give this one its identity (its
 		// migration streams would be accepted as that host's).
-		writeError(w, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("host %s is already in the cluster", req.Node)))
-		return
+		return nil, errdefs.New(errdefs.ErrAlreadyExists, fmt.Sprintf("host %s is already in the cluster", req.Node))
 	}
 	if tok.CAFingerprint != pki.Fingerprint(cas.Cluster.Cert) {
-		writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "the token is for another cluster"))
-		return
+		return nil, errdefs.New(errdefs.ErrUnauthenticated, "the token is for another cluster")
 	}
 	rec, err := s.st.ConsumeToken(ctx, tok.ID, tok.Secret, req.Server, pki.SecretMatches)
 	if err != nil {
-		s.log.Warn("join refused", "node", req.Node, "from", r.RemoteAddr, "err", err)
-		writeError(w, err)
-		return
+		s.log.Warn("join refused", "node", req.Node, "from", from, "err", err)
+		return nil, err
 	}
 	hosts := append([]string{req.Node}, req.Addresses...)
 	_, certPEM, err := cas.Cluster.SignCSR([]byte(req.CSR), req.Node, pki.RoleNode, append(hosts, "localhost", "127.0.0.1"), HostCertValidity)
 	if err != nil {
-		writeError(w, errdefs.Invalid("csr: "+err.Error()))
-		return
+		return nil, errdefs.Invalid("csr: " + err.Error())
 	}
 	migPEM, err := cas.Migration.SignMigrationCSR([]byte(req.MigrationCSR), req.Node, req.Addresses, HostCertValidity)
 	if err != nil {
-		writeError(w, errdefs.Invalid("migration_csr: "+err.Error()))
-		return
+		return nil, errdefs.Invalid("migration_csr: " + err.Error())
 	}
 	info := s.Cluster
 	if urls, err := s.st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		info.EtcdEndpoints = urls
 	}
-	resp := api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
+	resp := &api.JoinResponse{Certificate: string(certPEM), CA: string(cas.Cluster.PEM),
 		MigrationCertificate: string(migPEM), MigrationCA: string(cas.Migration.PEM), UserCA: string(cas.Users.PEM), Cluster: info}
 	what := "host"
 	if req.Server && rec.Server {
 		// Another etcd server signs too: with the keys on every server,
 		// losing one does not stop joins, users and renewals.
-		keys := &api.CAKeys{}
-		for _, k := range []struct {
-			ca  *pki.CA
-			dst *string
-		}{{cas.Cluster, &keys.Cluster}, {cas.Migration, &keys.Migration}, {cas.Users, &keys.Users}} {
-			b, err := k.ca.KeyPEM()
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			*k.dst = string(b)
+		if resp.CAKeys, err = caKeys(cas); err != nil {
+			return nil, err
 		}
-		resp.CAKeys, what = keys, "etcd server (given the CA keys)"
+		what = "etcd server (given the CA keys)"
 	}
-	ev := api.Event{Kind: "host-joined", Node: req.Node, Message: fmt.Sprintf("%s %s joined with token %s (from %s)", what, req.Node, tok.ID, r.RemoteAddr)}
+	ev := api.Event{Kind: "host-joined", Node: req.Node, Message: fmt.Sprintf("%s %s joined with token %s (from %s)", what, req.Node, tok.ID, from)}
 	if err := s.st.PutEvent(ctx, ev); err != nil {
 		s.log.Warn("recording event", "kind", ev.Kind, "err", err)
 	}
 	s.log.Info("host joined", "node", req.Node, "token", tok.ID, "server", resp.CAKeys != nil)
-	writeJSON(w, http.StatusOK, resp)
+	return resp, nil
+}
+
+// caKeys are the CAs' keys, for another etcd server.
+func caKeys(cas *Signers) (*api.CAKeys, error) {
+	keys := &api.CAKeys{}
+	for _, k := range []struct {
+		ca  *pki.CA
+		dst *string
+	}{{cas.Cluster, &keys.Cluster}, {cas.Migration, &keys.Migration}, {cas.Users, &keys.Users}} {
+		b, err := k.ca.KeyPEM()
+		if err != nil {
+			return nil, err
+		}
+		*k.dst = string(b)
+	}
+	return keys, nil
 }
 
 // renew issues new certificates for new keys with the identity of the

@@ -143,18 +143,36 @@ func Build(ctx context.Context, o BuildOptions) (*Tiny, error) {
 		return nil, fmt.Errorf("expected one kernel in %s/boot, found %d", root, len(kernels))
 	}
 	version := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
-	idx, err := moduleIndex(filepath.Join(root, "lib", "modules", version, "kernel"))
-	if err != nil {
-		return nil, fmt.Errorf("indexing modules: %w", err)
-	}
-	order, missing, err := resolveModules(idx, wantedModules)
+	initrd, order, err := buildInitrd(filepath.Join(root, "lib", "modules", version, "kernel"), busybox, guest, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	if len(missing) > 0 {
-		o.Log.Info("modules not built as modules (assumed built in)", "modules", missing)
+	kb, err := os.ReadFile(kernels[0])
+	if err != nil {
+		return nil, err
 	}
+	man := Manifest{KernelPackage: pkg, KernelVersion: version, GuestSHA256: guestSum, Modules: order, Built: time.Now().UTC()}
+	if err := writeImage(filepath.Join(o.Dir, "tiny"), kb, initrd, &man, o.Log); err != nil {
+		return nil, err
+	}
+	return Find(o.Dir)
+}
 
+// buildInitrd makes the gzipped initramfs: busybox, ferry-guest, an init
+// script and the kernel modules the guest needs (from moduleDir, in
+// dependency order, which it returns).
+func buildInitrd(moduleDir string, busybox, guest []byte, log *slog.Logger) ([]byte, []string, error) {
+	idx, err := moduleIndex(moduleDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("indexing modules: %w", err)
+	}
+	order, missing, err := resolveModules(idx, wantedModules)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(missing) > 0 {
+		log.Info("modules not built as modules (assumed built in)", "modules", missing)
+	}
 	var raw bytes.Buffer
 	cw := &cpioWriter{w: &raw}
 	for _, d := range []string{"bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run"} {
@@ -169,58 +187,52 @@ func Build(ctx context.Context, o BuildOptions) (*Tiny, error) {
 	for _, m := range order {
 		b, err := os.ReadFile(idx[m])
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cw.File("lib/modules/"+m+".ko", 0o644, b)
 	}
 	cw.File("etc/modules", 0o644, []byte(strings.Join(order, "\n")+"\n"))
 	if err := cw.Close(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var gz bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
 	zw.Write(raw.Bytes())
 	if err := zw.Close(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	return gz.Bytes(), order, nil
+}
 
-	out := filepath.Join(o.Dir, "tiny")
+// writeImage writes the kernel, its PVH-bootable vmlinux where one can be
+// extracted, the initrd and, last, the manifest into out.
+func writeImage(out string, kernel, initrd []byte, man *Manifest, log *slog.Logger) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
-		return nil, err
+		return err
 	}
-	kb, err := os.ReadFile(kernels[0])
-	if err != nil {
-		return nil, err
-	}
-	man := Manifest{KernelPackage: pkg, KernelVersion: version, GuestSHA256: guestSum, Modules: order, Built: time.Now().UTC()}
-	files := []struct {
+	type file struct {
 		name string
 		data []byte
-	}{{"vmlinuz", kb}, {"initrd.img", gz.Bytes()}}
-	if vmlinux, err := extractPVH(kb); err != nil {
+	}
+	files := []file{{"vmlinuz", kernel}, {"initrd.img", initrd}}
+	if vmlinux, err := extractPVH(kernel); err != nil {
 		man.PVHMissing = err.Error()
-		o.Log.Warn("no PVH kernel: guests boot the compressed kernel, which is slow under TCG", "why", err)
+		log.Warn("no PVH kernel: guests boot the compressed kernel, which is slow under TCG", "why", err)
 		os.Remove(filepath.Join(out, "vmlinux"))
 	} else {
 		man.PVH = true
-		files = append(files, struct {
-			name string
-			data []byte
-		}{"vmlinux", vmlinux})
+		files = append(files, file{"vmlinux", vmlinux})
 	}
 	mb, _ := json.MarshalIndent(man, "", "  ")
-	// Write the manifest last: Find treats an image without one as unbuilt.
+	// The manifest last: Find treats an image without one as unbuilt.
 	os.Remove(filepath.Join(out, "manifest.json"))
-	for _, f := range append(files, struct {
-		name string
-		data []byte
-	}{"manifest.json", mb}) {
+	for _, f := range append(files, file{"manifest.json", mb}) {
 		if err := writeAtomic(filepath.Join(out, f.name), f.data); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	o.Log.Info("built image tiny", "dir", out, "kernel", version, "pvh", man.PVH, "modules", len(order), "initrd_bytes", gz.Len())
-	return Find(o.Dir)
+	log.Info("built image tiny", "dir", out, "kernel", man.KernelVersion, "pvh", man.PVH, "modules", len(man.Modules), "initrd_bytes", len(initrd))
+	return nil
 }
 
 const initScript = `#!/bin/busybox sh

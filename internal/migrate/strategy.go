@@ -92,120 +92,152 @@ func NoLiveMigration(accel, version string) string {
 // QEMUs are told, using only what both know. It refuses options that need
 // something one of them lacks, saying which host and what.
 func PlanFor(o api.MigrationOptions, vm *api.VM, src, dst *api.Node) (*api.MigrationPlan, error) {
-	s, d := src.QEMU, dst.QEMU
-	if s == nil || d == nil {
+	if src.QEMU == nil || dst.QEMU == nil {
 		return nil, fmt.Errorf("hosts %s and %s must both report their QEMU before a migration between them", src.Name, dst.Name)
 	}
-	need := func(what string, onSource, onTarget bool) error {
-		var lack []string
-		if onSource && !s.HasCapability(what) {
-			lack = append(lack, fmt.Sprintf("%s (QEMU %s)", src.Name, s.Version))
-		}
-		if onTarget && !d.HasCapability(what) {
-			lack = append(lack, fmt.Sprintf("%s (QEMU %s)", dst.Name, d.Version))
-		}
-		if len(lack) > 0 {
-			return fmt.Errorf("the %s strategy needs QEMU's %s migration capability, which %s lacks", o.Strategy, what, strings.Join(lack, " and "))
-		}
-		return nil
+	pl := &planning{o: o, src: src, dst: dst, s: src.QEMU, d: dst.QEMU}
+	p := pl.base(vm)
+	if err := pl.strategy(p); err != nil {
+		return nil, err
 	}
-	both := func(c string) bool { return s.HasCapability(c) && d.HasCapability(c) }
-	bothParam := func(p string) bool { return s.HasParameter(p) && d.HasParameter(p) }
-	p := &api.MigrationPlan{
-		Capabilities:       map[string]bool{},
-		SourceCapabilities: map[string]bool{},
-		Parameters:         map[string]any{},
-		SourceParameters: map[string]any{
-			"downtime-limit": InitialDowntimeMS(o.MaxDowntimeMS),
-			// 0 is unlimited in current QEMU but throttled in old ones: a
-			// very large number means unlimited in every version.
-			"max-bandwidth": unlimitedIfZero(o.MaxBandwidth),
-		},
-		Machine: placement.GuestMachine(vm, src),
-		Boot:    vm.Spec.Boot,
+	if err := pl.multifd(p); err != nil {
+		return nil, err
 	}
-	if p.Boot == "" && vm.Spec.Image == api.ImageTiny {
-		p.Boot = api.BootBzImage // started before Ferry recorded it: the compressed kernel
-	}
-	// Every capability either side would otherwise keep from an earlier
-	// migration is set explicitly, on both sides where both know it.
-	for _, c := range []string{"events", "postcopy-ram", "postcopy-preempt", "multifd"} {
-		if both(c) {
-			p.Capabilities[c] = false
-		}
-	}
-	p.Capabilities["events"] = true
-	for _, c := range []string{"auto-converge", "pause-before-switchover"} {
-		if s.HasCapability(c) {
-			p.SourceCapabilities[c] = false
-		}
-	}
-	multifd := o.Strategy == api.StrategyMultifd || o.Compress
-	switch o.Strategy {
-	case api.StrategyAutoConverge:
-		if err := need("auto-converge", true, false); err != nil {
-			return nil, err
-		}
-		p.SourceCapabilities["auto-converge"] = true
-	case api.StrategyPostcopy:
-		if err := need("postcopy-ram", true, true); err != nil {
-			return nil, err
-		}
-		p.Capabilities["postcopy-ram"] = true
-		p.Postcopy = true
-		// A second channel for the pages the guest faults on, so they do
-		// not wait behind the background stream.
-		if both("postcopy-preempt") {
-			p.Capabilities["postcopy-preempt"] = true
-		}
-		if s.HasParameter("max-postcopy-bandwidth") {
-			p.SourceParameters["max-postcopy-bandwidth"] = o.MaxBandwidth // 0: unlimited
-		}
-	}
-	if multifd {
-		what := o.Strategy
-		if o.Compress {
-			what = "compress"
-		}
-		if !both("multifd") {
-			return nil, fmt.Errorf("%s needs QEMU's multifd migration capability on %s (QEMU %s) and %s (QEMU %s)", what, src.Name, s.Version, dst.Name, d.Version)
-		}
-		p.Capabilities["multifd"] = true
-		if bothParam("multifd-channels") {
-			p.Parameters["multifd-channels"] = MultifdChannels
-		}
-		if bothParam("zero-page-detection") {
-			// Zero pages found by the multifd threads, not the main one.
-			p.Parameters["zero-page-detection"] = "multifd"
-		}
-	}
-	if bothParam("multifd-compression") {
-		p.Parameters["multifd-compression"] = "none"
-	}
-	if o.Compress {
-		method := ""
-		for _, m := range []string{"zstd", "zlib"} {
-			if slices.Contains(s.MultifdCompression, m) && slices.Contains(d.MultifdCompression, m) {
-				method = m
-				break
-			}
-		}
-		if method == "" {
-			return nil, fmt.Errorf("--compress needs a multifd compression method (zstd or zlib) that both %s (%v) and %s (%v) have",
-				src.Name, s.MultifdCompression, dst.Name, d.MultifdCompression)
-		}
-		p.Parameters["multifd-compression"] = method
-	}
-	if s.HasCapability("pause-before-switchover") {
+	if s := pl.s; s.HasCapability("pause-before-switchover") {
 		p.SourceCapabilities["pause-before-switchover"] = true
 		p.PauseBeforeSwitchover = true
 	}
-	if s.HasParameter("avail-switchover-bandwidth") {
+	if pl.s.HasParameter("avail-switchover-bandwidth") {
 		// QEMU's own estimate until the source has measured the link in
 		// the first pass and sets it.
 		p.SourceParameters["avail-switchover-bandwidth"] = 0
 	}
 	return p, nil
+}
+
+// planning is one PlanFor: the options and what each side's QEMU knows.
+type planning struct {
+	o        api.MigrationOptions
+	src, dst *api.Node
+	s, d     *api.QEMUInfo
+}
+
+func (pl *planning) both(c string) bool { return pl.s.HasCapability(c) && pl.d.HasCapability(c) }
+
+func (pl *planning) bothParam(p string) bool { return pl.s.HasParameter(p) && pl.d.HasParameter(p) }
+
+// need refuses the strategy when a side that must have capability what
+// lacks it, naming the hosts.
+func (pl *planning) need(what string, onSource, onTarget bool) error {
+	var lack []string
+	if onSource && !pl.s.HasCapability(what) {
+		lack = append(lack, fmt.Sprintf("%s (QEMU %s)", pl.src.Name, pl.s.Version))
+	}
+	if onTarget && !pl.d.HasCapability(what) {
+		lack = append(lack, fmt.Sprintf("%s (QEMU %s)", pl.dst.Name, pl.d.Version))
+	}
+	if len(lack) > 0 {
+		return fmt.Errorf("the %s strategy needs QEMU's %s migration capability, which %s lacks", pl.o.Strategy, what, strings.Join(lack, " and "))
+	}
+	return nil
+}
+
+// base is the plan every strategy starts from: the machine and boot to
+// start the target with, the source's bandwidth and first downtime limit,
+// and every capability either side would otherwise keep from an earlier
+// migration set explicitly (on both sides where both know it).
+func (pl *planning) base(vm *api.VM) *api.MigrationPlan {
+	p := &api.MigrationPlan{
+		Capabilities:       map[string]bool{},
+		SourceCapabilities: map[string]bool{},
+		Parameters:         map[string]any{},
+		SourceParameters: map[string]any{
+			"downtime-limit": InitialDowntimeMS(pl.o.MaxDowntimeMS),
+			// 0 is unlimited in current QEMU but throttled in old ones: a
+			// very large number means unlimited in every version.
+			"max-bandwidth": unlimitedIfZero(pl.o.MaxBandwidth),
+		},
+		Machine: placement.GuestMachine(vm, pl.src),
+		Boot:    vm.Spec.Boot,
+	}
+	if p.Boot == "" && vm.Spec.Image == api.ImageTiny {
+		p.Boot = api.BootBzImage // started before Ferry recorded it: the compressed kernel
+	}
+	for _, c := range []string{"events", "postcopy-ram", "postcopy-preempt", "multifd"} {
+		if pl.both(c) {
+			p.Capabilities[c] = false
+		}
+	}
+	p.Capabilities["events"] = true
+	for _, c := range []string{"auto-converge", "pause-before-switchover"} {
+		if pl.s.HasCapability(c) {
+			p.SourceCapabilities[c] = false
+		}
+	}
+	return p
+}
+
+// strategy switches on what auto-converge and post-copy need.
+func (pl *planning) strategy(p *api.MigrationPlan) error {
+	switch pl.o.Strategy {
+	case api.StrategyAutoConverge:
+		if err := pl.need("auto-converge", true, false); err != nil {
+			return err
+		}
+		p.SourceCapabilities["auto-converge"] = true
+	case api.StrategyPostcopy:
+		if err := pl.need("postcopy-ram", true, true); err != nil {
+			return err
+		}
+		p.Capabilities["postcopy-ram"] = true
+		p.Postcopy = true
+		// A second channel for the pages the guest faults on, so they do
+		// not wait behind the background stream.
+		if pl.both("postcopy-preempt") {
+			p.Capabilities["postcopy-preempt"] = true
+		}
+		if pl.s.HasParameter("max-postcopy-bandwidth") {
+			p.SourceParameters["max-postcopy-bandwidth"] = pl.o.MaxBandwidth // 0: unlimited
+		}
+	}
+	return nil
+}
+
+// multifd sets up parallel channels for the multifd strategy and for
+// compression (which needs them), with a method both sides have.
+func (pl *planning) multifd(p *api.MigrationPlan) error {
+	o, s, d := pl.o, pl.s, pl.d
+	if o.Strategy == api.StrategyMultifd || o.Compress {
+		what := o.Strategy
+		if o.Compress {
+			what = "compress"
+		}
+		if !pl.both("multifd") {
+			return fmt.Errorf("%s needs QEMU's multifd migration capability on %s (QEMU %s) and %s (QEMU %s)", what, pl.src.Name, s.Version, pl.dst.Name, d.Version)
+		}
+		p.Capabilities["multifd"] = true
+		if pl.bothParam("multifd-channels") {
+			p.Parameters["multifd-channels"] = MultifdChannels
+		}
+		if pl.bothParam("zero-page-detection") {
+			// Zero pages found by the multifd threads, not the main one.
+			p.Parameters["zero-page-detection"] = "multifd"
+		}
+	}
+	if pl.bothParam("multifd-compression") {
+		p.Parameters["multifd-compression"] = "none"
+	}
+	if !o.Compress {
+		return nil
+	}
+	for _, m := range []string{"zstd", "zlib"} {
+		if slices.Contains(s.MultifdCompression, m) && slices.Contains(d.MultifdCompression, m) {
+			p.Parameters["multifd-compression"] = m
+			return nil
+		}
+	}
+	return fmt.Errorf("--compress needs a multifd compression method (zstd or zlib) that both %s (%v) and %s (%v) have",
+		pl.src.Name, s.MultifdCompression, pl.dst.Name, d.MultifdCompression)
 }
 
 func unlimitedIfZero(b int64) int64 {

@@ -288,8 +288,13 @@ func (p *Proc) sendStep(mig *migration, conn net.Conn, r *bufio.Reader) (bool, e
 	case mig.remaining > 0:
 		return true, nil
 	}
-	// A round is over: what the guest dirtied meanwhile is the next one,
-	// unless it fits in the downtime limit.
+	return p.endRoundLocked(mig, conn, bw)
+}
+
+// endRoundLocked ends a pre-copy round: what the guest dirtied meanwhile is
+// the next round, unless it fits in the downtime limit at rate bw; then the
+// guest stops (waiting at pre-switchover where asked) and the rest goes.
+func (p *Proc) endRoundLocked(mig *migration, conn net.Conn, bw float64) (bool, error) {
 	mig.remaining, mig.dirtied = int64(mig.dirtied), 0
 	limit, _ := number(p.params["downtime-limit"])
 	rate := bw

@@ -49,6 +49,38 @@ type Embedded struct {
 
 // StartEmbedded starts an etcd server in this process and waits until it serves.
 func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+	cfg, err := embedConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("starting embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd not ready after 60s")
+	}
+	if c.Log != nil {
+		go func() {
+			if err, ok := <-e.Err(); ok && err != nil {
+				c.Log.Error("embedded etcd", "err", err)
+			}
+		}()
+	}
+	return &Embedded{e: e, clientURL: c.ClientURL}, nil
+}
+
+// embedConfig is etcd's configuration for c.
+func embedConfig(c EmbedConfig) (*embed.Config, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = c.Dir
 	cfg.Name = c.Name
@@ -75,10 +107,6 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	// errors); its serving errors arrive on e.Err() and are logged by Ferry.
 	cfg.Logger = "zap"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(nopZap())
-	// A leader election must finish well inside the agents' self-fence
-	// deadline (ha.Timing.FenceAfter, 1.4 s): heartbeats every 50 ms and an
-	// election timeout of 500 ms (randomised up to 1 s) instead of etcd's
-	// 100 ms / 1 s. See docs/HA.md.
 	if c.TLS != nil {
 		ti := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA,
 			ClientCertFile: c.TLS.Cert, ClientKeyFile: c.TLS.Key,
@@ -97,6 +125,10 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	// behalf of its callers, out of the revocation check's sight; Ferry does
 	// not use it.
 	cfg.EnableGRPCGateway = false
+	// A leader election must finish well inside the agents' self-fence
+	// deadline (ha.Timing.FenceAfter, 1.4 s): heartbeats every 50 ms and an
+	// election timeout of 500 ms (randomised up to 1 s) instead of etcd's
+	// 100 ms / 1 s. See docs/HA.md.
 	cfg.TickMs = 50
 	cfg.ElectionMs = 500
 	// Old revisions are kept 10 minutes: enough for a watch to resume
@@ -106,30 +138,7 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	// to etcd's 2 GB quota.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "10m"
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("starting embedded etcd: %w", err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd: %w", err)
-	case <-ctx.Done():
-		e.Close()
-		return nil, ctx.Err()
-	case <-time.After(60 * time.Second):
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd not ready after 60s")
-	}
-	if c.Log != nil {
-		go func() {
-			if err, ok := <-e.Err(); ok && err != nil {
-				c.Log.Error("embedded etcd", "err", err)
-			}
-		}()
-	}
-	return &Embedded{e: e, clientURL: c.ClientURL}, nil
+	return cfg, nil
 }
 
 // ClientURL is where clients reach the embedded server.
