@@ -32,6 +32,9 @@ func testbedCmd() *cobra.Command {
 				fmt.Printf("  %-4s namespace %-10s underlay %-14s agent pid %d\n", h.Name, h.NS, h.Addr, h.PID)
 			}
 			fmt.Printf("  client namespace %s: underlay %s, overlay %s\n", b.ClientNS, b.ClientAddr, b.ClientIP)
+			if b.EmulatedLinks {
+				fmt.Printf("  links between hosts through the emulator (pid %d): %s testbed link h1 h2 --rate 200M --delay 20ms\n", b.ForwarderPID, self)
+			}
 			fmt.Printf("\nuse it:  ip netns exec %s %s --data-dir %s vm create web\n", b.Hosts[0].NS, self, b.Hosts[0].DataDir)
 			fmt.Printf("remove:  %s testbed down --name %s\n", self, b.Name)
 			return nil
@@ -41,6 +44,7 @@ func testbedCmd() *cobra.Command {
 	up.Flags().StringVar(&o.Name, "name", "fbed", "testbed name (at most 8 characters; prefixes its namespaces)")
 	up.Flags().StringVar(&o.ImageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	up.Flags().StringVar(&o.Accel, "accel", "tcg", "accelerator for the hosts' guests")
+	up.Flags().BoolVar(&o.EmulatedLinks, "emulate-links", false, "carry the hosts' underlay through the link emulator, so that `ferry testbed link` can shape it")
 	var name string
 	down := &cobra.Command{
 		Use:   "down",
@@ -55,7 +59,7 @@ func testbedCmd() *cobra.Command {
 		},
 	}
 	down.Flags().StringVar(&name, "name", "fbed", "testbed name")
-	c.AddCommand(up, down, testbedStreamCmd(), testbedCrashCmd())
+	c.AddCommand(up, down, testbedStreamCmd(), testbedCrashCmd(), testbedLinkCmd(), testbedForwardCmd())
 	return c
 }
 

@@ -40,6 +40,10 @@ type Bed struct {
 	ClientIP   string  `json:"client_overlay"` // on the guest overlay
 	StorageDir string  `json:"storage_dir"`
 	Hosts      []*Host `json:"hosts"`
+	// EmulatedLinks: the hosts' underlay ports go through the link
+	// forwarder (links.go), whose process is ForwarderPID.
+	EmulatedLinks bool `json:"emulated_links,omitempty"`
+	ForwarderPID  int  `json:"forwarder_pid,omitempty"`
 }
 
 // Host is one testbed host and its agent.
@@ -66,6 +70,8 @@ type Options struct {
 	// HostArgs are extra agent arguments per host index (e.g. another
 	// QEMU build with --qemu-binary).
 	HostArgs map[int][]string
+	// EmulatedLinks puts the link emulator between the hosts (SetLink).
+	EmulatedLinks bool
 }
 
 const (
@@ -103,7 +109,7 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	b = &Bed{Name: o.Name, Dir: dir, Bin: o.Bin, ImageDir: o.ImageDir, Accel: o.Accel,
 		FabricNS: o.Name + "-fab", ClientNS: o.Name + "-cl",
 		ClientAddr: underlayPrefix + strconv.Itoa(clientOctet), ClientIP: clientOverlay,
-		StorageDir: filepath.Join(dir, "storage")}
+		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks}
 	for i := 1; i <= o.Hosts; i++ {
 		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
 			Addr: underlayPrefix + strconv.Itoa(10+i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
@@ -127,6 +133,11 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	}
 	if err := b.buildNetwork(); err != nil {
 		return b, err
+	}
+	if b.EmulatedLinks {
+		if err := b.startForwarder(ctx); err != nil {
+			return b, err
+		}
 	}
 	// The cluster's CAs are made here and given to the first server; the
 	// other etcd servers join with server tokens (and are given the CA
@@ -186,9 +197,17 @@ func (b *Bed) buildNetwork() error {
 		if err := ip("netns", "add", m.ns); err != nil {
 			return err
 		}
+		if b.EmulatedLinks && m.ns != b.ClientNS {
+			// TAP ports the link forwarder carries (links.go).
+			steps = append(steps,
+				[]string{"-n", m.ns, "tuntap", "add", "dev", "eth0", "mode", "tap"},
+				[]string{"-n", b.FabricNS, "tuntap", "add", "dev", m.port, "mode", "tap"})
+		} else {
+			steps = append(steps,
+				[]string{"-n", b.FabricNS, "link", "add", m.port, "type", "veth", "peer", "name", "eth0", "netns", m.ns})
+		}
 		steps = append(steps,
-			[]string{"-n", b.FabricNS, "link", "add", m.port, "type", "veth", "peer", "name", "eth0", "netns", m.ns},
-			[]string{"-n", b.FabricNS, "link", "set", m.port, "master", "br0", "up"},
+			[]string{"-n", b.FabricNS, "link", "set", "dev", m.port, "master", "br0", "up"},
 			[]string{"-n", m.ns, "link", "set", "lo", "up"},
 			[]string{"-n", m.ns, "addr", "add", m.addr + "/24", "dev", "eth0"},
 			[]string{"-n", m.ns, "link", "set", "eth0", "up"},
