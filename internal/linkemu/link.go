@@ -22,8 +22,8 @@ type pending struct {
 type Counters struct {
 	Frames    uint64 `json:"frames"` // delivered
 	Bytes     uint64 `json:"bytes"`
-	Lost      uint64 `json:"lost"`       // dropped at random (Loss)
-	Overflown uint64 `json:"overflown"`  // dropped for a full queue
+	Lost      uint64 `json:"lost"`      // dropped at random (Loss)
+	Overflown uint64 `json:"overflown"` // dropped for a full queue
 }
 
 // link is one direction between two ports: a rate-limited serialiser

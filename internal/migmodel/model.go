@@ -113,15 +113,15 @@ type sim struct {
 	lim      Limits
 	c        Constants
 
-	rate      float64 // bytes/s the stream carries (payload before compression)
-	wire      float64 // wire bytes per payload byte of a non-zero page
-	perZero   float64 // wire bytes per zero page
-	workSet   float64
-	t         float64 // seconds since the migration began
-	bytes     float64
-	throttle  int
-	highCount int
-	lastCheck float64
+	rate                    float64 // bytes/s the stream carries (payload before compression)
+	wire                    float64 // wire bytes per payload byte of a non-zero page
+	perZero                 float64 // wire bytes per zero page
+	workSet                 float64
+	t                       float64 // seconds since the migration began
+	bytes                   float64
+	throttle                int
+	highCount               int
+	lastCheck               float64
 	periodXfer, periodDirty float64
 }
 
