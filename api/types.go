@@ -59,6 +59,8 @@ type VMSpec struct {
 	// (BootPVH; empty for guests first started before Ferry knew it, which
 	// keep the compressed kernel): a migration target must load the same.
 	Boot string `json:"boot,omitempty"`
+	// Labels select migration policies (and, later, other rules).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Kernel forms of the built-in image.
@@ -89,6 +91,8 @@ type VMStatus struct {
 	// QEMUVersion is the version of the QEMU the guest runs in: a guest is
 	// never moved to an older one.
 	QEMUVersion string `json:"qemu_version,omitempty"`
+	// Memory is how the guest uses its memory (for migration predictions).
+	Memory *MemoryLoad `json:"memory,omitempty"`
 }
 
 // Guest is what the agent's probe learned from the guest itself.
@@ -119,6 +123,8 @@ type VMCreateRequest struct {
 	HA           bool   `json:"ha,omitempty"`
 	HAPriority   int    `json:"ha_priority,omitempty"`
 	AntiAffinity string `json:"anti_affinity,omitempty"`
+	// Labels select migration policies.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // VMStopRequest is the body of POST /v1/vms/{name}/stop.
@@ -261,7 +267,7 @@ type MigrateRequest struct {
 	To           string `json:"to"`                      // a host name, or "auto"
 	MaxBandwidth string `json:"max_bandwidth,omitempty"` // bytes per second, e.g. "100M"; empty: unlimited
 	MaxDowntime  string `json:"max_downtime,omitempty"`  // e.g. "300ms"
-	Strategy     string `json:"strategy,omitempty"`      // precopy (default), auto-converge, postcopy, multifd
+	Strategy     string `json:"strategy,omitempty"`      // auto (default), precopy, auto-converge, postcopy, multifd
 	Compress     bool   `json:"compress,omitempty"`
 	// Plaintext sends the guest's memory unencrypted and unauthenticated;
 	// refused unless the cluster's security settings allow it.
@@ -269,6 +275,9 @@ type MigrateRequest struct {
 	// Transport picks how an encrypted stream is carried: agent-tls (the
 	// default) or qemu-tls; both admit only the migration's source.
 	Transport string `json:"transport,omitempty"`
+	// DryRun: predict every strategy and say which Ferry would pick and
+	// why, without moving anything.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // MigrationOptions are the validated options of a migration.
@@ -283,6 +292,15 @@ type MigrationOptions struct {
 	Plaintext bool `json:"plaintext,omitempty"`
 	// Transport: TransportAgent, TransportQEMU or TransportPlain.
 	Transport string `json:"transport,omitempty"`
+	// Auto: Ferry chose Strategy (the request said auto).
+	Auto bool `json:"auto,omitempty"`
+	// Policy is the migration policy that applied; AllowedDowntimeMS and
+	// Escalations are its: how far a migration that does not converge may
+	// go.
+	Policy            string   `json:"policy,omitempty"`
+	AllowedDowntimeMS int64    `json:"allowed_downtime_ms,omitempty"`
+	Escalations       []string `json:"escalations,omitempty"`
+	TimeoutS          int64    `json:"timeout_s,omitempty"`
 }
 
 // MigrationPlan is what both QEMUs are told for one migration, made when the
@@ -350,6 +368,12 @@ type Migration struct {
 	Recoveries      int    `json:"recoveries,omitempty"`
 	// Timeline records when each step happened, for diagnosis.
 	Timeline []MigrationEvent `json:"timeline,omitempty"`
+	// Prediction is what Ferry predicted before it began (nil for
+	// migrations before predictions); Escalations what it did when the
+	// guest did not converge; BytesSent what crossed the link.
+	Prediction  *MigrationPrediction  `json:"prediction,omitempty"`
+	Escalations []MigrationEscalation `json:"escalations,omitempty"`
+	BytesSent   int64                 `json:"bytes_sent,omitempty"`
 }
 
 // MigrationEvent is one step of a migration.

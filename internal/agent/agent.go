@@ -84,6 +84,9 @@ type Config struct {
 	// OverlayPeers are extra underlay addresses (not Ferry hosts, e.g. a
 	// gateway or test client) that join the overlay.
 	OverlayPeers []net.IP
+	// MeasureEvery is how often each guest's memory use is measured (0:
+	// DefaultMeasureEvery; negative: never).
+	MeasureEvery time.Duration
 }
 
 // Agent reconciles one host.
@@ -192,12 +195,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
 	}
-	wg.Add(6)
+	wg.Add(7)
 	go func() { defer wg.Done(); a.leaseLoop(ctx) }()
 	go func() { defer wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
 	go func() { defer wg.Done(); a.probeLoop(ctx) }()
+	go func() { defer wg.Done(); a.measureLoop(ctx) }()
 	go func() { defer wg.Done(); a.watch(ctx) }()
 	a.log.Info("agent running", "accel", a.cfg.Accel)
 	<-ctx.Done()

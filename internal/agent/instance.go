@@ -77,6 +77,8 @@ type instance struct {
 	// through, while it migrates (guarded by mu).
 	srcTunnel *tunnel.Source
 	tgtTunnel *tunnel.Target
+	// memory is the guest's memory use as last measured (guarded by mu).
+	memory *api.MemoryLoad
 
 	mu         sync.Mutex
 	expectExit bool   // the agent asked it to stop

@@ -161,11 +161,11 @@ func (a *Agent) exited(ctx context.Context, in *instance, vm *api.VM) {
 
 func (a *Agent) runningStatus(in *instance) api.VMStatus {
 	in.mu.Lock()
-	g := in.guest
+	g, m := in.guest, in.memory
 	in.mu.Unlock()
 	return api.VMStatus{Phase: api.PhaseRunning, Node: a.cfg.Node, PID: in.rec.PID, StartSeq: in.rec.StartSeq,
 		Accel: in.rec.Accel, Endpoint: in.rec.Endpoint, Guest: g, Since: in.rec.Started, Restarts: in.rec.Restarts,
-		QEMUVersion: in.qmp.Version().String()}
+		QEMUVersion: in.qmp.Version().String(), Memory: m}
 }
 
 // start launches the guest: ownership first, then QEMU paused, a fencing

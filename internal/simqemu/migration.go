@@ -39,6 +39,14 @@ type migration struct {
 	stoppedByUs                   bool // the migration paused the guest (resume it on failure)
 	wantPostcopy                  bool
 	cont                          chan struct{} // closed by migrate-continue
+	// Auto-converge, as QEMU does it: at a sync at least a second after
+	// the last check, a period in which the guest dirtied more than the
+	// trigger threshold of what was sent counts as high; two in a row
+	// raise the CPU throttle.
+	throttle                int
+	highCount               int
+	lastCheck               time.Time
+	periodXfer, periodDirty float64
 
 	conn net.Conn
 	ln   net.Listener
@@ -110,7 +118,10 @@ func (p *Proc) queryMigrate() map[string]any {
 	if mig.status != "setup" {
 		out["ram"] = map[string]any{"transferred": mig.transferred, "remaining": mig.remaining, "total": mig.total,
 			"mbps": p.bandwidthLocked() * 8 / 1e6, "dirty-sync-count": mig.rounds, "page-size": 4096,
-			"dirty-pages-rate": int64(p.dirty / 4096)}
+			"dirty-pages-rate": int64(p.dirty * float64(100-mig.throttle) / 100 / 4096)}
+		if mig.throttle > 0 {
+			out["cpu-throttle-percentage"] = mig.throttle
+		}
 	}
 	return out
 }
@@ -255,7 +266,9 @@ func (p *Proc) sendStep(mig *migration, conn net.Conn, r *bufio.Reader) (bool, e
 	}
 	postcopy := mig.status == qemu.StatusPostcopyActive
 	if !postcopy && mig.status == "active" {
-		mig.dirtied = min(float64(mig.total), mig.dirtied+p.dirty*tick.Seconds())
+		d := p.dirty * float64(100-mig.throttle) / 100 * tick.Seconds()
+		mig.dirtied = min(float64(mig.total), mig.dirtied+d)
+		mig.periodDirty += d
 	}
 	p.mu.Unlock()
 	if n > 0 {
@@ -273,6 +286,7 @@ func (p *Proc) sendStep(mig *migration, conn net.Conn, r *bufio.Reader) (bool, e
 	}
 	mig.transferred += n
 	mig.remaining -= n
+	mig.periodXfer += float64(n)
 	switch {
 	case postcopy && mig.remaining == 0:
 		return false, p.completeLocked(mig, conn)
@@ -303,6 +317,7 @@ func (p *Proc) endRoundLocked(mig *migration, conn net.Conn, bw float64) (bool, 
 	}
 	if float64(mig.remaining)/rate*1000 > limit {
 		mig.rounds++
+		p.autoConvergeLocked(mig)
 		return true, nil
 	}
 	p.stopForSwitchoverLocked(mig)
@@ -332,6 +347,44 @@ func (p *Proc) endRoundLocked(mig *migration, conn net.Conn, bw float64) (bool, 
 	mig.transferred += mig.remaining
 	mig.remaining = 0
 	return false, p.completeLocked(mig, conn)
+}
+
+// autoConvergeLocked raises the throttle at a sync as QEMU's auto-converge
+// does (migration_trigger_throttle), with its parameters.
+func (p *Proc) autoConvergeLocked(mig *migration) {
+	if !p.caps["auto-converge"] || time.Since(mig.lastCheck) < time.Second {
+		return
+	}
+	param := func(name string, def float64) int {
+		if v, ok := number(p.params[name]); ok {
+			return int(v)
+		}
+		return int(def)
+	}
+	high := mig.periodDirty > mig.periodXfer*float64(param("throttle-trigger-threshold", 50))/100
+	mig.lastCheck, mig.periodDirty, mig.periodXfer = time.Now(), 0, 0
+	if !high {
+		return
+	}
+	if mig.highCount++; mig.highCount < 2 {
+		return
+	}
+	mig.highCount = 0
+	if mig.throttle == 0 {
+		mig.throttle = param("cpu-throttle-initial", 20)
+	} else {
+		mig.throttle += param("cpu-throttle-increment", 10)
+	}
+	mig.throttle = min(mig.throttle, param("max-cpu-throttle", 99))
+}
+
+// throttleLocked is the CPU throttle the current migration holds the guest
+// at (mu held).
+func (p *Proc) throttleLocked() int {
+	if mig := p.mig; mig != nil && mig.source && active(mig.status) {
+		return mig.throttle
+	}
+	return 0
 }
 
 // stopForSwitchoverLocked stops the guest's CPUs for the switchover.

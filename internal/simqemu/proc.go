@@ -31,6 +31,10 @@ type Proc struct {
 	params map[string]any
 	mig    *migration // the current or last migration, either side
 	dirty  float64    // bytes/s the guest dirties (0: idle)
+	zero   float64    // share of its memory that is zeros
+	// calc is a dirty-rate measurement: when it began and for how long.
+	calcAt   time.Time
+	calcSecs int64
 }
 
 func newProc(w *World, pid int, host string, cfg *qemu.Config) *Proc {
@@ -77,6 +81,13 @@ func (p *Proc) State() string {
 func (p *Proc) SetDirty(bytesPerSec float64) {
 	p.mu.Lock()
 	p.dirty = bytesPerSec
+	p.mu.Unlock()
+}
+
+// SetZeroShare says which share of the guest's memory is zeros.
+func (p *Proc) SetZeroShare(z float64) {
+	p.mu.Lock()
+	p.zero = z
 	p.mu.Unlock()
 }
 
@@ -267,6 +278,23 @@ func (p *Proc) command(cmd string, a map[string]any) (any, error) {
 		return p.params, nil
 	case "object-add", "object-del", "announce-self":
 		return nil, nil
+	case "calc-dirty-rate":
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		secs, _ := number(a["calc-time"])
+		p.calcAt, p.calcSecs = time.Now(), max(1, int64(secs))
+		return nil, nil
+	case "query-dirty-rate":
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		switch {
+		case p.calcAt.IsZero():
+			return map[string]any{"status": "unstarted"}, nil
+		case time.Since(p.calcAt) < time.Duration(p.calcSecs)*time.Second:
+			return map[string]any{"status": "measuring"}, nil
+		}
+		return map[string]any{"status": "measured", "mode": "page-sampling", "calc-time": p.calcSecs,
+			"dirty-rate": int64(p.dirty * float64(100-p.throttleLocked()) / 100 / (1 << 20))}, nil
 	}
 	return p.migrationCommand(cmd, a)
 }

@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+)
+
+// DefaultMeasureEvery is how often the agent measures each guest's memory
+// use for migration predictions.
+const DefaultMeasureEvery = 30 * time.Second
+
+// measureLoop measures how each running guest uses its memory — the rate
+// at which it writes pages (QEMU's page-sampling, one second) and the
+// share of zero pages — and reports it in the guest's status when it
+// changed noticeably (or with the probe's refresh). Guests that migrate
+// are left alone: their migration measures them.
+func (a *Agent) measureLoop(ctx context.Context) {
+	every := a.cfg.MeasureEvery
+	if every == 0 {
+		every = DefaultMeasureEvery
+	}
+	if every < 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		for _, in := range a.instances() {
+			if ctx.Err() != nil {
+				return
+			}
+			a.measureGuest(ctx, in)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// instances are the guests this agent runs now.
+func (a *Agent) instances() []*instance {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]*instance, 0, len(a.vms))
+	for _, in := range a.vms {
+		out = append(out, in)
+	}
+	return out
+}
+
+// measureGuest measures one guest and reports a noticeable change.
+func (a *Agent) measureGuest(ctx context.Context, in *instance) {
+	in.mu.Lock()
+	busy := in.incoming || in.preparedFor != "" || in.srcTunnel != nil || in.tgtTunnel != nil
+	in.mu.Unlock()
+	if busy || !in.alive() {
+		return
+	}
+	m, err := a.measureMemory(ctx, in)
+	if err != nil {
+		a.log.Debug("measuring a guest's memory", "vm", in.name, "err", err)
+		return
+	}
+	in.mu.Lock()
+	old := in.memory
+	in.memory = m
+	in.mu.Unlock()
+	if old != nil && !changedMuch(old.DirtyRate, m.DirtyRate, 1<<20) && !changedMuch(old.ZeroShare, m.ZeroShare, 0.05) {
+		return
+	}
+	if vm, err := a.st.GetVM(ctx, in.name); err == nil && vm.Status.Phase == api.PhaseRunning && vm.Status.PID == in.rec.PID && in.alive() {
+		a.putStatus(ctx, in.name, a.runningStatus(in))
+	}
+}
+
+// measureMemory asks QEMU for the guest's dirty rate and reads its zero
+// pages.
+func (a *Agent) measureMemory(ctx context.Context, in *instance) (*api.MemoryLoad, error) {
+	mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	dr, err := in.qmp.MeasureDirtyRate(mctx, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	z, err := a.rt.ZeroShare(in.rec.PID, in.memoryMiB)
+	if err != nil {
+		return nil, err
+	}
+	return &api.MemoryLoad{DirtyRate: dr.BytesPerSecond(), ZeroShare: z, MeasuredAt: time.Now().UTC()}, nil
+}
+
+// changedMuch: by more than a fifth and more than floor.
+func changedMuch(old, cur, floor float64) bool {
+	d := math.Abs(cur - old)
+	return d > floor && d > 0.2*math.Max(math.Abs(old), math.Abs(cur))
+}
