@@ -138,6 +138,7 @@ type Node struct {
 	Name        string    `json:"name"`
 	State       string    `json:"state"` // ready|not-ready
 	Address     string    `json:"address"`
+	API         string    `json:"api,omitempty"` // where the host serves the API (host:port)
 	CPUs        int       `json:"cpus"`
 	MemoryMiB   int       `json:"memory_mib"`
 	Accel       string    `json:"accel"`
@@ -317,6 +318,12 @@ type MigrationPlan struct {
 	// PauseBeforeSwitchover: the source stops at pre-switchover and goes on
 	// only if the migration was not cancelled meanwhile.
 	PauseBeforeSwitchover bool `json:"pause_before_switchover,omitempty"`
+	// PostcopyReady: post-copy is enabled on both sides without being
+	// started, so that a migration that does not converge can switch to it
+	// (EscalatePostcopy). ThrottleReady: auto-converge is armed at a 1 %
+	// ceiling that the throttle escalation lifts.
+	PostcopyReady bool `json:"postcopy_ready,omitempty"`
+	ThrottleReady bool `json:"throttle_ready,omitempty"`
 	// Machine and Boot the target starts the guest with (the guest's own).
 	Machine string `json:"machine,omitempty"`
 	Boot    string `json:"boot,omitempty"`

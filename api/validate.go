@@ -95,3 +95,35 @@ func FormatMiB(m int) string {
 		return fmt.Sprintf("%dM", m)
 	}
 }
+
+var labelKeyRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$`)
+var labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
+
+// MaxLabels bounds a guest's labels.
+const MaxLabels = 32
+
+// ValidateLabel checks a label: a key of lowercase letters, digits, '.',
+// '_', '-' and '/' (1-63, starting and ending with a letter or digit) and
+// a value of letters, digits, '.', '_' and '-' (0-63).
+func ValidateLabel(key, value string) error {
+	if !labelKeyRE.MatchString(key) {
+		return fmt.Errorf("label key %q is invalid: use 1-63 lowercase letters, digits, '.', '_', '-' or '/', starting and ending with a letter or digit", key)
+	}
+	if !labelValueRE.MatchString(value) {
+		return fmt.Errorf("label %s: value %q is invalid: use up to 63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit", key, value)
+	}
+	return nil
+}
+
+// ValidateLabels checks a guest's labels.
+func ValidateLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return fmt.Errorf("%d labels: at most %d", len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if err := ValidateLabel(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -53,6 +53,7 @@ type agentOpts struct {
 	logLevel      string
 	haTiming      ha.Timing
 	noLeader      bool
+	linkProbe     time.Duration
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -117,6 +118,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.storageDir, "storage-dir", "", "where VM disks live (default: DATA-DIR/storage)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.haTiming = ha.DefaultTiming()
+	f.DurationVar(&o.linkProbe, "link-probe-every", 30*time.Second, "how often to measure the round trip to other hosts (and, every 10 minutes, a second's bandwidth); 0 never")
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
@@ -147,7 +149,10 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		EtcdEndpoints: o.etcdEndpoints, EtcdClientURL: o.etcdClientURL, EtcdPeerURL: o.etcdPeerURL,
 		VNI: o.vni, Accel: o.accel, CPUModel: o.cpuModel, GuestTHP: o.guestTHP, HA: o.haTiming,
 		MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, NoLeader: o.noLeader,
-		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log}
+		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe}
+	if o.linkProbe == 0 {
+		h.LinkProbeEvery = -1
+	}
 	if h.Node == "" {
 		h.Node = defaultNodeName()
 	}

@@ -84,6 +84,9 @@ type Config struct {
 	// OverlayPeers are extra underlay addresses (not Ferry hosts, e.g. a
 	// gateway or test client) that join the overlay.
 	OverlayPeers []net.IP
+	// APIAddress is where this host serves the API (host:port), for the
+	// other hosts' link probes.
+	APIAddress string
 	// MeasureEvery is how often each guest's memory use is measured (0:
 	// DefaultMeasureEvery; negative: never).
 	MeasureEvery time.Duration
@@ -334,6 +337,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		Name:        a.cfg.Node,
 		State:       "ready",
 		Address:     a.cfg.Address,
+		API:         a.cfg.APIAddress,
 		CPUs:        a.cfg.CPUs,
 		MemoryMiB:   a.cfg.MemoryMiB,
 		Accel:       a.cfg.Accel,

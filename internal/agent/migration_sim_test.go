@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,34 @@ func TestMigrationBranches(t *testing.T) {
 		{name: "pre-copy completes", phase: api.MigCompleted, on: "h2"},
 		{name: "busy guest completes in post-copy", opts: api.MigrationOptions{Strategy: api.StrategyPostcopy},
 			setup: busy, phase: api.MigCompleted, on: "h2", check: inTimeline("post-copy")},
+		{name: "busy guest escalates to downtime then throttle then post-copy",
+			opts:  api.MigrationOptions{Escalations: migrate.AllEscalations, AllowedDowntimeMS: 500},
+			setup: busy, phase: api.MigCompleted, on: "h2",
+			check: func(t *testing.T, m *api.Migration) {
+				inTimeline("escalated: ")(t, m)
+				var kinds []string
+				for _, e := range m.Escalations {
+					kinds = append(kinds, e.Kind)
+				}
+				// Twice the link's rate, a whole memory (1 s) left after
+				// every round: 500 ms allowed cannot help, the throttle
+				// works too slowly, post-copy finishes it.
+				if !slices.Equal(kinds, migrate.AllEscalations) {
+					t.Fatalf("escalations %v, want %v", kinds, migrate.AllEscalations)
+				}
+			}},
+		{name: "guest a little faster than the link converges under the throttle",
+			opts: api.MigrationOptions{Escalations: []string{api.EscalateThrottle}},
+			setup: func(e *env, vm *api.VM) {
+				e.c.World.SetBandwidth(256 << 20)
+				e.procOn(vm, "h1").SetDirty(300 << 20)
+			},
+			phase: api.MigCompleted, on: "h2",
+			check: func(t *testing.T, m *api.Migration) {
+				if len(m.Escalations) != 1 || m.Escalations[0].Kind != api.EscalateThrottle || m.Progress.CPUThrottle == 0 {
+					t.Fatalf("escalations %+v (throttle %d %%), want the throttle alone", m.Escalations, m.Progress.CPUThrottle)
+				}
+			}},
 		{name: "target QEMU fails to start",
 			setup: func(e *env, vm *api.VM) { e.c.World.FailLaunch(vm.Spec.Name, "could not load PC BIOS") },
 			phase: api.MigFailed, on: "h1"},
@@ -196,6 +225,17 @@ func TestMigrationBranches(t *testing.T) {
 				tc.during(e, vm, m)
 			}
 			end := e.waitMigration("mig", 30*time.Second)
+			if end.Phase == api.MigCompleted {
+				// The target completes the record; the source adds its
+				// part of the timeline (and its figures) after.
+				wait.For(t, 10*time.Second, "the source's part of the record", func() (bool, error) {
+					m, _, err := e.st.GetMigration(context.Background(), "mig")
+					if err == nil && m != nil {
+						end = m
+					}
+					return err == nil && m != nil && slices.ContainsFunc(m.Timeline, func(s api.MigrationEvent) bool { return s.Step == "source completed" }), err
+				})
+			}
 			if tc.phase != "" && end.Phase != tc.phase {
 				t.Fatalf("migration ended %s (%s), want %s", end.Phase, end.Error, tc.phase)
 			}
@@ -219,6 +259,15 @@ func TestMigrationBranches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rankOf is each escalation's place in the order they are taken.
+func rankOf(kinds []string) []int {
+	var out []int
+	for _, k := range kinds {
+		out = append(out, slices.Index(migrate.AllEscalations, k))
+	}
+	return out
 }
 
 // inTimeline checks that a step of the migration's timeline mentions what.

@@ -247,7 +247,11 @@ type sourceFollower struct {
 	continued       bool // past pre-switchover
 	pc              sourcePostcopy
 	downtime        int64
-	lastRound       int64
+	// maxDowntime caps the downtime limit: the operator's, or the policy's
+	// allowed maximum once escalated.
+	maxDowntime int64
+	lastRound   int64
+	esc         escalation
 	// linkRate is the link's rate as the first pass measured it (bytes/s):
 	// QEMU's own estimate sinks in later rounds, which send little, and
 	// then it thinks the rest will not fit in the downtime limit.
@@ -262,7 +266,7 @@ func newSourceFollower(a *Agent, in *instance, m *api.Migration) *sourceFollower
 	}
 	_, setLink := plan.SourceParameters["avail-switchover-bandwidth"]
 	return &sourceFollower{a: a, in: in, m: m, plan: plan, lastBytes: -1, lastProgress: time.Now(),
-		downtime: migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), setLink: setLink}
+		downtime: migrate.InitialDowntimeMS(m.Options.MaxDowntimeMS), maxDowntime: m.Options.MaxDowntimeMS, setLink: setLink}
 }
 
 // atPreSwitchover handles the guest stopped at pre-switchover: the target
@@ -326,6 +330,9 @@ func (f *sourceFollower) reasonToCancel(info qemu.MigrationInfo) string {
 	if f.m.Cancel && f.m.Phase == api.MigCopying {
 		return "cancelled"
 	}
+	if t := f.m.Options.TimeoutS; t > 0 && f.m.Phase == api.MigCopying && time.Since(f.m.Started) > time.Duration(t)*time.Second {
+		return fmt.Sprintf("not done within the policy's %d s", t)
+	}
 	return ""
 }
 
@@ -358,11 +365,12 @@ func (f *sourceFollower) tune(ctx context.Context, info qemu.MigrationInfo) {
 		// A new round: the guest did not fit in the downtime limit yet;
 		// allow it more, up to the operator's limit.
 		f.lastRound = info.RAM.DirtySyncCount
-		if next := migrate.NextDowntimeMS(f.downtime, f.m.Options.MaxDowntimeMS); f.lastRound >= 3 && next != f.downtime {
+		if next := migrate.NextDowntimeMS(f.downtime, f.maxDowntime); f.lastRound >= 3 && next != f.downtime {
 			if set(map[string]any{"downtime-limit": next}, fmt.Sprintf("round %d: downtime limit raised to %d ms", f.lastRound, next)) {
 				f.downtime = next
 			}
 		}
+		f.watchConvergence(ctx, info)
 	}
 	if f.plan.Postcopy && !f.postcopyStarted && info.RAM.DirtySyncCount >= 2 {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -513,11 +521,15 @@ func (a *Agent) awaitTakeover(ctx context.Context, in *instance, m *api.Migratio
 					}
 					c.TotalTimeMS, c.DowntimeMS = info.TotalTime, info.Downtime
 					c.Progress = progressOf(info, c.Progress)
+					if info.RAM != nil {
+						c.BytesSent = info.RAM.Transferred
+					}
 					c.Timeline = append(append(c.Timeline, in.steps...), a.step("source completed", doneAt))
 					return nil
 				})
 				a.log.Info("guest taken over by the target; destroying the source copy", "vm", m.VM,
 					"total_ms", info.TotalTime, "downtime_ms", info.Downtime)
+				go a.recordSample(context.WithoutCancel(ctx), m.VM, m.ID)
 				// Not at once: tearing down a QEMU (freeing all its
 				// memory) competes for the CPU with the guest warming up
 				// on the target. The copy is stopped for good meanwhile:

@@ -126,7 +126,9 @@ func (Host) DeleteTap(name string) error { return hostnet.DeleteTap(name) }
 func (Host) PinMAC(tap, mac string) error { return hostnet.PinMAC(tap, mac) }
 
 // ZeroShare implements Runtime: 2,048 random pages read from QEMU's memory.
-func (Host) ZeroShare(pid, memoryMiB int) (float64, error) { return qemu.ZeroShare(pid, memoryMiB, 2048) }
+func (Host) ZeroShare(pid, memoryMiB int) (float64, error) {
+	return qemu.ZeroShare(pid, memoryMiB, 2048)
+}
 
 // Probe implements Runtime: GET /health from the guest's ferry-guest.
 func (h Host) Probe(ctx context.Context, endpoint string) *api.Guest {

@@ -39,16 +39,23 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	m, err := s.newMigration(r, name, req.To, opts)
+	m, err := s.newMigration(r, name, req, opts)
 	if err != nil {
 		writeError(w, err)
+		return
+	}
+	if req.DryRun {
+		writeJSON(w, http.StatusOK, m.Prediction)
 		return
 	}
 	if err := s.st.StartMigration(ctx, m); err != nil {
 		writeError(w, err)
 		return
 	}
-	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", m.Target, "strategy", opts.Strategy)
+	s.log.Info("migration requested", "vm", name, "from", m.Source, "to", m.Target, "strategy", m.Options.Strategy, "auto", m.Options.Auto)
+	if p := m.Prediction; p != nil {
+		s.event(r, api.Event{Kind: "migration-predicted", VM: name, Node: m.Source, Message: fmt.Sprintf("migration of %s to %s: %s", name, m.Target, p.Why)})
+	}
 	if opts.Plaintext {
 		s.event(r, api.Event{Kind: "plaintext-migration", VM: name, Message: fmt.Sprintf("migration of %s from %s to %s in PLAINTEXT", name, m.Source, m.Target)})
 		w.Header().Set("Warning", `299 ferry "plaintext migration: the guest's memory crosses the network unencrypted"`)
@@ -59,6 +66,9 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 // migrationOptions validates a request's options and fills defaults.
 func migrationOptions(req api.MigrateRequest) (api.MigrationOptions, error) {
 	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext, Transport: req.Transport}
+	if opts.Strategy == "" && !opts.Compress {
+		opts.Strategy = api.StrategyAuto
+	}
 	if req.MaxBandwidth != "" {
 		b, err := api.ParseSize(req.MaxBandwidth)
 		if err != nil {
@@ -92,9 +102,11 @@ func (s *Server) plaintextAllowed(r *http.Request) error {
 }
 
 // newMigration checks that the VM runs, picks (to "auto") or checks the
-// target with the placement engine, and plans the migration.
-func (s *Server) newMigration(r *http.Request, name, to string, opts api.MigrationOptions) (*api.Migration, error) {
+// target with the placement engine, applies the guest's migration policy,
+// predicts the move (choosing the strategy for "auto") and plans it.
+func (s *Server) newMigration(r *http.Request, name string, mr api.MigrateRequest, opts api.MigrationOptions) (*api.Migration, error) {
 	ctx := r.Context()
+	to := mr.To
 	if to == "" {
 		return nil, errdefs.Invalid(`"to" is required: a host name, or "auto"`)
 	}
@@ -130,13 +142,53 @@ func (s *Server) newMigration(r *http.Request, name, to string, opts api.Migrati
 			return nil, errdefs.New(errdefs.ErrFailedPrecondition, err.Error())
 		}
 	}
+	pred, err := s.predict(ctx, vm, view.Node(vm.Node), view.Node(to), &opts, mr)
+	if err != nil {
+		return nil, err
+	}
 	plan, err := migrate.PlanFor(opts, vm, view.Node(vm.Node), view.Node(to))
 	if err != nil {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, err.Error())
 	}
 	// Queued: the leader admits it within the per-host and per-cluster limits.
 	return &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: to, Phase: api.MigQueued,
-		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator"}, nil
+		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator", Prediction: pred}, nil
+}
+
+// predict applies the guest's policy to opts and predicts the move from
+// what the hosts measured and the cluster's finished migrations; for
+// "auto" it puts the chosen strategy in opts.
+func (s *Server) predict(ctx context.Context, vm *api.VM, src, dst *api.Node, opts *api.MigrationOptions, mr api.MigrateRequest) (*api.MigrationPrediction, error) {
+	policies, err := s.st.ListPolicies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pol := migrate.PolicyFor(policies, vm.Spec.Labels)
+	migrate.ApplyPolicy(opts, pol, mr.MaxDowntime != "", mr.MaxBandwidth != "")
+	link, err := s.st.LinkStat(ctx, src.Name, dst.Name)
+	if err != nil {
+		return nil, err
+	}
+	samples, err := s.st.MigSamples(ctx, 200)
+	if err != nil {
+		return nil, err
+	}
+	allowed := pol.Strategies
+	if !opts.Auto {
+		allowed = nil // every strategy is predicted; the operator's runs
+	}
+	pred := migrate.Predict(migrate.Predicting{VM: vm, Src: src, Dst: dst, Link: link, Opts: *opts, Allowed: allowed, Samples: samples})
+	if !opts.Auto {
+		pred.Chosen = migrate.StrategyOf(*opts)
+		pred.Why = "chosen by the operator (" + pred.Chosen + ")"
+		return pred, nil
+	}
+	if pred.Chosen == "" {
+		return pred, errdefs.New(errdefs.ErrFailedPrecondition, "no strategy can move this guest: "+pred.Why)
+	}
+	chosen := migrate.StrategyOptions(*opts, pred.Chosen)
+	opts.Strategy, opts.Compress = chosen.Strategy, chosen.Compress
+	return pred, nil
 }
 
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {

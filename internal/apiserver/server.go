@@ -118,6 +118,13 @@ func (s *Server) routes() []route {
 		{"POST /v1/join", anyone, s.join},
 		// A host or a user renews its own certificate(s), same identity and role.
 		{"POST /v1/renew", view, s.renew},
+		{"GET /v1/policies", view, s.listPolicies},
+		{"POST /v1/policies", admin, s.createPolicy},
+		{"DELETE /v1/policies/{name}", admin, s.deletePolicy},
+		{"GET /v1/links", view, s.listLinks},
+		// Hosts measure their links to each other (hosts only).
+		{"GET /v1/linkprobe", view, s.linkProbe},
+		{"POST /v1/linkprobe", view, s.linkProbe},
 	}
 }
 
@@ -319,6 +326,12 @@ func (s *Server) specFor(ctx context.Context, req api.VMCreateRequest) (*api.VMS
 		}
 	}
 	spec.HA, spec.HAPriority, spec.AntiAffinity = req.HA, req.HAPriority, req.AntiAffinity
+	if err := api.ValidateLabels(req.Labels); err != nil {
+		return nil, errdefs.Invalid(err.Error())
+	}
+	if len(req.Labels) > 0 {
+		spec.Labels = req.Labels
+	}
 	if spec.CPUs == 0 {
 		spec.CPUs = 1
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/ipam"
+	"github.com/ferryvm/ferry/internal/linkprobe"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -58,6 +59,10 @@ type Host struct {
 	HA                                      ha.Timing
 	MigrationsPerHost, MigrationsPerCluster int
 	NoLeader                                bool // never lead: run no controllers
+
+	// LinkProbeEvery is how often this host probes its links to the others
+	// (package linkprobe; negative: never, 0: every 30 s).
+	LinkProbeEvery time.Duration
 
 	// CertCheck is how often the certificates' expiry is checked;
 	// CertBefore how much lifetime left triggers renewal (0: a third).
@@ -259,7 +264,7 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		ImageDir: h.ImageDir, Accel: accel, CPUModel: h.CPUModel, QEMU: qinfo, Log: log,
 		HA: h.HA, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(h.DataDir, "failpoints"),
 		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: id.crl, CertSerials: id.serials,
-		OverlayPeers: h.OverlayPeers,
+		OverlayPeers: h.OverlayPeers, APIAddress: h.Listen,
 	}
 	if h.Advertise != nil {
 		local, _ := netip.AddrFromSlice(h.Advertise.To4())
@@ -349,6 +354,12 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 		renewAt = ln.Addr().String()
 	}
 	go renewLoop(ctx, h.pkiDir(), renewAt, h.CertCheck, h.CertBefore, ag, log)
+	if h.LinkProbeEvery >= 0 {
+		if cfg, err := pki.ClientTLS(h.pkiDir(), pki.ServerCert, pki.ServerKey); err == nil {
+			p := &linkprobe.Prober{Node: h.Node, St: st, TLS: cfg, RTTEvery: h.LinkProbeEvery, Log: log.With("part", "linkprobe")}
+			go p.Run(ctx)
+		}
+	}
 	log.Info("ferry is up", "api", endpoint, "node", h.Node, "data_dir", h.DataDir)
 	select {
 	case <-ctx.Done():

@@ -48,9 +48,14 @@ func Validate(o *api.MigrationOptions) error {
 		o.Strategy = api.StrategyPrecopy
 	}
 	switch o.Strategy {
+	case api.StrategyAuto:
+		o.Auto = true
+		if o.Compress {
+			return fmt.Errorf("--compress picks the strategy (multifd with compression); leave --strategy auto out")
+		}
 	case api.StrategyPrecopy, api.StrategyAutoConverge, api.StrategyPostcopy, api.StrategyMultifd:
 	default:
-		return fmt.Errorf("strategy %q is not precopy, auto-converge, postcopy or multifd", o.Strategy)
+		return fmt.Errorf("strategy %q is not auto, precopy, auto-converge, postcopy or multifd", o.Strategy)
 	}
 	if o.MaxDowntimeMS == 0 {
 		o.MaxDowntimeMS = DefaultMaxDowntimeMS
@@ -103,6 +108,7 @@ func PlanFor(o api.MigrationOptions, vm *api.VM, src, dst *api.Node) (*api.Migra
 	if err := pl.multifd(p); err != nil {
 		return nil, err
 	}
+	pl.escalations(p)
 	if s := pl.s; s.HasCapability("pause-before-switchover") {
 		p.SourceCapabilities["pause-before-switchover"] = true
 		p.PauseBeforeSwitchover = true
@@ -201,6 +207,31 @@ func (pl *planning) strategy(p *api.MigrationPlan) error {
 		}
 	}
 	return nil
+}
+
+// escalations readies what the policy's escalations need, which QEMU
+// accepts only before a migration starts: post-copy enabled on both sides
+// (not with multifd, which QEMU 10.0 does not combine with it), and
+// auto-converge armed with its throttle capped at 1 % until escalated.
+func (pl *planning) escalations(p *api.MigrationPlan) {
+	o := pl.o
+	multifd := o.Strategy == api.StrategyMultifd || o.Compress
+	if slices.Contains(o.Escalations, api.EscalatePostcopy) && o.Strategy != api.StrategyPostcopy && !multifd && pl.both("postcopy-ram") {
+		p.Capabilities["postcopy-ram"] = true
+		if pl.both("postcopy-preempt") {
+			p.Capabilities["postcopy-preempt"] = true
+		}
+		p.PostcopyReady = true
+	}
+	throttle := []string{"cpu-throttle-initial", "cpu-throttle-increment", "max-cpu-throttle"}
+	if slices.Contains(o.Escalations, api.EscalateThrottle) && o.Strategy != api.StrategyAutoConverge && pl.s.HasCapability("auto-converge") &&
+		!slices.ContainsFunc(throttle, func(n string) bool { return !pl.s.HasParameter(n) }) {
+		p.SourceCapabilities["auto-converge"] = true
+		for _, n := range throttle {
+			p.SourceParameters[n] = 1
+		}
+		p.ThrottleReady = true
+	}
 }
 
 // multifd sets up parallel channels for the multifd strategy and for

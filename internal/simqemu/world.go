@@ -77,8 +77,9 @@ func (w *World) Info() *api.QEMUInfo {
 	return &api.QEMUInfo{Version: w.Version.String(), Package: "simulated",
 		Machines: []string{"pc-i440fx-10.0"}, Aliases: map[string]string{"pc": "pc-i440fx-10.0"},
 		Capabilities: []string{"auto-converge", "events", "multifd", "pause-before-switchover", "postcopy-preempt", "postcopy-ram"},
-		Parameters: []string{"avail-switchover-bandwidth", "downtime-limit", "max-bandwidth", "max-postcopy-bandwidth", "multifd-channels",
-			"multifd-compression", "tls-authz", "tls-creds", "tls-hostname", "zero-page-detection"},
+		Parameters: []string{"avail-switchover-bandwidth", "cpu-throttle-increment", "cpu-throttle-initial", "downtime-limit", "max-bandwidth",
+			"max-cpu-throttle", "max-postcopy-bandwidth", "multifd-channels", "multifd-compression", "throttle-trigger-threshold",
+			"tls-authz", "tls-creds", "tls-hostname", "zero-page-detection"},
 		MultifdCompression: []string{"zstd", "zlib"}}
 }
 

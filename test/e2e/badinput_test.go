@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -106,7 +107,7 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("bad input changed the store:\nbefore %v\nafter  %v", keysBefore, keysAfter)
 	}
 	vmAfter, _ := cl.GetVM(ctxT(t, 10*time.Second), "dup")
-	if vmAfter.Spec != vmBefore.Spec {
+	if !reflect.DeepEqual(vmAfter.Spec, vmBefore.Spec) {
 		t.Errorf("bad input changed vm dup: %+v -> %+v", vmBefore.Spec, vmAfter.Spec)
 	}
 	if p := d.QEMUPids(); len(p) != 0 {

@@ -1,0 +1,225 @@
+// Package linkprobe measures the paths between the cluster's hosts: each
+// host's prober times a small request to other hosts' APIs (the round
+// trip, often) and now and then streams to one for a moment (one TCP
+// stream's bandwidth), over the same mutual TLS as everything else, and
+// records what it found in the store (api.LinkStat) for migration
+// predictions and, later, the link matrix. It probes a few peers per round
+// in turn, so that a large cluster's hosts do not all probe all.
+package linkprobe
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// Prober measures this host's links to the others.
+type Prober struct {
+	Node string
+	St   *store.Store
+	// TLS is this host's client TLS (its node certificate).
+	TLS *tls.Config
+	// RTTEvery is how often a round of round-trip probes runs (0: 30 s);
+	// BandwidthEvery how old a link's bandwidth may grow before it is
+	// measured again (0: 10 minutes); BurstFor how long a bandwidth probe
+	// streams (0: 1 s).
+	RTTEvery, BandwidthEvery, BurstFor time.Duration
+	// PeersPerRound bounds the hosts probed per round (0: 16).
+	PeersPerRound int
+	Log           *slog.Logger
+
+	mu    sync.Mutex
+	hc    *http.Client
+	next  int // where the next round starts in the sorted peer list
+	known map[string]api.LinkStat
+}
+
+func (p *Prober) defaults() {
+	if p.RTTEvery == 0 {
+		p.RTTEvery = 30 * time.Second
+	}
+	if p.BandwidthEvery == 0 {
+		p.BandwidthEvery = 10 * time.Minute
+	}
+	if p.BurstFor == 0 {
+		p.BurstFor = time.Second
+	}
+	if p.PeersPerRound == 0 {
+		p.PeersPerRound = 16
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if p.hc == nil {
+		p.hc = &http.Client{Transport: &http.Transport{TLSClientConfig: p.TLS, MaxIdleConnsPerHost: 1, IdleConnTimeout: 2 * time.Minute}}
+	}
+	if p.known == nil {
+		p.known = map[string]api.LinkStat{}
+	}
+}
+
+// Run probes round after round until ctx ends.
+func (p *Prober) Run(ctx context.Context) {
+	p.mu.Lock()
+	p.defaults()
+	p.mu.Unlock()
+	t := time.NewTicker(p.RTTEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.Round(ctx); err != nil && ctx.Err() == nil {
+			p.Log.Debug("link probes", "err", err)
+		}
+	}
+}
+
+// Round probes the next PeersPerRound peers: the round trip of each, the
+// bandwidth of those whose figure is older than BandwidthEvery.
+func (p *Prober) Round(ctx context.Context) error {
+	p.mu.Lock()
+	p.defaults()
+	p.mu.Unlock()
+	nodes, err := p.St.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	var peers []api.Node
+	for _, n := range nodes {
+		if n.Name != p.Node && n.API != "" {
+			peers = append(peers, n)
+		}
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
+	if len(peers) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	start := p.next % len(peers)
+	p.next = start + p.PeersPerRound
+	p.mu.Unlock()
+	var errs []error
+	for i := 0; i < min(p.PeersPerRound, len(peers)); i++ {
+		peer := peers[(start+i)%len(peers)]
+		p.mu.Lock()
+		old := p.known[peer.Name]
+		p.mu.Unlock()
+		wantBW := time.Since(old.MeasuredAt) > p.BandwidthEvery
+		if _, err := p.Measure(ctx, peer, wantBW); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", peer.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Measure probes one peer now (its bandwidth too if asked), records the
+// result when it changed noticeably or is getting old, and returns it.
+func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (api.LinkStat, error) {
+	p.mu.Lock()
+	p.defaults()
+	old := p.known[peer.Name]
+	p.mu.Unlock()
+	cur := old
+	cur.From, cur.To = p.Node, peer.Name
+	rtt, err := p.rtt(ctx, peer.API)
+	if err != nil {
+		return cur, err
+	}
+	cur.RTTMS, cur.RTTAt = float64(rtt.Microseconds())/1000, time.Now().UTC()
+	if bandwidth {
+		if cur.Bandwidth, err = p.bandwidth(ctx, peer.API); err != nil {
+			return cur, err
+		}
+		cur.MeasuredAt = time.Now().UTC()
+	}
+	p.mu.Lock()
+	p.known[peer.Name] = cur
+	p.mu.Unlock()
+	if bandwidth || old.RTTAt.IsZero() || moved(old.RTTMS, cur.RTTMS, 0.5) || time.Since(old.RTTAt) > 5*time.Minute {
+		if err := p.St.PutLinkStat(ctx, cur); err != nil {
+			return cur, err
+		}
+	}
+	return cur, nil
+}
+
+// rtt is the least of three requests' round trips on a warm connection.
+func (p *Prober) rtt(ctx context.Context, addr string) (time.Duration, error) {
+	best := time.Duration(math.MaxInt64)
+	for i := 0; i < 4; i++ {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		req, _ := http.NewRequestWithContext(rctx, "GET", "https://"+addr+"/v1/linkprobe", nil)
+		t0 := time.Now()
+		resp, err := p.hc.Do(req)
+		d := time.Since(t0)
+		cancel()
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return 0, fmt.Errorf("link probe answered %s", resp.Status)
+		}
+		if i > 0 && d < best { // the first request may open the connection
+			best = d
+		}
+	}
+	return best, nil
+}
+
+// bandwidth streams zeros to the peer for BurstFor and returns the rate
+// the peer counted over the stream's second half.
+func (p *Prober) bandwidth(ctx context.Context, addr string) (float64, error) {
+	rctx, cancel := context.WithTimeout(ctx, p.BurstFor+30*time.Second)
+	defer cancel()
+	body := &timedZeros{until: time.Now().Add(p.BurstFor)}
+	req, _ := http.NewRequestWithContext(rctx, "POST", "https://"+addr+"/v1/linkprobe", body)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := p.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("bandwidth probe answered %s", resp.Status)
+	}
+	var r struct {
+		Rate float64 `json:"rate"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, err
+	}
+	return r.Rate, nil
+}
+
+// timedZeros reads as zeros until a moment.
+type timedZeros struct{ until time.Time }
+
+func (z *timedZeros) Read(b []byte) (int, error) {
+	if time.Now().After(z.until) {
+		return 0, io.EOF
+	}
+	clear(b)
+	return len(b), nil
+}
+
+// moved: by more than share of the larger.
+func moved(a, b, share float64) bool {
+	return math.Abs(a-b) > share*math.Max(math.Abs(a), math.Abs(b))
+}
