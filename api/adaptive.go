@@ -23,8 +23,11 @@ type MemoryLoad struct {
 	// (QEMU's page-sampling measurement over one second).
 	DirtyRate float64 `json:"dirty_rate"`
 	// ZeroShare is the share of its memory that holds only zeros.
-	ZeroShare  float64   `json:"zero_share"`
-	MeasuredAt time.Time `json:"measured_at"`
+	ZeroShare float64 `json:"zero_share"`
+	// CompressRatio is what its other pages shrink to when compressed
+	// (compressed bytes per byte; 1: not at all).
+	CompressRatio float64   `json:"compress_ratio,omitempty"`
+	MeasuredAt    time.Time `json:"measured_at"`
 }
 
 // LinkStat is the path from one host to another as the first measured it.

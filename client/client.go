@@ -233,6 +233,41 @@ func (c *Client) WaitVM(ctx context.Context, name string, cond func(*api.VM) (bo
 	}
 }
 
+// PredictMigration answers what a migration would do (a dry run).
+func (c *Client) PredictMigration(ctx context.Context, name string, req api.MigrateRequest) (*api.MigrationPrediction, error) {
+	req.DryRun = true
+	var p api.MigrationPrediction
+	return &p, c.do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/migrate", req, &p)
+}
+
+// ListPolicies lists the migration policies.
+func (c *Client) ListPolicies(ctx context.Context) ([]api.MigrationPolicy, error) {
+	var ps []api.MigrationPolicy
+	return ps, c.do(ctx, "GET", "/v1/policies", nil, &ps)
+}
+
+// CreatePolicy creates a migration policy (admin).
+func (c *Client) CreatePolicy(ctx context.Context, req api.MigrationPolicyRequest) (*api.MigrationPolicy, error) {
+	var p api.MigrationPolicy
+	return &p, c.do(ctx, "POST", "/v1/policies", req, &p)
+}
+
+// DeletePolicy deletes a migration policy (admin).
+func (c *Client) DeletePolicy(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/policies/"+url.PathEscape(name), nil, nil)
+}
+
+// ListLinks is every path between hosts as the hosts measured it.
+func (c *Client) ListLinks(ctx context.Context) ([]api.LinkStat, error) {
+	var ls []api.LinkStat
+	return ls, c.do(ctx, "GET", "/v1/links", nil, &ls)
+}
+
+// ProbeLinks asks every host to measure its links now.
+func (c *Client) ProbeLinks(ctx context.Context) error {
+	return c.do(ctx, "POST", "/v1/links/probe", nil, nil)
+}
+
 // MigrateVM starts a live migration.
 func (c *Client) MigrateVM(ctx context.Context, name string, req api.MigrateRequest) (*api.Migration, error) {
 	var m api.Migration

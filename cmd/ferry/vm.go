@@ -59,6 +59,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f.BoolVar(&req.HA, "ha", false, "high availability: fenced with its host's lease and restarted on a surviving host when the host dies")
 	f.IntVar(&req.HAPriority, "ha-priority", 0, "with --ha: restart order after a failure, 0-1000, higher first")
 	f.StringVar(&req.AntiAffinity, "anti-affinity", "", "with --ha: a group name; guests of one group never share a host")
+	f.StringToStringVar(&req.Labels, "label", nil, "a label KEY=VALUE (repeatable): selects migration policies (ferry policy)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the VM is accepted instead of waiting until it runs")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the VM to run")
 	return c

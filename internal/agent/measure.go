@@ -25,14 +25,21 @@ func (a *Agent) measureLoop(ctx context.Context) {
 	if every < 0 {
 		return
 	}
-	t := time.NewTicker(every)
+	// A guest that has not been measured yet (it just started or arrived)
+	// is within a couple of seconds.
+	t := time.NewTicker(min(every, 2*time.Second))
 	defer t.Stop()
 	for {
 		for _, in := range a.instances() {
 			if ctx.Err() != nil {
 				return
 			}
-			a.measureGuest(ctx, in)
+			in.mu.Lock()
+			due := in.memory == nil || time.Since(in.memory.MeasuredAt) >= every
+			in.mu.Unlock()
+			if due {
+				a.measureGuest(ctx, in)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -64,6 +71,13 @@ func (a *Agent) measureGuest(ctx context.Context, in *instance) {
 	m, err := a.measureMemory(ctx, in)
 	if err != nil {
 		a.log.Debug("measuring a guest's memory", "vm", in.name, "err", err)
+		// Not again at once: a stand-in with the time of the attempt.
+		in.mu.Lock()
+		if in.memory == nil {
+			in.memory = &api.MemoryLoad{}
+		}
+		in.memory.MeasuredAt = time.Now().UTC()
+		in.mu.Unlock()
 		return
 	}
 	in.mu.Lock()
@@ -87,11 +101,11 @@ func (a *Agent) measureMemory(ctx context.Context, in *instance) (*api.MemoryLoa
 	if err != nil {
 		return nil, err
 	}
-	z, err := a.rt.ZeroShare(in.rec.PID, in.memoryMiB)
+	s, err := a.rt.SampleMemory(in.rec.PID, in.memoryMiB)
 	if err != nil {
 		return nil, err
 	}
-	return &api.MemoryLoad{DirtyRate: dr.BytesPerSecond(), ZeroShare: z, MeasuredAt: time.Now().UTC()}, nil
+	return &api.MemoryLoad{DirtyRate: dr.BytesPerSecond(), ZeroShare: s.ZeroShare, CompressRatio: s.CompressRatio, MeasuredAt: time.Now().UTC()}, nil
 }
 
 // changedMuch: by more than a fifth and more than floor.

@@ -43,8 +43,9 @@ type Runtime interface {
 	PinMAC(tap, mac string) error
 	// Probe asks the guest (its ferry-guest, at endpoint) how it is.
 	Probe(ctx context.Context, endpoint string) *api.Guest
-	// ZeroShare estimates the share of the guest's memory that is zeros.
-	ZeroShare(pid, memoryMiB int) (float64, error)
+	// SampleMemory estimates the share of the guest's memory that is
+	// zeros and how well the rest compresses.
+	SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error)
 }
 
 // Watchdog is the host's last line of fencing: told which HA guests run
@@ -125,9 +126,9 @@ func (Host) DeleteTap(name string) error { return hostnet.DeleteTap(name) }
 // PinMAC implements Runtime.
 func (Host) PinMAC(tap, mac string) error { return hostnet.PinMAC(tap, mac) }
 
-// ZeroShare implements Runtime: 2,048 random pages read from QEMU's memory.
-func (Host) ZeroShare(pid, memoryMiB int) (float64, error) {
-	return qemu.ZeroShare(pid, memoryMiB, 2048)
+// SampleMemory implements Runtime: 2,048 random pages read from QEMU's memory.
+func (Host) SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error) {
+	return qemu.SampleMemory(pid, memoryMiB, 2048)
 }
 
 // Probe implements Runtime: GET /health from the guest's ferry-guest.

@@ -57,6 +57,22 @@ func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// probeLinks asks every host to measure its links to the others now.
+func (s *Server) probeLinks(w http.ResponseWriter, r *http.Request) {
+	nodes, err := s.st.ListNodes(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	for _, n := range nodes {
+		if err := s.st.RequestLinkProbe(r.Context(), n.Name); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
 // listLinks is every path between hosts as the hosts last measured it.
 func (s *Server) listLinks(w http.ResponseWriter, r *http.Request) {
 	ls, err := s.st.ListLinkStats(r.Context())

@@ -122,6 +122,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/policies", admin, s.createPolicy},
 		{"DELETE /v1/policies/{name}", admin, s.deletePolicy},
 		{"GET /v1/links", view, s.listLinks},
+		{"POST /v1/links/probe", op, s.probeLinks},
 		// Hosts measure their links to each other (hosts only).
 		{"GET /v1/linkprobe", view, s.linkProbe},
 		{"POST /v1/linkprobe", view, s.linkProbe},

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"sort"
 	"sync"
@@ -75,17 +76,30 @@ func (p *Prober) Run(ctx context.Context) {
 	p.mu.Lock()
 	p.defaults()
 	p.mu.Unlock()
-	t := time.NewTicker(p.RTTEvery)
-	defer t.Stop()
+	// The first round soon after start (the other hosts' APIs may still
+	// be coming up), then every RTTEvery, and a full one when asked.
+	next := time.After(min(p.RTTEvery, 5*time.Second))
+	asked := p.St.WatchLinkProbeRequests(ctx, p.Node)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-next:
+		case _, ok := <-asked:
+			if !ok {
+				time.Sleep(time.Second)
+				asked = p.St.WatchLinkProbeRequests(ctx, p.Node)
+				continue
+			}
+			if err := p.All(ctx); err != nil && ctx.Err() == nil {
+				p.Log.Info("link probes (asked for)", "err", err)
+			}
+			continue
 		}
 		if err := p.Round(ctx); err != nil && ctx.Err() == nil {
-			p.Log.Debug("link probes", "err", err)
+			p.Log.Info("link probes", "err", err)
 		}
+		next = time.After(p.RTTEvery)
 	}
 }
 
@@ -127,6 +141,23 @@ func (p *Prober) Round(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// All measures every link of this host now, bandwidth included.
+func (p *Prober) All(ctx context.Context) error {
+	nodes, err := p.St.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range nodes {
+		if n.Name != p.Node && n.API != "" {
+			if _, err := p.Measure(ctx, n, true); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Measure probes one peer now (its bandwidth too if asked), records the
 // result when it changed noticeably or is getting old, and returns it.
 func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (api.LinkStat, error) {
@@ -158,27 +189,23 @@ func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (ap
 	return cur, nil
 }
 
-// rtt is the least of three requests' round trips on a warm connection.
+// rtt is the least of three TCP handshakes with the peer's API port: one
+// round trip each, answered by the peer's kernel (an HTTP request would
+// add the API's own work, a revocation check in etcd among it).
 func (p *Prober) rtt(ctx context.Context, addr string) (time.Duration, error) {
 	best := time.Duration(math.MaxInt64)
-	for i := 0; i < 4; i++ {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		req, _ := http.NewRequestWithContext(rctx, "GET", "https://"+addr+"/v1/linkprobe", nil)
+	var d net.Dialer
+	for i := 0; i < 3; i++ {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		t0 := time.Now()
-		resp, err := p.hc.Do(req)
-		d := time.Since(t0)
+		c, err := d.DialContext(dctx, "tcp", addr)
+		took := time.Since(t0)
 		cancel()
 		if err != nil {
 			return 0, err
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
-			return 0, fmt.Errorf("link probe answered %s", resp.Status)
-		}
-		if i > 0 && d < best { // the first request may open the connection
-			best = d
-		}
+		c.Close()
+		best = min(best, took)
 	}
 	return best, nil
 }

@@ -47,6 +47,9 @@ type Guest struct {
 	// ZeroShare is the share of its pages that hold only zeros (sent as a
 	// few bytes each).
 	ZeroShare float64 `json:"zero_share"`
+	// CompressRatio is what its other pages shrink to when compressed,
+	// as measured (0: unknown; the calibration's figure is used).
+	CompressRatio float64 `json:"compress_ratio,omitempty"`
 }
 
 // Link is the path between the two hosts.
@@ -136,7 +139,10 @@ func (s *sim) init(l Link) {
 		// Pages shrink on the wire; the compressors' own speed may bound
 		// the rate instead of the link.
 		s.wire = s.c.CompressRatio
-		s.rate = bw * s.c.Efficiency / s.c.CompressRatio
+		if r := s.g.CompressRatio; r > 0 {
+			s.wire = math.Max(r, 0.01)
+		}
+		s.rate = bw * s.c.Efficiency / s.wire
 		if s.c.CompressSpeed > 0 {
 			s.rate = math.Min(s.rate, s.c.CompressSpeed)
 		}

@@ -38,7 +38,7 @@ func Predict(in Predicting) *api.MigrationPrediction {
 		Policy: in.Opts.Policy, MaxDowntime: float64(in.Opts.MaxDowntimeMS), Made: time.Now().UTC()}
 	if m := in.VM.Status.Memory; m != nil {
 		out.Memory = *m
-		g.DirtyRate, g.ZeroShare = m.DirtyRate, m.ZeroShare
+		g.DirtyRate, g.ZeroShare, g.CompressRatio = m.DirtyRate, m.ZeroShare, m.CompressRatio
 	}
 	link := migmodel.Link{Bandwidth: AssumedBandwidth}
 	if in.Link != nil {
@@ -131,7 +131,7 @@ func SampleOf(m *api.Migration) (migmodel.Sample, bool) {
 		return migmodel.Sample{}, false
 	}
 	s := migmodel.Sample{Strategy: StrategyOf(m.Options),
-		Guest: migmodel.Guest{MemoryBytes: p.MemoryBytes, DirtyRate: p.Memory.DirtyRate, ZeroShare: p.Memory.ZeroShare},
+		Guest: migmodel.Guest{MemoryBytes: p.MemoryBytes, DirtyRate: p.Memory.DirtyRate, ZeroShare: p.Memory.ZeroShare, CompressRatio: p.Memory.CompressRatio},
 		Link:  migmodel.Link{Bandwidth: p.Link.Bandwidth, RTT: time.Duration(p.Link.RTTMS * float64(time.Millisecond))},
 		Total: m.Finished.Sub(m.Started), Downtime: time.Duration(m.DowntimeMS) * time.Millisecond, Bytes: m.BytesSent,
 		Rounds: int(m.Progress.Round), Converged: true, MaxDowntime: time.Duration(m.Options.MaxDowntimeMS) * time.Millisecond}

@@ -231,16 +231,16 @@ func (r *Runtime) DeleteTap(name string) error { return nil }
 // PinMAC implements the agent's Runtime.
 func (r *Runtime) PinMAC(tap, mac string) error { return nil }
 
-// ZeroShare is the share of the guest's memory the simulation says is
-// zeros (Proc.SetZeroShare).
-func (r *Runtime) ZeroShare(pid, memoryMiB int) (float64, error) {
+// SampleMemory is what the simulation says of the guest's memory
+// (Proc.SetZeroShare; its other pages do not compress).
+func (r *Runtime) SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error) {
 	p := r.w.proc(pid)
 	if p == nil || !p.Alive() {
-		return 0, fmt.Errorf("no qemu %d", pid)
+		return qemu.MemorySample{}, fmt.Errorf("no qemu %d", pid)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.zero, nil
+	return qemu.MemorySample{ZeroShare: p.zero, CompressRatio: 1}, nil
 }
 
 // Probe answers for the guest whose endpoint this is: healthy while its

@@ -20,7 +20,23 @@ const (
 	LinkPrefix      = Prefix + "links/"    // links/<from>/<to>
 	MigSamplePrefix = Prefix + "migstats/" // migstats/<unix ns>-<id>
 	PolicyPrefix    = Prefix + "policies/" // policies/<name>
+	ProbePrefix     = Prefix + "probe/"    // probe/<host>: measure your links now
 )
+
+// RequestLinkProbe asks host to measure its links to every other host now
+// (bandwidth too).
+func (s *Store) RequestLinkProbe(ctx context.Context, host string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	_, err := s.cli.Put(ctx, ProbePrefix+host, time.Now().UTC().Format(time.RFC3339Nano))
+	return unavailable(err)
+}
+
+// WatchLinkProbeRequests follows the requests for host to measure its
+// links; the channel closes when the watch ends (watch again).
+func (s *Store) WatchLinkProbeRequests(ctx context.Context, host string) <-chan Change {
+	return s.watchPrefixes(ctx, 0, []watched{{KindCluster, ProbePrefix + host}})
+}
 
 // MaxMigSamples is how many finished migrations are kept for calibration.
 const MaxMigSamples = 500
