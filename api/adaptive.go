@@ -22,12 +22,19 @@ type MemoryLoad struct {
 	// DirtyRate is how fast the guest writes pages, bytes per second
 	// (QEMU's page-sampling measurement over one second).
 	DirtyRate float64 `json:"dirty_rate"`
+	// WorkingSet is how much memory the guest keeps rewriting, bytes: what
+	// it dirtied over four seconds when that was clearly less than four
+	// times a second's worth (0: not seen to be smaller than its memory).
+	WorkingSet int64 `json:"working_set,omitempty"`
 	// ZeroShare is the share of its memory that holds only zeros.
 	ZeroShare float64 `json:"zero_share"`
 	// CompressRatio is what its other pages shrink to when compressed
 	// (compressed bytes per byte; 1: not at all).
-	CompressRatio float64   `json:"compress_ratio,omitempty"`
-	MeasuredAt    time.Time `json:"measured_at"`
+	CompressRatio float64 `json:"compress_ratio,omitempty"`
+	// DirtyCompressRatio is the same of the pages it writes over again:
+	// what a migration's later rounds send.
+	DirtyCompressRatio float64   `json:"dirty_compress_ratio,omitempty"`
+	MeasuredAt         time.Time `json:"measured_at"`
 }
 
 // LinkStat is the path from one host to another as the first measured it.
@@ -72,8 +79,12 @@ type MigrationPrediction struct {
 	MaxDowntime float64              `json:"max_downtime_ms"`
 	Strategies  []StrategyPrediction `json:"strategies"`
 	Chosen      string               `json:"chosen"`
-	Why         string               `json:"why"`
-	Made        time.Time            `json:"made"`
+	// SwitchoverMS is the pause beyond QEMU's last pages the chosen
+	// strategy's constants expect (the guest answering again): a raised
+	// downtime limit leaves room for it within the allowed pause.
+	SwitchoverMS float64   `json:"switchover_ms,omitempty"`
+	Why          string    `json:"why"`
+	Made         time.Time `json:"made"`
 }
 
 // Chosen's figures, if any.

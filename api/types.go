@@ -381,6 +381,12 @@ type Migration struct {
 	Prediction  *MigrationPrediction  `json:"prediction,omitempty"`
 	Escalations []MigrationEscalation `json:"escalations,omitempty"`
 	BytesSent   int64                 `json:"bytes_sent,omitempty"`
+	// AnsweringAt is when the guest first answered its health check on
+	// the target (guests with one); ServicePauseMS is from its pause on
+	// the source to then: the pause its clients saw, where QEMU's
+	// downtime counts only the switchover's part.
+	AnsweringAt    time.Time `json:"answering_at,omitempty"`
+	ServicePauseMS int64     `json:"service_pause_ms,omitempty"`
 }
 
 // MigrationEvent is one step of a migration.

@@ -16,7 +16,11 @@ type dirtier struct {
 	hot   *hotPages // rewritten while the dirtier runs
 	mu    sync.Mutex
 	rate  float64
-	buf   []byte
+	// random fills each dirtied page with pseudo-random bytes (around its
+	// check words), so that it does not compress: a guest whose memory a
+	// compressing migration cannot shrink.
+	random bool
+	buf    []byte
 	gen   []uint32 // per page: how often it was written
 	stop  chan struct{}
 	pages uint64
@@ -26,6 +30,7 @@ type dirtyInfo struct {
 	RateMiBs   float64 `json:"rate_mib_s"`
 	BufferMiB  int     `json:"buffer_mib"`
 	PagesDirty uint64  `json:"pages_dirtied"`
+	Random     bool    `json:"random,omitempty"`
 }
 
 const pageSize = 4096
@@ -35,9 +40,10 @@ var wordOffsets = [...]int{0, pageSize/2 - 8, pageSize - 8}
 
 func newDirtier() *dirtier { return &dirtier{hot: newHotPages()} }
 
-func (d *dirtier) set(rate float64, sizeMiB int) error {
+func (d *dirtier) set(rate float64, sizeMiB int, random bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.random = random
 	if d.stop != nil {
 		close(d.stop)
 		d.stop = nil
@@ -88,8 +94,11 @@ func (d *dirtier) run(rate float64, stop chan struct{}) {
 		case <-stop:
 			return
 		case now := <-t.C:
-			// Catch up on missed ticks so the rate holds on a slow guest.
-			carry += perTick * float64(now.Sub(last)) / float64(tick)
+			// Catch up on a missed tick or two, so that the rate holds on a
+			// guest whose ticks jitter; no further: a guest whose CPUs are
+			// throttled (auto-converge) writes less, as a real workload
+			// would, instead of making up for it after each sleep.
+			carry += perTick * min(float64(now.Sub(last))/float64(tick), 3)
 			last = now
 			n := int(carry)
 			carry -= float64(n)
@@ -98,6 +107,9 @@ func (d *dirtier) run(rate float64, stop chan struct{}) {
 			for i := 0; i < n && npages > 0; i++ {
 				d.gen[pos]++
 				w := pageWord(pos, d.gen[pos])
+				if d.random {
+					fillRandom(d.buf[pos*pageSize:(pos+1)*pageSize], w)
+				}
 				for _, off := range wordOffsets {
 					binary.LittleEndian.PutUint64(d.buf[pos*pageSize+off:], w)
 				}
@@ -132,8 +144,20 @@ func (d *dirtier) check() (checked, bad int, first string) {
 	return len(d.gen), bad, first
 }
 
+// fillRandom fills a page with a xorshift stream seeded by seed (the check
+// words are written over it after).
+func fillRandom(page []byte, seed uint64) {
+	x := seed | 1
+	for i := 0; i+8 <= len(page); i += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(page[i:], x)
+	}
+}
+
 func (d *dirtier) info() dirtyInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return dirtyInfo{RateMiBs: d.rate, BufferMiB: len(d.buf) >> 20, PagesDirty: d.pages}
+	return dirtyInfo{RateMiBs: d.rate, BufferMiB: len(d.buf) >> 20, PagesDirty: d.pages, Random: d.random}
 }

@@ -170,7 +170,12 @@ func (g *guest) setDirty(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := g.dirty.set(rate, size); err != nil {
+	random := r.URL.Query().Get("fill") == "random"
+	if f := r.URL.Query().Get("fill"); f != "" && f != "random" && f != "sparse" {
+		http.Error(w, "fill must be sparse (three words per page, the default) or random (whole pages, incompressible)", http.StatusBadRequest)
+		return
+	}
+	if err := g.dirty.set(rate, size, random); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}

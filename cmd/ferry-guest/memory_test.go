@@ -9,16 +9,36 @@ import (
 // A page that holds an older write than its count says (what a page sent
 // stale in a migration looks like) is found; an intact buffer passes.
 func TestDirtierCheckFindsStalePages(t *testing.T) {
+	for _, random := range []bool{false, true} {
+		dirtierFindsStale(t, random)
+	}
+}
+
+func dirtierFindsStale(t *testing.T, random bool) {
 	d := newDirtier()
-	if err := d.set(64, 4); err != nil {
+	if err := d.set(64, 4, random); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for d.info().PagesDirty < 2048 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	d.set(0, 4)
+	d.set(0, 4, random)
 	checked, bad, first := d.check()
+	if random {
+		// Whole pages written: a dirtied page holds more than its words.
+		d.mu.Lock()
+		nonzero := 0
+		for _, b := range d.buf[8:pageSize/2-8] {
+			if b != 0 {
+				nonzero++
+			}
+		}
+		d.mu.Unlock()
+		if nonzero < 1000 {
+			t.Fatalf("random fill left page 0 mostly zero (%d non-zero bytes)", nonzero)
+		}
+	}
 	if checked != 1024 || bad != 0 {
 		t.Fatalf("intact buffer: %d checked, %d bad (%s)", checked, bad, first)
 	}

@@ -340,14 +340,7 @@ func setDirty(ctx context.Context, hc *http.Client, ip string, rate float64) err
 	if rate == 0 {
 		return nil
 	}
-	req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/dirty?rate=%g&size=128", ip, rate), nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("asking the guest to dirty memory: %w", err)
-	}
-	resp.Body.Close()
-	time.Sleep(time.Second) // let the rate establish itself
-	return nil
+	return testbed.SetDirty(ctx, hc, ip, rate, 128, false)
 }
 
 // checkAfter waits 2 s and checks that the guest still answers and finds
@@ -355,14 +348,8 @@ func setDirty(ctx context.Context, hc *http.Client, ip string, rate float64) err
 // moments, or fails the check.
 func checkAfter(hc *http.Client, ip string, r *migResult) {
 	time.Sleep(2 * time.Second)
-	var c struct {
-		OK       bool   `json:"ok"`
-		Bad      int    `json:"dirty_pages_bad"`
-		Pages    int    `json:"dirty_pages_checked"`
-		FirstBad string `json:"first_bad"`
-		HotBad   string `json:"hot_bad"`
-	}
-	if err := getJSON(hc, "http://"+ip+"/memory", &c); err != nil {
+	c, err := testbed.CheckMemory(hc, ip)
+	if err != nil {
 		r.MemoryCheckInfo = err.Error()
 		return
 	}

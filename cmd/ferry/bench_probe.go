@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
@@ -107,16 +104,4 @@ func (p *prober) switchover(r *migResult, stopped, streamDone, running time.Time
 			r.StopToAnswerMS = ms(a.Sub(stopped))
 		}
 	}
-}
-
-func getJSON(hc *http.Client, url string, out any) error {
-	resp, err := hc.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -140,7 +140,11 @@ func strategyName(o api.MigrationOptions) string {
 func printPrediction(w io.Writer, name string, p *api.MigrationPrediction) {
 	fmt.Fprintf(w, "%s from %s to %s: %s of memory", name, p.Source, p.Target, humanBytes(p.MemoryBytes))
 	if !p.Memory.MeasuredAt.IsZero() {
-		fmt.Fprintf(w, ", dirtying %s/s, %.0f%% zero pages (measured %s ago)", humanBytes(int64(p.Memory.DirtyRate)), p.Memory.ZeroShare*100,
+		fmt.Fprintf(w, ", dirtying %s/s", humanBytes(int64(p.Memory.DirtyRate)))
+		if p.Memory.WorkingSet > 0 {
+			fmt.Fprintf(w, " within %s", humanBytes(p.Memory.WorkingSet))
+		}
+		fmt.Fprintf(w, ", %.0f%% zero pages, the rest compressing to %.0f%% (measured %s ago)", p.Memory.ZeroShare*100, p.Memory.CompressRatio*100,
 			time.Since(p.Memory.MeasuredAt).Round(time.Second))
 	} else {
 		fmt.Fprint(w, " (not measured yet: taken as idle)")

@@ -6,7 +6,14 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/qemu"
 )
+
+// bootSettle is how long a guest runs before its memory is first measured.
+const bootSettle = 15 * time.Second
+
+// workingSetWindow is the longer of the two dirty-rate measurements.
+const workingSetWindow = 4 * time.Second
 
 // DefaultMeasureEvery is how often the agent measures each guest's memory
 // use for migration predictions.
@@ -36,6 +43,9 @@ func (a *Agent) measureLoop(ctx context.Context) {
 			}
 			in.mu.Lock()
 			due := in.memory == nil || time.Since(in.memory.MeasuredAt) >= every
+			// Not in a guest's first seconds: its boot writes memory as it
+			// will not again.
+			due = due && time.Since(in.rec.Started) >= bootSettle
 			in.mu.Unlock()
 			if due {
 				a.measureGuest(ctx, in)
@@ -101,11 +111,39 @@ func (a *Agent) measureMemory(ctx context.Context, in *instance) (*api.MemoryLoa
 	if err != nil {
 		return nil, err
 	}
-	s, err := a.rt.SampleMemory(in.rec.PID, in.memoryMiB)
-	if err != nil {
-		return nil, err
+	m := &api.MemoryLoad{DirtyRate: dr.BytesPerSecond()}
+	// The pages sampled twice, two seconds apart, while QEMU counts.
+	type sampled struct {
+		s   qemu.MemorySample
+		err error
 	}
-	return &api.MemoryLoad{DirtyRate: dr.BytesPerSecond(), ZeroShare: s.ZeroShare, CompressRatio: s.CompressRatio, MeasuredAt: time.Now().UTC()}, nil
+	sc := make(chan sampled, 1)
+	go func() {
+		s, err := a.rt.SampleMemory(in.rec.PID, in.memoryMiB, 2*time.Second)
+		sc <- sampled{s, err}
+	}()
+	if m.DirtyRate > 0 {
+		// Over four seconds a guest that keeps rewriting a small set of
+		// pages dirties less than four times a second's worth: that set
+		// bounds what a migration round can leave behind.
+		lctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+		long, err := in.qmp.MeasureDirtyRate(lctx, workingSetWindow)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		seen := long.BytesPerSecond() * workingSetWindow.Seconds()
+		if seen < 0.75*m.DirtyRate*workingSetWindow.Seconds() {
+			m.WorkingSet = int64(seen)
+		}
+	}
+	got := <-sc
+	if got.err != nil {
+		return nil, got.err
+	}
+	s := got.s
+	m.ZeroShare, m.CompressRatio, m.DirtyCompressRatio, m.MeasuredAt = s.ZeroShare, s.CompressRatio, s.DirtyCompressRatio, time.Now().UTC()
+	return m, nil
 }
 
 // changedMuch: by more than a fifth and more than floor.

@@ -268,8 +268,9 @@ func (a *Agent) finishIncoming(ctx context.Context, vm *api.VM, m *api.Migration
 	a.putStatus(ctx, m.VM, a.runningStatus(inc))
 	a.log.Info("migrated guest running", "vm", m.VM, "from", m.Source)
 	// The network follows: check from here that the guest answers, and
-	// announce again if it does not.
+	// announce again if it does not; and time when it answers again.
 	go a.checkReachable(inc)
+	go a.timeAnswering(inc, m.VM, m.ID)
 	if info.Status != "completed" {
 		// Post-copy: the guest runs here while its remaining pages still
 		// come from the source; the migration completes when they have
@@ -399,6 +400,37 @@ func (a *Agent) checkReachable(in *instance) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		in.qmp.AnnounceSelf(ctx, 3)
 		cancel()
+	}
+}
+
+// timeAnswering polls a migrated guest's health check every 20 ms, for up
+// to 15 s, and records when it first answers (Migration.AnsweringAt).
+func (a *Agent) timeAnswering(in *instance, vm, id string) {
+	if in.rec.Endpoint == "" {
+		return
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		pctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		g := a.rt.Probe(pctx, in.rec.Endpoint)
+		cancel()
+		if g.Healthy {
+			at := time.Now().UTC()
+			a.st.UpdateMigration(context.Background(), vm, func(cur *api.Migration) error {
+				if cur.ID != id {
+					return errors.New("another migration")
+				}
+				cur.AnsweringAt = at
+				cur.Timeline = append(cur.Timeline, a.step("guest answering on target", at))
+				return nil
+			})
+			return
+		}
+		select {
+		case <-in.gone:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

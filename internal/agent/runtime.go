@@ -44,8 +44,8 @@ type Runtime interface {
 	// Probe asks the guest (its ferry-guest, at endpoint) how it is.
 	Probe(ctx context.Context, endpoint string) *api.Guest
 	// SampleMemory estimates the share of the guest's memory that is
-	// zeros and how well the rest compresses.
-	SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error)
+	// zeros and how well the rest, and what it writes over again, compress.
+	SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error)
 }
 
 // Watchdog is the host's last line of fencing: told which HA guests run
@@ -127,8 +127,8 @@ func (Host) DeleteTap(name string) error { return hostnet.DeleteTap(name) }
 func (Host) PinMAC(tap, mac string) error { return hostnet.PinMAC(tap, mac) }
 
 // SampleMemory implements Runtime: 2,048 random pages read from QEMU's memory.
-func (Host) SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error) {
-	return qemu.SampleMemory(pid, memoryMiB, 2048)
+func (Host) SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error) {
+	return qemu.SampleMemory(pid, memoryMiB, 2048, again)
 }
 
 // Probe implements Runtime: GET /health from the guest's ferry-guest.

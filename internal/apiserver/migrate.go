@@ -181,6 +181,7 @@ func (s *Server) predict(ctx context.Context, vm *api.VM, src, dst *api.Node, op
 	if !opts.Auto {
 		pred.Chosen = migrate.StrategyOf(*opts)
 		pred.Why = "chosen by the operator (" + pred.Chosen + ")"
+		pred.SwitchoverMS = float64(migrate.Calibrate(samples).For(pred.Chosen).Switchover.Milliseconds())
 		return pred, nil
 	}
 	if pred.Chosen == "" {

@@ -18,6 +18,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -141,11 +142,24 @@ func (p *Prober) Round(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// All measures every link of this host now, bandwidth included.
+// All measures every link of this host now, bandwidth included. Hosts
+// asked at once take turns, by their place in the sorted list of hosts:
+// bandwidth probes running together would share the machines' links and
+// CPUs and each measure less.
 func (p *Prober) All(ctx context.Context) error {
+	p.mu.Lock()
+	p.defaults()
+	p.mu.Unlock()
 	nodes, err := p.St.ListNodes(ctx)
 	if err != nil {
 		return err
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	turn := slices.IndexFunc(nodes, func(n api.Node) bool { return n.Name == p.Node })
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Duration(max(turn, 0)) * time.Duration(len(nodes)-1) * (p.BurstFor + 500*time.Millisecond)):
 	}
 	var errs []error
 	for _, n := range nodes {

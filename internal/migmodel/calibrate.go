@@ -14,9 +14,14 @@ type Constants struct {
 	Setup time.Duration `json:"setup"`
 	// Efficiency is the share of the link's bandwidth the stream reaches.
 	Efficiency float64 `json:"efficiency"`
-	// Switchover is the pause beyond sending the last pages: device state,
-	// the target taking over, its CPUs starting.
+	// Switchover is the pause beyond sending the last pages, as the
+	// guest's clients see it: device state, the target taking over, its
+	// CPUs starting and the guest answering again.
 	Switchover time.Duration `json:"switchover"`
+	// PostcopyStall is, for post-copy, the further stall of a guest on the
+	// target while the pages it writes first come from the source: seconds
+	// per MiB/s it dirties.
+	PostcopyStall float64 `json:"postcopy_stall,omitempty"`
 	// CompressRatio is wire bytes per page byte when compressed, and
 	// CompressSpeed the compressors' rate, bytes per second (Compress).
 	CompressRatio float64 `json:"compress_ratio,omitempty"`
@@ -32,9 +37,11 @@ type Calibration map[string]Constants
 // Defaults are the constants before a cluster has migrated anything:
 // measured on the project's 2-core TCG machines with QEMU 10.0
 // (docs/BENCHMARKS.md), where a migration's setup is dominated by the
-// target's QEMU starting.
+// target's QEMU starting, an idle guest answered again 300-380 ms after
+// it paused (QEMU's downtime 125-175 ms of it), and a guest writing 24 MiB/s
+// stalled about a second longer after a post-copy switchover.
 func Defaults() Calibration {
-	base := Constants{Setup: 300 * time.Millisecond, Efficiency: 0.9, Switchover: 30 * time.Millisecond}
+	base := Constants{Setup: 300 * time.Millisecond, Efficiency: 0.9, Switchover: 250 * time.Millisecond}
 	c := Calibration{}
 	for _, s := range All {
 		c[s] = base
@@ -46,7 +53,7 @@ func Defaults() Calibration {
 	cp.CompressRatio, cp.CompressSpeed = 0.5, 200e6 // unknown data: half; calibration learns the guests' own
 	c[Compress] = cp
 	pc := base
-	pc.Switchover = 60 * time.Millisecond
+	pc.PostcopyStall = 0.04
 	c[Postcopy] = pc
 	return c
 }
@@ -71,6 +78,9 @@ type Sample struct {
 	Converged bool          `json:"converged"`
 	// MaxDowntime is the downtime limit it ran with.
 	MaxDowntime time.Duration `json:"max_downtime"`
+	// ServicePause is the pause the guest's clients saw, where it was
+	// measured (0: only QEMU's Downtime is known).
+	ServicePause time.Duration `json:"service_pause,omitempty"`
 }
 
 // MinSamples is how many finished migrations of a strategy calibration
@@ -125,16 +135,53 @@ func Calibrate(base Calibration, samples []Sample) Calibration {
 		// took.
 		var pauses []float64
 		for _, s := range ss {
+			if strat == Postcopy {
+				// No last pages: the switch comes after the first pass.
+				pauses = append(pauses, pauseOf(s).Seconds())
+				continue
+			}
 			fit := Calibration{strat: k}
 			p := Predict(strat, s.Guest, s.Link, Limits{DowntimeStart: min(20*time.Millisecond, s.MaxDowntime), DowntimeMax: s.MaxDowntime}, fit)
 			last := p.Downtime - k.Switchover
-			pauses = append(pauses, math.Max(0, (s.Downtime-last).Seconds()))
+			pauses = append(pauses, math.Max(0, (pauseOf(s)-last).Seconds()))
 		}
-		k.Switchover = time.Duration(median(pauses) * float64(time.Second))
+		if strat == Postcopy {
+			// The pause less the idle switchover, per MiB/s dirtied, of
+			// the busy guests among them.
+			var per []float64
+			for i, s := range ss {
+				if mibs := s.Guest.DirtyRate / (1 << 20); mibs >= 1 {
+					per = append(per, math.Max(0, pauses[i]-Defaults()[Postcopy].Switchover.Seconds())/mibs)
+				}
+			}
+			if len(per) > 0 {
+				k.PostcopyStall = median(per)
+			}
+			var idle []float64
+			for i, s := range ss {
+				if s.Guest.DirtyRate < 1<<20 {
+					idle = append(idle, pauses[i])
+				}
+			}
+			if len(idle) > 0 {
+				k.Switchover = time.Duration(median(idle) * float64(time.Second))
+			}
+		} else {
+			k.Switchover = time.Duration(median(pauses) * float64(time.Second))
+		}
 		k.Samples = len(ss)
 		out[strat] = k
 	}
 	return out
+}
+
+// pauseOf is a sample's pause as the guest's clients saw it where that was
+// measured, else QEMU's downtime.
+func pauseOf(s Sample) time.Duration {
+	if s.ServicePause > 0 {
+		return s.ServicePause
+	}
+	return s.Downtime
 }
 
 // fitLine is the least-squares line y = slope·x + icept; ok is false when

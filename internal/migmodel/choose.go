@@ -12,9 +12,10 @@ import (
 const TieShare = 0.05
 
 // Choose picks, among the predictions of the allowed strategies, the one
-// that finishes soonest within maxDowntime; a simpler strategy within
-// TieShare of the soonest wins. It says why, naming what was passed over.
-// ok is false when none of them fits.
+// that finishes soonest with the guest's pause within maxDowntime (the
+// longest the policy allows); a simpler strategy within TieShare of the
+// soonest wins. It says why, naming what was passed over. ok is false
+// when none of them fits.
 func Choose(preds []Prediction, allowed []string, maxDowntime time.Duration) (best Prediction, why string, ok bool) {
 	allow := map[string]bool{}
 	for _, s := range allowed {

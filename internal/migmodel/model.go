@@ -50,6 +50,9 @@ type Guest struct {
 	// CompressRatio is what its other pages shrink to when compressed,
 	// as measured (0: unknown; the calibration's figure is used).
 	CompressRatio float64 `json:"compress_ratio,omitempty"`
+	// DirtyCompressRatio is the same of the pages it writes over again,
+	// what the rounds after the first send (0: CompressRatio's).
+	DirtyCompressRatio float64 `json:"dirty_compress_ratio,omitempty"`
 }
 
 // Link is the path between the two hosts.
@@ -69,6 +72,9 @@ type Limits struct {
 	Timeout time.Duration
 	// MaxThrottle caps auto-converge's CPU throttle, percent (0: 99).
 	MaxThrottle int
+	// Allowed is the longest pause the policy allows the guest (0:
+	// DowntimeMax): a strategy whose pause would be longer does not fit.
+	Allowed time.Duration
 }
 
 // Prediction is the model's answer for one strategy.
@@ -116,6 +122,7 @@ type sim struct {
 	lim      Limits
 	c        Constants
 
+	bw                      float64 // the link's bytes/s, capped by the limits
 	rate                    float64 // bytes/s the stream carries (payload before compression)
 	wire                    float64 // wire bytes per payload byte of a non-zero page
 	perZero                 float64 // wire bytes per zero page
@@ -133,19 +140,13 @@ func (s *sim) init(l Link) {
 	if s.lim.MaxBandwidth > 0 {
 		bw = math.Min(bw, s.lim.MaxBandwidth)
 	}
+	s.bw = bw
 	s.rate = bw * s.c.Efficiency
 	s.wire, s.perZero = 1+16.0/page, 9
 	if s.strategy == Compress {
-		// Pages shrink on the wire; the compressors' own speed may bound
-		// the rate instead of the link.
-		s.wire = s.c.CompressRatio
-		if r := s.g.CompressRatio; r > 0 {
-			s.wire = math.Max(r, 0.01)
-		}
-		s.rate = bw * s.c.Efficiency / s.wire
-		if s.c.CompressSpeed > 0 {
-			s.rate = math.Min(s.rate, s.c.CompressSpeed)
-		}
+		// Pages shrink on the wire: the first pass's as the guest's pages
+		// do, the later rounds' as the pages it writes do.
+		s.compress(s.g.CompressRatio)
 	}
 	if s.lim.Timeout <= 0 {
 		s.lim.Timeout = 10 * time.Minute
@@ -158,6 +159,20 @@ func (s *sim) init(l Link) {
 		s.workSet = float64(s.g.MemoryBytes)
 	}
 	s.t = s.c.Setup.Seconds()
+}
+
+// compress sets the wire's bytes per page byte to ratio (0: the
+// calibration's) and the rate to match; the compressors' own speed may
+// bound it instead of the link.
+func (s *sim) compress(ratio float64) {
+	s.wire = s.c.CompressRatio
+	if ratio > 0 {
+		s.wire = math.Max(ratio, 0.01)
+	}
+	s.rate = s.bw * s.c.Efficiency / s.wire
+	if s.c.CompressSpeed > 0 {
+		s.rate = math.Min(s.rate, s.c.CompressSpeed)
+	}
 }
 
 // dirtyRate is the guest's rate under the current throttle.
@@ -189,6 +204,9 @@ func (s *sim) run() Prediction {
 				return s.switchover(p, remaining, rounds)
 			}
 			rounds++
+			if s.strategy == Compress && rounds == 2 && s.g.DirtyCompressRatio > 0 {
+				s.compress(s.g.DirtyCompressRatio)
+			}
 			if s.strategy == Postcopy {
 				// Ferry starts post-copy at the second sync.
 				return s.postcopy(p, remaining)
@@ -226,11 +244,11 @@ func (s *sim) nextLimit(r int, cur float64) float64 {
 	return math.Min(s.limitCap(), math.Max(2*cur, s.lim.DowntimeStart.Seconds()))
 }
 
-// limitCap is the largest downtime limit QEMU is given: the allowed pause
-// less the switchover's own, so that the whole pause stays within it
-// (QEMU's limit covers only the last pages).
+// limitCap is the largest downtime limit QEMU is given: the operator's
+// (QEMU's limit covers only the last pages; the guest's pause adds the
+// switchover's own, Constants.Switchover).
 func (s *sim) limitCap() float64 {
-	return math.Max(0.001, (s.lim.DowntimeMax - s.c.Switchover).Seconds())
+	return math.Max(0.001, s.lim.DowntimeMax.Seconds())
 }
 
 // checkThrottle is auto-converge at a bitmap sync, at most once a second:
@@ -272,9 +290,12 @@ func (s *sim) switchover(p Prediction, remaining float64, rounds int) Prediction
 }
 
 // postcopy: the guest stops only to move its device state, then runs on
-// the target while what it dirtied during the first pass follows.
+// the target while what it dirtied during the first pass follows. Its
+// pause, as its clients see it, adds the stall of its first moments
+// there, when each page it writes must first come from the source: in
+// proportion to how fast it writes (Constants.PostcopyStall).
 func (s *sim) postcopy(p Prediction, rest float64) Prediction {
-	down := s.c.Switchover.Seconds()
+	down := s.c.Switchover.Seconds() + s.c.PostcopyStall*s.g.DirtyRate/(1<<20)
 	s.send(rest)
 	pc := rest / s.rate
 	s.t += down + pc

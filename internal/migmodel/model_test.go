@@ -11,6 +11,9 @@ const mib = 1 << 20
 
 var lim = Limits{DowntimeStart: 20 * time.Millisecond, DowntimeMax: 300 * time.Millisecond, Timeout: 2 * time.Minute}
 
+// allowed is the longest pause the default policy allows.
+const allowed = time.Second
+
 func TestIdleGuestIsOnePass(t *testing.T) {
 	// 256 MiB, 200 MiB of it zero, over 25 MB/s at full efficiency.
 	g := Guest{MemoryBytes: 256 * mib, ZeroShare: 200.0 / 256}
@@ -24,14 +27,14 @@ func TestIdleGuestIsOnePass(t *testing.T) {
 }
 
 func TestBusyGuests(t *testing.T) {
-	g := Guest{MemoryBytes: 256 * mib, WorkingSet: 64 * mib}
-	l := Link{Bandwidth: 25e6} // about 24 MiB/s
+	g := Guest{MemoryBytes: 256 * mib, WorkingSet: 64 * mib, CompressRatio: 1} // random pages
+	l := Link{Bandwidth: 25e6}                                                 // about 24 MiB/s
 	cal := Defaults()
 
 	// Dirtying half the link's rate: rounds shrink geometrically.
 	g.DirtyRate = 12e6
 	p := Predict(Precopy, g, l, lim, cal)
-	if !p.Converges || p.Rounds < 3 || p.Downtime > lim.DowntimeMax {
+	if !p.Converges || p.Rounds < 3 || p.Downtime > lim.DowntimeMax+cal.For(Precopy).Switchover {
 		t.Fatalf("half the link: %+v", p)
 	}
 
@@ -52,20 +55,22 @@ func TestBusyGuests(t *testing.T) {
 	if ac := by[AutoConverge]; !ac.Converges || ac.Throttle < 40 {
 		t.Fatalf("auto-converge: %+v", ac)
 	}
-	if pc := by[Postcopy]; !pc.Converges || pc.PostcopyFor <= 0 || pc.Downtime > 100*time.Millisecond {
+	// Post-copy converges, but a guest writing 38 MiB/s stalls on the
+	// target for longer than a second: it does not fit.
+	if pc := by[Postcopy]; !pc.Converges || pc.PostcopyFor <= 0 || pc.Downtime < time.Second {
 		t.Fatalf("post-copy: %+v", pc)
 	}
-	best, why, ok := Choose(preds, nil, lim.DowntimeMax)
-	if !ok || best.Strategy == Precopy || best.Strategy == Multifd || !strings.Contains(why, "passed over") {
+	best, why, ok := Choose(preds, nil, allowed)
+	if !ok || best.Strategy != AutoConverge || !strings.Contains(why, "postcopy: its pause") {
 		t.Fatalf("chose %s: %s", best.Strategy, why)
 	}
 	// A policy without post-copy gets auto-converge.
-	best, _, ok = Choose(preds, []string{Precopy, AutoConverge}, lim.DowntimeMax)
+	best, _, ok = Choose(preds, []string{Precopy, AutoConverge}, allowed)
 	if !ok || best.Strategy != AutoConverge {
 		t.Fatalf("without post-copy chose %s", best.Strategy)
 	}
 	// A policy allowing only pre-copy gets nothing, and says why.
-	if _, why, ok := Choose(preds, []string{Precopy}, lim.DowntimeMax); ok || !strings.Contains(why, "precopy") {
+	if _, why, ok := Choose(preds, []string{Precopy}, allowed); ok || !strings.Contains(why, "precopy") {
 		t.Fatalf("only pre-copy: %v %s", ok, why)
 	}
 }

@@ -12,6 +12,7 @@ type RoundStat struct {
 	Remaining int64   // bytes left right after the sync
 	Rate      float64 // bytes per second the stream carries
 	DirtyRate float64 // bytes per second the guest dirties
+	At        time.Time
 }
 
 // DirtyShare is the share of the stream's rate at which a guest's dirtying

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -38,7 +39,8 @@ func Predict(in Predicting) *api.MigrationPrediction {
 		Policy: in.Opts.Policy, MaxDowntime: float64(in.Opts.MaxDowntimeMS), Made: time.Now().UTC()}
 	if m := in.VM.Status.Memory; m != nil {
 		out.Memory = *m
-		g.DirtyRate, g.ZeroShare, g.CompressRatio = m.DirtyRate, m.ZeroShare, m.CompressRatio
+		g.DirtyRate, g.ZeroShare, g.CompressRatio, g.WorkingSet = m.DirtyRate, m.ZeroShare, m.CompressRatio, m.WorkingSet
+		g.DirtyCompressRatio = m.DirtyCompressRatio
 	}
 	link := migmodel.Link{Bandwidth: AssumedBandwidth}
 	if in.Link != nil {
@@ -49,7 +51,9 @@ func Predict(in Predicting) *api.MigrationPrediction {
 		link.RTT = time.Duration(in.Link.RTTMS * float64(time.Millisecond))
 	}
 	lim := migmodel.Limits{DowntimeStart: time.Duration(InitialDowntimeMS(in.Opts.MaxDowntimeMS)) * time.Millisecond,
-		DowntimeMax: time.Duration(in.Opts.MaxDowntimeMS) * time.Millisecond, MaxBandwidth: float64(in.Opts.MaxBandwidth)}
+		DowntimeMax: time.Duration(in.Opts.MaxDowntimeMS) * time.Millisecond, MaxBandwidth: float64(in.Opts.MaxBandwidth),
+		Allowed:     time.Duration(max(in.Opts.AllowedDowntimeMS, in.Opts.MaxDowntimeMS)) * time.Millisecond,
+		MaxThrottle: MaxThrottle(max(in.Opts.AllowedDowntimeMS, in.Opts.MaxDowntimeMS))}
 	if in.Opts.TimeoutS > 0 {
 		lim.Timeout = time.Duration(in.Opts.TimeoutS) * time.Second
 	}
@@ -73,10 +77,15 @@ func Predict(in Predicting) *api.MigrationPrediction {
 		candidates = append(candidates, s)
 		out.Strategies = append(out.Strategies, fromModel(p, sp.Calibrated))
 	}
-	best, why, ok := migmodel.Choose(preds, candidates, lim.DowntimeMax)
+	best, why, ok := migmodel.Choose(preds, candidates, lim.Allowed)
 	if in.Link == nil || in.Link.Bandwidth == 0 {
 		why += fmt.Sprintf(" (the link from %s to %s is not measured yet: %.0f MB/s assumed)", in.Src.Name, in.Dst.Name, AssumedBandwidth/1e6)
 	}
+	defer func() {
+		if out.Chosen != "" {
+			out.SwitchoverMS = float64(cal.For(out.Chosen).Switchover.Milliseconds())
+		}
+	}()
 	if ok {
 		out.Chosen, out.Why = best.Strategy, why
 		return out
@@ -92,6 +101,22 @@ func Predict(in Predicting) *api.MigrationPrediction {
 	}
 	out.Why = why
 	return out
+}
+
+// MaxThrottle is the highest CPU throttle for a guest allowed pauses of
+// allowedMS: QEMU throttles by putting the vCPUs to sleep in 10 ms slices,
+// p/(1-p) of a slice at p, and those sleeps are pauses its clients see too
+// (the last one runs into the switchover's); they are kept to an eighth
+// of the allowed pause (92 % for a second).
+func MaxThrottle(allowedMS int64) int {
+	q := float64(allowedMS) / 8
+	return max(1, min(99, int(100*q/(q+10))))
+}
+
+// ThrottleSleep is the vCPU sleep of a CPU throttle of pct percent.
+func ThrottleSleep(pct int) time.Duration {
+	p := float64(min(pct, 99)) / 100
+	return time.Duration(p / (1 - p) * float64(10*time.Millisecond))
 }
 
 // StrategyOptions are opts with strategy s in place (compress is multifd
@@ -131,14 +156,33 @@ func SampleOf(m *api.Migration) (migmodel.Sample, bool) {
 		return migmodel.Sample{}, false
 	}
 	s := migmodel.Sample{Strategy: StrategyOf(m.Options),
-		Guest: migmodel.Guest{MemoryBytes: p.MemoryBytes, DirtyRate: p.Memory.DirtyRate, ZeroShare: p.Memory.ZeroShare, CompressRatio: p.Memory.CompressRatio},
+		Guest: migmodel.Guest{MemoryBytes: p.MemoryBytes, DirtyRate: p.Memory.DirtyRate, ZeroShare: p.Memory.ZeroShare,
+			CompressRatio: p.Memory.CompressRatio, DirtyCompressRatio: p.Memory.DirtyCompressRatio, WorkingSet: p.Memory.WorkingSet},
 		Link:  migmodel.Link{Bandwidth: p.Link.Bandwidth, RTT: time.Duration(p.Link.RTTMS * float64(time.Millisecond))},
 		Total: m.Finished.Sub(m.Started), Downtime: time.Duration(m.DowntimeMS) * time.Millisecond, Bytes: m.BytesSent,
-		Rounds: int(m.Progress.Round), Converged: true, MaxDowntime: time.Duration(m.Options.MaxDowntimeMS) * time.Millisecond}
+		ServicePause: time.Duration(m.ServicePauseMS) * time.Millisecond,
+		Rounds:       int(m.Progress.Round), Converged: true, MaxDowntime: time.Duration(m.Options.MaxDowntimeMS) * time.Millisecond}
 	if s.Link.Bandwidth == 0 || s.Bytes == 0 {
 		return s, false
 	}
 	return s, true
+}
+
+// ServicePause is the pause a migrated guest's clients saw: from its pause
+// on the source (the timeline) to its first answer on the target (0 when
+// either is unknown).
+func ServicePause(m *api.Migration) time.Duration {
+	if m.AnsweringAt.IsZero() {
+		return 0
+	}
+	for _, e := range m.Timeline {
+		if strings.HasPrefix(e.Step, "guest paused on source") {
+			if d := m.AnsweringAt.Sub(e.At); d > 0 {
+				return d
+			}
+		}
+	}
+	return 0
 }
 
 // StrategyOf names a migration's strategy as the model does.

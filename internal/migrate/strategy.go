@@ -191,6 +191,9 @@ func (pl *planning) strategy(p *api.MigrationPlan) error {
 			return err
 		}
 		p.SourceCapabilities["auto-converge"] = true
+		if pl.s.HasParameter("max-cpu-throttle") && pl.o.AllowedDowntimeMS > 0 {
+			p.SourceParameters["max-cpu-throttle"] = MaxThrottle(pl.o.AllowedDowntimeMS)
+		}
 	case api.StrategyPostcopy:
 		if err := pl.need("postcopy-ram", true, true); err != nil {
 			return err

@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"compress/flate"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MemorySample is what a sample of a guest's pages shows.
@@ -20,13 +22,17 @@ type MemorySample struct {
 	// one at the fastest level (DEFLATE, standing in for multifd's zstd,
 	// which does about as well or better): compressed bytes per byte.
 	CompressRatio float64
+	// DirtyCompressRatio is the same of the sampled pages the guest wrote
+	// between two looks: what a migration's later rounds send (1 when
+	// none changed).
+	DirtyCompressRatio float64
 }
 
 // SampleMemory reads samples random pages of the guest's RAM from QEMU's
 // address space (the anonymous mapping of exactly memoryMiB; /proc/PID/mem,
-// which needs root). Pages the guest never touched read as zeros without
-// being allocated.
-func SampleMemory(pid, memoryMiB, samples int) (MemorySample, error) {
+// which needs root), and again after again to see which changed. Pages
+// the guest never touched read as zeros without being allocated.
+func SampleMemory(pid, memoryMiB, samples int, again time.Duration) (MemorySample, error) {
 	start, err := ramMapping(pid, int64(memoryMiB)<<20)
 	if err != nil {
 		return MemorySample{}, err
@@ -39,35 +45,68 @@ func SampleMemory(pid, memoryMiB, samples int) (MemorySample, error) {
 	const page = 4096
 	pages := int64(memoryMiB) << 20 / page
 	buf := make([]byte, page)
-	zero, read := 0, 0
-	var raw, packed int64
-	var out bytes.Buffer
-	zw, _ := flate.NewWriter(&out, flate.BestSpeed)
+	offs := make([]int64, 0, samples)
+	sums := make([]uint64, 0, samples)
+	zero := 0
+	var all packer
 	for i := 0; i < samples; i++ {
 		off := start + rand.Int64N(pages)*page
 		if _, err := f.ReadAt(buf, off); err != nil {
 			continue
 		}
-		read++
+		offs, sums = append(offs, off), append(sums, checksum(buf))
 		if allZero(buf) {
 			zero++
 			continue
 		}
-		out.Reset()
-		zw.Reset(&out)
-		zw.Write(buf)
-		zw.Close()
-		raw += page
-		packed += int64(min(out.Len(), page))
+		all.add(buf)
 	}
-	if read == 0 {
+	if len(offs) == 0 {
 		return MemorySample{}, fmt.Errorf("could not read the guest's memory from QEMU %d", pid)
 	}
-	m := MemorySample{ZeroShare: float64(zero) / float64(read), CompressRatio: 1}
-	if raw > 0 {
-		m.CompressRatio = float64(packed) / float64(raw)
+	m := MemorySample{ZeroShare: float64(zero) / float64(len(offs)), CompressRatio: all.ratio()}
+	time.Sleep(again)
+	var dirty packer
+	for i, off := range offs {
+		if _, err := f.ReadAt(buf, off); err == nil && checksum(buf) != sums[i] {
+			dirty.add(buf)
+		}
 	}
+	m.DirtyCompressRatio = dirty.ratio()
 	return m, nil
+}
+
+// packer compresses pages one by one and counts the bytes.
+type packer struct {
+	raw, packed int64
+	out         bytes.Buffer
+	zw          *flate.Writer
+}
+
+func (p *packer) add(pg []byte) {
+	if p.zw == nil {
+		p.zw, _ = flate.NewWriter(&p.out, flate.BestSpeed)
+	}
+	p.out.Reset()
+	p.zw.Reset(&p.out)
+	p.zw.Write(pg)
+	p.zw.Close()
+	p.raw += int64(len(pg))
+	p.packed += int64(min(p.out.Len(), len(pg)))
+}
+
+// ratio is compressed bytes per byte (1 when nothing was added).
+func (p *packer) ratio() float64 {
+	if p.raw == 0 {
+		return 1
+	}
+	return float64(p.packed) / float64(p.raw)
+}
+
+func checksum(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }
 
 // ramMapping finds the start of the anonymous read-write mapping of size

@@ -233,14 +233,14 @@ func (r *Runtime) PinMAC(tap, mac string) error { return nil }
 
 // SampleMemory is what the simulation says of the guest's memory
 // (Proc.SetZeroShare; its other pages do not compress).
-func (r *Runtime) SampleMemory(pid, memoryMiB int) (qemu.MemorySample, error) {
+func (r *Runtime) SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error) {
 	p := r.w.proc(pid)
 	if p == nil || !p.Alive() {
 		return qemu.MemorySample{}, fmt.Errorf("no qemu %d", pid)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return qemu.MemorySample{ZeroShare: p.zero, CompressRatio: 1}, nil
+	return qemu.MemorySample{ZeroShare: p.zero, CompressRatio: 1, DirtyCompressRatio: 1}, nil
 }
 
 // Probe answers for the guest whose endpoint this is: healthy while its
