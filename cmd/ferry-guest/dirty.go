@@ -13,17 +13,17 @@ import (
 // how often it was written, and check finds any page whose words do not
 // match — a write lost in a migration (a page sent stale) shows up there.
 type dirtier struct {
-	hot   *hotPages // rewritten while the dirtier runs
-	mu    sync.Mutex
-	rate  float64
+	hot  *hotPages // rewritten while the dirtier runs
+	mu   sync.Mutex
+	rate float64
 	// random fills each dirtied page with pseudo-random bytes (around its
 	// check words), so that it does not compress: a guest whose memory a
 	// compressing migration cannot shrink.
 	random bool
 	buf    []byte
-	gen   []uint32 // per page: how often it was written
-	stop  chan struct{}
-	pages uint64
+	gen    []uint32 // per page: how often it was written
+	stop   chan struct{}
+	pages  uint64
 }
 
 type dirtyInfo struct {

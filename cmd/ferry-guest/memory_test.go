@@ -29,7 +29,7 @@ func dirtierFindsStale(t *testing.T, random bool) {
 		// Whole pages written: a dirtied page holds more than its words.
 		d.mu.Lock()
 		nonzero := 0
-		for _, b := range d.buf[8:pageSize/2-8] {
+		for _, b := range d.buf[8 : pageSize/2-8] {
 			if b != 0 {
 				nonzero++
 			}
