@@ -279,6 +279,9 @@ type MigrateRequest struct {
 	// DryRun: predict every strategy and say which Ferry would pick and
 	// why, without moving anything.
 	DryRun bool `json:"dry_run,omitempty"`
+	// HeldOut keeps this move out of the model's calibration (a benchmark
+	// measuring the model on moves it did not learn from).
+	HeldOut bool `json:"held_out,omitempty"`
 }
 
 // MigrationOptions are the validated options of a migration.
@@ -295,6 +298,8 @@ type MigrationOptions struct {
 	Transport string `json:"transport,omitempty"`
 	// Auto: Ferry chose Strategy (the request said auto).
 	Auto bool `json:"auto,omitempty"`
+	// HeldOut: not used to calibrate the model.
+	HeldOut bool `json:"held_out,omitempty"`
 	// Policy is the migration policy that applied; AllowedDowntimeMS and
 	// Escalations are its: how far a migration that does not converge may
 	// go.

@@ -317,9 +317,14 @@ func sayer(verbose bool) func(string, ...any) {
 // leftovers of an earlier run of the same name) and a client of h1's API.
 // The caller takes it down.
 func benchBed(ctx context.Context, name string, n int, self, imageDir string, say func(string, ...any)) (*testbed.Bed, *client.Client, error) {
-	testbed.Down(name)
-	say("building a %d-host testbed", n)
-	b, err := testbed.Up(ctx, testbed.Options{Name: name, Hosts: n, Bin: self, ImageDir: imageDir})
+	return benchBedWith(ctx, testbed.Options{Name: name, Hosts: n, Bin: self, ImageDir: imageDir}, say)
+}
+
+// benchBedWith is benchBed with more options.
+func benchBedWith(ctx context.Context, o testbed.Options, say func(string, ...any)) (*testbed.Bed, *client.Client, error) {
+	testbed.Down(o.Name)
+	say("building a %d-host testbed", o.Hosts)
+	b, err := testbed.Up(ctx, o)
 	if err != nil {
 		return nil, nil, err
 	}

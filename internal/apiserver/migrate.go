@@ -65,7 +65,7 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) {
 
 // migrationOptions validates a request's options and fills defaults.
 func migrationOptions(req api.MigrateRequest) (api.MigrationOptions, error) {
-	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext, Transport: req.Transport}
+	opts := api.MigrationOptions{Strategy: req.Strategy, Compress: req.Compress, Plaintext: req.Plaintext, Transport: req.Transport, HeldOut: req.HeldOut}
 	if opts.Strategy == "" && !opts.Compress {
 		opts.Strategy = api.StrategyAuto
 	}

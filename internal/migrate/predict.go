@@ -152,7 +152,7 @@ func Calibrate(samples [][]byte) migmodel.Calibration {
 // prediction or that did not complete.
 func SampleOf(m *api.Migration) (migmodel.Sample, bool) {
 	p := m.Prediction
-	if p == nil || m.Phase != api.MigCompleted || m.TotalTimeMS == 0 || len(m.Escalations) > 0 {
+	if p == nil || m.Phase != api.MigCompleted || m.TotalTimeMS == 0 || len(m.Escalations) > 0 || m.Options.HeldOut {
 		return migmodel.Sample{}, false
 	}
 	s := migmodel.Sample{Strategy: StrategyOf(m.Options),
