@@ -40,6 +40,8 @@ type Hosts struct {
 	losses    map[string][]time.Time // host -> when it was lost, within FlapWindow
 	drained   map[string]bool        // hosts put in maintenance here (event sent once)
 	lastPass  atomic.Int64           // unix ns of the last round (read by Leading without the lock)
+	// leading is when this host's current spell as leader began.
+	leading time.Time
 }
 
 // NewHosts returns the host-health controller for timing t.
@@ -72,13 +74,22 @@ func (h *Hosts) DeadSince(host string) (time.Time, bool) {
 func (h *Hosts) Pass(ctx context.Context, r *leader.Round) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !h.Leading() {
+		// A new spell as leader: hosts it never saw get a lease's time
+		// to show up (lost).
+		h.leading, h.seen = h.now(), nil
+	}
 	h.lastPass.Store(time.Now().UnixNano())
 	h.lost(ctx, r)
 	return h.outOfService(ctx, r)
 }
 
-// lost notes hosts whose lease is gone: those guests are placed on, and
-// those seen alive before (a host without guests can flap too).
+// lost notes hosts whose lease is gone: those seen alive before (a host
+// without guests can flap too), and those guests are placed on — once this
+// leader has led for a lease and the margin: a host it has not seen yet
+// may be starting (a cluster coming up) or its record may still be on its
+// way (a new leader), and its lease, if it has one, has not run out
+// before then.
 func (h *Hosts) lost(ctx context.Context, r *leader.Round) {
 	now := h.now()
 	alive := map[string]bool{}
@@ -87,8 +98,10 @@ func (h *Hosts) lost(ctx context.Context, r *leader.Round) {
 		delete(h.deadSince, n.Name)
 	}
 	var gone []string
-	for _, vm := range r.VMs {
-		gone = append(gone, vm.Node)
+	if now.Sub(h.leading) >= h.t.LeaseTTL+h.t.Margin {
+		for _, vm := range r.VMs {
+			gone = append(gone, vm.Node)
+		}
 	}
 	for host := range h.seen {
 		gone = append(gone, host)

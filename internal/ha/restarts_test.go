@@ -67,8 +67,20 @@ func TestRestartsByPriorityWithinCapacityAndAntiAffinity(t *testing.T) {
 		return out
 	}
 
+	// A new leader gives hosts it has not seen a lease's time to show up
+	// (a cluster coming up): h2 is not lost yet.
 	if err := m.pass(ctx, guard); err != nil {
 		t.Fatal(err)
+	}
+	if _, dead := m.hosts.DeadSince("h2"); dead {
+		t.Fatal("a host the new leader never saw was lost at its first round")
+	}
+	now = now.Add(tm.LeaseTTL + tm.Margin)
+	if err := m.pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if _, dead := m.hosts.DeadSince("h2"); !dead {
+		t.Fatal("h2 not lost a lease after the leader began")
 	}
 	if p := placed(); p["a"] != "h2" || p["b"] != "h2" || p["d"] != "h2" {
 		t.Fatalf("moved before the margin: %v", p)

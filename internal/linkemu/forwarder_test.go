@@ -4,22 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net/netip"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 )
 
-// pair is two namespaces on a fabric bridge, each through a TAP port the
-// forwarder carries, as the testbed builds them.
-type pair struct {
-	a, b, fab string
-	ports     []Port
-}
-
-func newPair(t *testing.T) *pair {
+// newPair is a Pair for one test, removed after it.
+func newPair(t *testing.T) *Pair {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("FERRY_BIN") != "" {
@@ -27,35 +18,11 @@ func newPair(t *testing.T) *pair {
 		}
 		t.Skip("needs root (network namespaces)")
 	}
-	tag := fmt.Sprintf("le%d", os.Getpid()%100000)
-	p := &pair{a: tag + "-a", b: tag + "-b", fab: tag + "-f"}
-	t.Cleanup(func() {
-		for _, ns := range []string{p.a, p.b, p.fab} {
-			exec.Command("ip", "netns", "delete", ns).Run()
-		}
-	})
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
+	p, err := NewPair(fmt.Sprintf("le%d", os.Getpid()%100000))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, ns := range []string{p.a, p.b, p.fab} {
-		run("netns", "add", ns)
-		run("-n", ns, "link", "set", "lo", "up")
-	}
-	run("-n", p.fab, "link", "add", "br0", "type", "bridge")
-	run("-n", p.fab, "link", "set", "br0", "up")
-	for i, ns := range []string{p.a, p.b} {
-		name := []string{"a", "b"}[i]
-		addr := fmt.Sprintf("198.18.100.%d", i+1)
-		run("-n", ns, "tuntap", "add", "dev", "eth0", "mode", "tap")
-		run("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
-		run("-n", ns, "link", "set", "eth0", "up")
-		run("-n", p.fab, "tuntap", "add", "dev", "p"+name, "mode", "tap")
-		run("-n", p.fab, "link", "set", "dev", "p"+name, "master", "br0", "up")
-		p.ports = append(p.ports, Port{Name: name, Addr: netip.MustParseAddr(addr), NS: ns, Tap: "eth0", FabricNS: p.fab, FabricTap: "p" + name})
-	}
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -64,18 +31,11 @@ func newPair(t *testing.T) *pair {
 // never sooner than the delay, and the loss it was told.
 func TestForwarderDelivers(t *testing.T) {
 	p := newPair(t)
-	f, err := NewForwarder(p.ports, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := p.F
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { f.Run(fctx); close(done) }()
-	defer func() { stop(); <-done }()
 
-	base, err := Probe(ctx, p.a, p.b, "198.18.100.2", 200, 2*time.Millisecond)
+	base, err := Probe(ctx, p.A, p.B, p.AddrB, 200, 2*time.Millisecond)
 	if err != nil || base.Loss > 0.05 {
 		t.Fatalf("unshaped: %+v %v", base, err)
 	}
@@ -89,7 +49,7 @@ func TestForwarderDelivers(t *testing.T) {
 		}
 	}
 	both(Profile{Delay: 20 * time.Millisecond, Jitter: 2 * time.Millisecond})
-	m, err := Probe(ctx, p.a, p.b, "198.18.100.2", 200, 2*time.Millisecond)
+	m, err := Probe(ctx, p.A, p.B, p.AddrB, 200, 2*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +60,7 @@ func TestForwarderDelivers(t *testing.T) {
 
 	// Rate: one TCP stream gets no more than the cap.
 	both(Profile{RateBits: 100e6})
-	bits, err := Throughput(ctx, p.a, p.b, "198.18.100.2", 4*time.Second)
+	bits, err := Throughput(ctx, p.A, p.B, p.AddrB, 4*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +74,7 @@ func TestForwarderDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 3000
-	m, err = Probe(ctx, p.a, p.b, "198.18.100.2", n, 500*time.Microsecond)
+	m, err = Probe(ctx, p.A, p.B, p.AddrB, n, 500*time.Microsecond)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,8 @@ package linkemu
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"unsafe"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,23 +17,13 @@ func AttachTap(ns, name string) (*os.File, error) {
 	if len(name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("tap name %q is too long", name)
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	if ns != "" {
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			return nil, fmt.Errorf("namespace %s: %w", ns, err)
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return nil, err
-		}
-		defer netns.Set(orig)
+		var f *os.File
+		err := InNS(ns, func() (err error) {
+			f, err = AttachTap("", name)
+			return err
+		})
+		return f, err
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {

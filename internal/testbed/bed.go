@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,9 +18,9 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/linkemu"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
-	"github.com/vishvananda/netns"
 )
 
 // Bed is a cluster of hosts on one machine: each host is a network namespace
@@ -417,25 +416,13 @@ func (b *Bed) HTTPClient(ns string, timeout time.Duration) *http.Client {
 // DialIn returns a dial function that opens sockets inside network namespace
 // ns: a socket belongs to the namespace of the thread that created it.
 func DialIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			return nil, fmt.Errorf("namespace %s: %w", ns, err)
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return nil, err
-		}
-		defer netns.Set(orig)
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
+	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = linkemu.InNS(ns, func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
 	}
 }
 
