@@ -50,7 +50,10 @@ func Defaults() Calibration {
 	mf.Setup += 50 * time.Millisecond
 	c[Multifd] = mf
 	cp := mf
-	cp.CompressRatio, cp.CompressSpeed = 0.5, 200e6 // unknown data: half; calibration learns the guests' own
+	// Nothing is assumed to compress until a guest's pages were sampled
+	// (Guest.CompressRatio) or moves calibrated it: a guess would have
+	// Ferry pay compression's CPU for nothing.
+	cp.CompressRatio, cp.CompressSpeed = 1, 200e6
 	c[Compress] = cp
 	pc := base
 	pc.PostcopyStall = 0.04
