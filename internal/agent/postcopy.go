@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -255,4 +256,45 @@ func (a *Agent) recordRecovery(ctx context.Context, m *api.Migration, seq int) {
 		return nil
 	})
 	a.log.Info("post-copy recovered", "vm", m.VM, "seq", seq)
+}
+
+// postcopyShare is the share of the link post-copy's background stream
+// may take when the operator set no bandwidth: the pages the guest faults
+// on then find the link's queue short (a full queue delayed each by up to
+// its length, and the guest's service by seconds).
+const postcopyShare = 0.8
+
+// startPostcopy switches the migration to post-copy, its background
+// stream kept to postcopyShare of the rate the first pass measured.
+func (f *sourceFollower) startPostcopy(ctx context.Context) bool {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rate := f.linkRate
+	if l := f.measuredLink(); l > 0 && (rate == 0 || l < rate) {
+		// QEMU's rate in the first pass counts zero pages as if sent
+		// whole; the measured link is the better figure.
+		rate = l
+	}
+	if f.m.Options.MaxBandwidth == 0 && rate > 0 && slices.Contains(f.a.cfg.QEMU.Parameters, "max-postcopy-bandwidth") {
+		bw := int64(rate * postcopyShare)
+		if err := f.in.qmp.SetMigrationParameters(cctx, map[string]any{"max-postcopy-bandwidth": bw}); err == nil {
+			f.in.steps = append(f.in.steps, f.a.step(fmt.Sprintf("post-copy background stream kept to %.0f MB/s", float64(bw)/1e6), time.Now()))
+		}
+	}
+	if err := f.in.qmp.MigrateStartPostcopy(cctx); err != nil {
+		f.a.log.Warn("switching to post-copy", "vm", f.m.VM, "err", err)
+		return false
+	}
+	f.postcopyStarted = true
+	f.a.log.Info("switched to post-copy", "vm", f.m.VM)
+	return true
+}
+
+// measuredLink is the link's bandwidth the hosts measured, bytes per
+// second, as the prediction recorded it (0: none).
+func (f *sourceFollower) measuredLink() float64 {
+	if p := f.m.Prediction; p != nil {
+		return p.Link.Bandwidth
+	}
+	return 0
 }

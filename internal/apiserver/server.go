@@ -315,23 +315,8 @@ func (s *Server) specFor(ctx context.Context, req api.VMCreateRequest) (*api.VMS
 		return nil, errdefs.Invalid(fmt.Sprintf("memory must be between %s and %s", api.FormatMiB(api.MinMemoryMiB), api.FormatMiB(api.MaxMemoryMiB)))
 	}
 	spec.MemoryMiB = mem
-	if req.HAPriority < 0 || req.HAPriority > api.MaxHAPriority {
-		return nil, errdefs.Invalid(fmt.Sprintf("ha_priority must be between 0 and %d", api.MaxHAPriority))
-	}
-	if (req.HAPriority != 0 || req.AntiAffinity != "") && !req.HA {
-		return nil, errdefs.Invalid("ha_priority and anti_affinity apply to HA guests: set ha too")
-	}
-	if req.AntiAffinity != "" {
-		if err := api.ValidateName("anti-affinity group", req.AntiAffinity); err != nil {
-			return nil, errdefs.Invalid(err.Error())
-		}
-	}
-	spec.HA, spec.HAPriority, spec.AntiAffinity = req.HA, req.HAPriority, req.AntiAffinity
-	if err := api.ValidateLabels(req.Labels); err != nil {
-		return nil, errdefs.Invalid(err.Error())
-	}
-	if len(req.Labels) > 0 {
-		spec.Labels = req.Labels
+	if err := haAndLabels(spec, req); err != nil {
+		return nil, err
 	}
 	if spec.CPUs == 0 {
 		spec.CPUs = 1
@@ -375,6 +360,29 @@ func (s *Server) specFor(ctx context.Context, req api.VMCreateRequest) (*api.VMS
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, fmt.Sprintf("no node has %s of memory", api.FormatMiB(mem)))
 	}
 	return spec, nil
+}
+
+// haAndLabels checks and takes a request's HA settings and labels.
+func haAndLabels(spec *api.VMSpec, req api.VMCreateRequest) error {
+	if req.HAPriority < 0 || req.HAPriority > api.MaxHAPriority {
+		return errdefs.Invalid(fmt.Sprintf("ha_priority must be between 0 and %d", api.MaxHAPriority))
+	}
+	if (req.HAPriority != 0 || req.AntiAffinity != "") && !req.HA {
+		return errdefs.Invalid("ha_priority and anti_affinity apply to HA guests: set ha too")
+	}
+	if req.AntiAffinity != "" {
+		if err := api.ValidateName("anti-affinity group", req.AntiAffinity); err != nil {
+			return errdefs.Invalid(err.Error())
+		}
+	}
+	spec.HA, spec.HAPriority, spec.AntiAffinity = req.HA, req.HAPriority, req.AntiAffinity
+	if err := api.ValidateLabels(req.Labels); err != nil {
+		return errdefs.Invalid(err.Error())
+	}
+	if len(req.Labels) > 0 {
+		spec.Labels = req.Labels
+	}
+	return nil
 }
 
 // imageFormat checks a user image path and tells qcow2 from raw.

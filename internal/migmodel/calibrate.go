@@ -133,49 +133,58 @@ func Calibrate(base Calibration, samples []Sample) Calibration {
 				k.Efficiency = math.Min(1.5, median(eff))
 			}
 		}
-		// The pause beyond sending the last pages: each sample's downtime
-		// less what the model, with the fitted stream, says its last pages
-		// took.
-		var pauses []float64
-		for _, s := range ss {
-			if strat == Postcopy {
-				// No last pages: the switch comes after the first pass.
-				pauses = append(pauses, pauseOf(s).Seconds())
-				continue
-			}
-			fit := Calibration{strat: k}
-			p := Predict(strat, s.Guest, s.Link, Limits{DowntimeStart: min(20*time.Millisecond, s.MaxDowntime), DowntimeMax: s.MaxDowntime}, fit)
-			last := p.Downtime - k.Switchover
-			pauses = append(pauses, math.Max(0, (pauseOf(s)-last).Seconds()))
-		}
-		if strat == Postcopy {
-			// The pause less the idle switchover, per MiB/s dirtied, of
-			// the busy guests among them.
-			var per []float64
-			for i, s := range ss {
-				if mibs := s.Guest.DirtyRate / (1 << 20); mibs >= 1 {
-					per = append(per, math.Max(0, pauses[i]-Defaults()[Postcopy].Switchover.Seconds())/mibs)
-				}
-			}
-			if len(per) > 0 {
-				k.PostcopyStall = median(per)
-			}
-			var idle []float64
-			for i, s := range ss {
-				if s.Guest.DirtyRate < 1<<20 {
-					idle = append(idle, pauses[i])
-				}
-			}
-			if len(idle) > 0 {
-				k.Switchover = time.Duration(median(idle) * float64(time.Second))
-			}
-		} else {
-			k.Switchover = time.Duration(median(pauses) * float64(time.Second))
-		}
+		k = fitPause(strat, k, ss)
 		k.Samples = len(ss)
 		out[strat] = k
 	}
 	return out
+}
+
+// fitPause fits a strategy's pause constants to its samples: the pause
+// beyond sending the last pages (each sample's pause less what the model,
+// with the fitted stream, says its last pages took), and for post-copy
+// the stall per MiB/s dirtied, and the switchover of its idle guests.
+func fitPause(strat string, k Constants, ss []Sample) Constants {
+	// The pause beyond sending the last pages: each sample's downtime
+	// less what the model, with the fitted stream, says its last pages
+	// took.
+	var pauses []float64
+	for _, s := range ss {
+		if strat == Postcopy {
+			// No last pages: the switch comes after the first pass.
+			pauses = append(pauses, pauseOf(s).Seconds())
+			continue
+		}
+		fit := Calibration{strat: k}
+		p := Predict(strat, s.Guest, s.Link, Limits{DowntimeStart: min(20*time.Millisecond, s.MaxDowntime), DowntimeMax: s.MaxDowntime}, fit)
+		last := p.Downtime - k.Switchover
+		pauses = append(pauses, math.Max(0, (pauseOf(s)-last).Seconds()))
+	}
+	if strat == Postcopy {
+		// The pause less the idle switchover, per MiB/s dirtied, of
+		// the busy guests among them.
+		var per []float64
+		for i, s := range ss {
+			if mibs := s.Guest.DirtyRate / (1 << 20); mibs >= 1 {
+				per = append(per, math.Max(0, pauses[i]-Defaults()[Postcopy].Switchover.Seconds())/mibs)
+			}
+		}
+		if len(per) > 0 {
+			k.PostcopyStall = median(per)
+		}
+		var idle []float64
+		for i, s := range ss {
+			if s.Guest.DirtyRate < 1<<20 {
+				idle = append(idle, pauses[i])
+			}
+		}
+		if len(idle) > 0 {
+			k.Switchover = time.Duration(median(idle) * float64(time.Second))
+		}
+	} else {
+		k.Switchover = time.Duration(median(pauses) * float64(time.Second))
+	}
+	return k
 }
 
 // pauseOf is a sample's pause as the guest's clients saw it where that was

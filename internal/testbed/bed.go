@@ -138,21 +138,7 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 			return b, err
 		}
 	}
-	// The cluster's CAs are made here and given to the first server; the
-	// other etcd servers join with server tokens (and are given the CA
-	// keys), the other hosts with host tokens. The testbed's own admin
-	// credentials are made beside them.
-	if _, err := pki.EnsureCA(filepath.Join(dir, "pki"), "ferry testbed CA"); err != nil {
-		return b, err
-	}
-	uca, err := pki.EnsureUserCA(filepath.Join(dir, "pki"))
-	if err != nil {
-		return b, err
-	}
-	if err := uca.EnsureLeaf(filepath.Join(dir, "pki"), pki.AdminCert, pki.AdminKey, "testbed-admin", pki.RoleAdmin, nil); err != nil {
-		return b, err
-	}
-	if _, err := pki.EnsureMigrationCA(filepath.Join(dir, "pki")); err != nil {
+	if err := b.makeCAs(); err != nil {
 		return b, err
 	}
 	// etcd members join one at a time (etcd adds one learner-free member
@@ -168,6 +154,28 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 		}
 	}
 	return b, b.WaitNodes(ctx, len(b.Hosts))
+}
+
+// makeCAs makes the cluster's CAs and the testbed's admin credentials.
+func (b *Bed) makeCAs() error {
+	// The cluster's CAs are made here and given to the first server; the
+	// other etcd servers join with server tokens (and are given the CA
+	// keys), the other hosts with host tokens. The testbed's own admin
+	// credentials are made beside them.
+	if _, err := pki.EnsureCA(filepath.Join(b.Dir, "pki"), "ferry testbed CA"); err != nil {
+		return err
+	}
+	uca, err := pki.EnsureUserCA(filepath.Join(b.Dir, "pki"))
+	if err != nil {
+		return err
+	}
+	if err := uca.EnsureLeaf(filepath.Join(b.Dir, "pki"), pki.AdminCert, pki.AdminKey, "testbed-admin", pki.RoleAdmin, nil); err != nil {
+		return err
+	}
+	if _, err := pki.EnsureMigrationCA(filepath.Join(b.Dir, "pki")); err != nil {
+		return err
+	}
+	return nil
 }
 
 func (b *Bed) buildNetwork() error {
