@@ -78,7 +78,22 @@ func TestBadInput(t *testing.T) {
 		{"console bad lines", "GET", "/v1/vms/dup/console?lines=x", ``, 400, "invalid_argument"},
 		{"console bad follow", "GET", "/v1/vms/dup/console?follow=maybe", ``, 400, "invalid_argument"},
 		{"unknown endpoint", "GET", "/v1/bogus", ``, 404, "not_found"},
+		{"bad label key", "POST", "/v1/vms", `{"name":"a","labels":{"Tier!":"db"}}`, 400, "invalid_argument"},
+		{"bad label value", "POST", "/v1/vms", `{"name":"a","labels":{"tier":"d b"}}`, 400, "invalid_argument"},
+		{"migrate unknown strategy", "POST", "/v1/vms/dup/migrate", `{"to":"dev1","strategy":"teleport"}`, 400, "invalid_argument"},
+		{"migrate auto with compress", "POST", "/v1/vms/dup/migrate", `{"to":"dev1","strategy":"auto","compress":true}`, 400, "invalid_argument"},
+		{"policy without name", "POST", "/v1/policies", `{}`, 400, "invalid_argument"},
+		{"policy unknown strategy", "POST", "/v1/policies", `{"name":"p","strategies":["teleport"]}`, 400, "invalid_argument"},
+		{"policy unknown escalation", "POST", "/v1/policies", `{"name":"p","escalations":["pray"]}`, 400, "invalid_argument"},
+		{"policy allowed below max", "POST", "/v1/policies", `{"name":"p","max_downtime":"500ms","allowed_downtime":"100ms"}`, 400, "invalid_argument"},
+		{"policy bad bandwidth", "POST", "/v1/policies", `{"name":"p","max_bandwidth":"fast"}`, 400, "invalid_argument"},
+		{"policy named default", "POST", "/v1/policies", `{"name":"default"}`, 400, "invalid_argument"},
+		{"policy bad selector", "POST", "/v1/policies", `{"name":"p","selector":{"a b":"c"}}`, 400, "invalid_argument"},
+		{"delete missing policy", "DELETE", "/v1/policies/nope", ``, 404, "not_found"},
 	}
+	// The scheduler places even a stopped VM: wait for it, so that the
+	// store is at rest before the bad requests.
+	waitVM(t, cl, "dup", 30*time.Second, "placed", func(vm *api.VM) bool { return vm.Node != "" })
 	keysBefore, err := d.EtcdKeys(ctxT(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
