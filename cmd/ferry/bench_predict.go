@@ -186,26 +186,34 @@ func (m *predictMatrix) run(ctx context.Context, self, imageDir string) (map[str
 		qemuVersion = nodes[0].QEMU.Version
 	}
 	var cells []predictCell
+	var runErr error
+run:
 	for _, l := range m.links {
-		if err := b.SetLink(ctx, "h1", "h2", l.p, false); err != nil {
-			return nil, err
+		if runErr = b.SetLink(ctx, "h1", "h2", l.p, false); runErr != nil {
+			break
 		}
 		for _, mem := range m.mems {
 			for _, d := range m.dirty {
 				cs, err := m.guest(ctx, l, mem, d)
 				cells = append(cells, cs...)
 				if err != nil {
-					return nil, err
+					runErr = fmt.Errorf("%s, %d MiB, %.0f MiB/s: %w", l.name, mem, d, err)
+					break run
 				}
 			}
 		}
 	}
 	all, held := predictionErrors(cells, false), predictionErrors(cells, true)
-	return map[string]any{
+	res := map[string]any{
 		"benchmark": "predict", "date": time.Now().UTC().Format(time.RFC3339), "qemu": qemuVersion, "accel": "tcg",
 		"hosts": 2, "link": "testbed underlay through the user-space link emulator", "timeout_s": m.timeout.Seconds(),
 		"cells": cells, "errors": all, "errors_held_out": held,
-	}, nil
+	}
+	if runErr != nil {
+		// The cells before stand: say where the run ended.
+		res["ended_early"] = runErr.Error()
+	}
+	return res, nil
 }
 
 // guest creates one guest of the matrix and moves it once per strategy.
@@ -257,6 +265,8 @@ func (m *predictMatrix) fresh(ctx context.Context, name string) error {
 	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	return wait.Until(wctx, 500*time.Millisecond, func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
 		vm, err := m.cl.GetVM(ctx, name)
 		if err != nil {
 			return false, err
