@@ -72,10 +72,15 @@ func (a *Agent) instances() []*instance {
 
 // measureGuest measures one guest and reports a noticeable change.
 func (a *Agent) measureGuest(ctx context.Context, in *instance) {
+	// preparedFor stays set after a migration ended (it marks the QEMU as
+	// configured): the record says whether one is in flight.
 	in.mu.Lock()
-	busy := in.incoming || in.preparedFor != "" || in.srcTunnel != nil || in.tgtTunnel != nil
+	busy := in.incoming || in.srcTunnel != nil || in.tgtTunnel != nil
 	in.mu.Unlock()
 	if busy || !in.alive() {
+		return
+	}
+	if m, _, err := a.st.GetMigration(ctx, in.name); err != nil || (m != nil && !api.MigrationTerminal(m.Phase)) {
 		return
 	}
 	m, err := a.measureMemory(ctx, in)
