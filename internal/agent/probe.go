@@ -20,13 +20,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		a.mu.Lock()
-		var ins []*instance
-		for _, in := range a.vms {
-			ins = append(ins, in)
-		}
-		a.mu.Unlock()
-		for _, in := range ins {
+		for _, in := range a.instances() {
 			if !in.alive() || in.rec.Endpoint == "" {
 				continue
 			}
