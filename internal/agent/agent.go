@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
@@ -268,9 +270,7 @@ func (a *Agent) follow(ctx context.Context, wc <-chan store.Change, resync <-cha
 				a.syncCRLs(ctx)
 			case store.KindRevoked:
 				if slices.Contains(a.certSerials(), c.Name) && removal(c.Value) {
-					a.log.Error("this host's certificate was revoked: it was removed from the cluster; stopping")
-					a.removed.Store(true)
-					a.stopRun()
+					a.leave("this host's certificate was revoked: it was removed from the cluster; stopping")
 				}
 			default: // a VM in this host's range
 				a.queue.add(c.Name)
@@ -285,6 +285,12 @@ func (a *Agent) follow(ctx context.Context, wc <-chan store.Change, resync <-cha
 func (a *Agent) resync(ctx context.Context) int64 {
 	vms, rev, err := a.st.HostVMs(ctx, a.cfg.Node)
 	if err != nil {
+		if a.refused(err) {
+			// The revocation can reach etcd before its record reaches
+			// this host's watch: etcd then ends the watch first.
+			a.leave("etcd refuses this host's certificate as revoked: it was removed from the cluster; stopping", "err", err)
+			return 0
+		}
 		a.log.Warn("resync", "err", err)
 		return 0
 	}
@@ -476,6 +482,29 @@ func (a *Agent) syncCRLs(ctx context.Context) {
 	if a.cfg.MigrationTLSDir != "" {
 		write(filepath.Join(a.cfg.MigrationTLSDir, "ca-crl.pem"), mcrl)
 	}
+}
+
+// leave stops the agent because this host was removed from the cluster.
+func (a *Agent) leave(why string, args ...any) {
+	a.log.Error(why, args...)
+	a.removed.Store(true)
+	a.stopRun()
+}
+
+// refused reports whether err is etcd refusing one of this host's own
+// certificates as revoked. etcd distrusts a certificate only when it was
+// revoked for a reason other than renewal (store.revocationOptions), so
+// this host can no longer act as a member of the cluster.
+func (a *Agent) refused(err error) bool {
+	if !errors.Is(err, errdefs.ErrUnauthenticated) {
+		return false
+	}
+	for _, s := range a.certSerials() {
+		if strings.Contains(err.Error(), "(serial "+s+")") {
+			return true
+		}
+	}
+	return false
 }
 
 // Removed reports whether the agent stopped because this host was removed

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ipam"
@@ -82,6 +85,12 @@ func unavailable(err error) error {
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
+	}
+	// etcd refuses a caller whose certificate was revoked (see
+	// revocationOptions): that is not a passing outage, and callers tell
+	// it apart (a removed host's agent stops on it).
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unauthenticated {
+		return fmt.Errorf("%w: etcd: %s", errdefs.ErrUnauthenticated, st.Message())
 	}
 	return fmt.Errorf("%w: etcd: %v", errdefs.ErrUnavailable, err)
 }

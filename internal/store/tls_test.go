@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,6 +99,11 @@ func TestEmbeddedTLS(t *testing.T) {
 	}
 	if _, err := held.Etcd().Get(ctx, "/quiet"); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("a connection made before the revocation is still served: %v", err)
+	}
+	// The store says so in its own terms, naming the refused certificate
+	// (a removed host's agent stops on it).
+	if _, _, err := held.HostVMs(ctx, "gone"); !errors.Is(err, errdefs.ErrUnauthenticated) || !strings.Contains(err.Error(), "(serial "+pki.SerialHex(gone)+")") {
+		t.Fatalf("the store reports a revoked caller as %v, want unauthenticated naming serial %s", err, pki.SerialHex(gone))
 	}
 	select {
 	case wr, ok := <-watch:
