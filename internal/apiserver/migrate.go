@@ -142,7 +142,8 @@ func (s *Server) newMigration(r *http.Request, name string, mr api.MigrateReques
 			return nil, errdefs.New(errdefs.ErrFailedPrecondition, err.Error())
 		}
 	}
-	pred, err := s.predict(ctx, vm, view.Node(vm.Node), view.Node(to), &opts, mr)
+	pred, err := migrate.Decide(ctx, s.st, migrate.Deciding{VM: vm, Src: view.Node(vm.Node), Dst: view.Node(to),
+		AskedDowntime: mr.MaxDowntime != "", AskedBandwidth: mr.MaxBandwidth != ""}, &opts)
 	if err != nil {
 		return nil, err
 	}
@@ -153,43 +154,6 @@ func (s *Server) newMigration(r *http.Request, name string, mr api.MigrateReques
 	// Queued: the leader admits it within the per-host and per-cluster limits.
 	return &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: to, Phase: api.MigQueued,
 		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator", Prediction: pred}, nil
-}
-
-// predict applies the guest's policy to opts and predicts the move from
-// what the hosts measured and the cluster's finished migrations; for
-// "auto" it puts the chosen strategy in opts.
-func (s *Server) predict(ctx context.Context, vm *api.VM, src, dst *api.Node, opts *api.MigrationOptions, mr api.MigrateRequest) (*api.MigrationPrediction, error) {
-	policies, err := s.st.ListPolicies(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pol := migrate.PolicyFor(policies, vm.Spec.Labels)
-	migrate.ApplyPolicy(opts, pol, mr.MaxDowntime != "", mr.MaxBandwidth != "")
-	link, err := s.st.LinkStat(ctx, src.Name, dst.Name)
-	if err != nil {
-		return nil, err
-	}
-	samples, err := s.st.MigSamples(ctx, 200)
-	if err != nil {
-		return nil, err
-	}
-	allowed := pol.Strategies
-	if !opts.Auto {
-		allowed = nil // every strategy is predicted; the operator's runs
-	}
-	pred := migrate.Predict(migrate.Predicting{VM: vm, Src: src, Dst: dst, Link: link, Opts: *opts, Allowed: allowed, Samples: samples})
-	if !opts.Auto {
-		pred.Chosen = migrate.StrategyOf(*opts)
-		pred.Why = "chosen by the operator (" + pred.Chosen + ")"
-		pred.SwitchoverMS = float64(migrate.Calibrate(samples).For(pred.Chosen).Switchover.Milliseconds())
-		return pred, nil
-	}
-	if pred.Chosen == "" {
-		return pred, errdefs.New(errdefs.ErrFailedPrecondition, "no strategy can move this guest: "+pred.Why)
-	}
-	chosen := migrate.StrategyOptions(*opts, pred.Chosen)
-	opts.Strategy, opts.Compress = chosen.Strategy, chosen.Compress
-	return pred, nil
 }
 
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {

@@ -2,11 +2,13 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
@@ -94,18 +96,38 @@ func (d *Drain) Pass(ctx context.Context, r *leader.Round) error {
 // queueMove queues the live migration of a running guest of a draining
 // host to host to (rev: its last migration record's, 0 if none).
 func (d *Drain) queueMove(ctx context.Context, r *leader.Round, vm api.VM, to string, rev int64) (bool, error) {
-	opts := api.MigrationOptions{}
-	Validate(&opts)
+	// As an operator's move with the defaults: the guest's policy, the
+	// automatic strategy and its escalations.
+	opts := api.MigrationOptions{Strategy: api.StrategyAuto}
+	if err := Validate(&opts); err != nil {
+		return false, err
+	}
+	pred, err := Decide(ctx, d.st, Deciding{VM: &vm, Src: r.View.Node(vm.Node), Dst: r.View.Node(to)}, &opts)
+	if errors.Is(err, errdefs.ErrFailedPrecondition) {
+		d.tellStuck(ctx, vm, err.Error())
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	// A move predicted never to finish, with nothing allowed to make it
+	// (a policy without escalations), would hold the link and the drain
+	// for ever: the operator is told instead (an operator's own move may
+	// still try it).
+	if c := pred.ChosenPrediction(); c != nil && !c.Converges && len(opts.Escalations) == 0 {
+		d.tellStuck(ctx, vm, fmt.Sprintf("policy %q allows no escalation and predicts that no strategy it allows finishes: %s", opts.Policy, pred.Why))
+		return false, nil
+	}
 	plan, err := PlanFor(opts, &vm, r.View.Node(vm.Node), r.View.Node(to))
 	if err != nil {
 		d.log.Warn("drain: cannot plan the move", "vm", vm.Spec.Name, "to", to, "err", err)
 		return false, nil
 	}
 	m := &api.Migration{ID: uuid.NewString(), VM: vm.Spec.Name, Source: vm.Node, Target: to, Phase: api.MigQueued,
-		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node)}
+		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: fmt.Sprintf("drain of %s", vm.Node), Prediction: pred}
 	ok, err := d.st.PutMigrationGuarded(ctx, m, rev, r.Guard)
 	if ok {
-		d.log.Info("drain: migration queued", "vm", vm.Spec.Name, "from", vm.Node, "to", to)
+		d.log.Info("drain: migration queued", "vm", vm.Spec.Name, "from", vm.Node, "to", to, "strategy", StrategyOf(opts), "why", pred.Why)
 	}
 	return ok, err
 }

@@ -58,6 +58,10 @@ type Result struct {
 	LeaseTTLS     float64 `json:"lease_ttl_s"`
 	CPUs          int     `json:"cpus"`
 	StartupS      float64 `json:"startup_s"` // hosts up and every guest running
+	// StartRetries counts agents started again because etcd did not
+	// answer their first connection within its 10 s (as systemd would
+	// restart a ferry agent that exits on it).
+	StartRetries int `json:"start_retries,omitempty"`
 
 	API         map[string]Latency `json:"api"`
 	LeaderRound Latency            `json:"leader_round"`
@@ -202,7 +206,7 @@ func startCluster(ctx context.Context, c *simcluster.Cluster, st *store.Store, c
 	// counts as lost, and its HA guests would start elsewhere before the
 	// run kills it.
 	order := append([]string{victim}, names[:len(names)-1]...)
-	if err := startHosts(ctx, c, st, order, say); err != nil {
+	if res.StartRetries, err = startHosts(ctx, c, st, order, say); err != nil {
 		return guests, err
 	}
 	for _, gs := range guests {

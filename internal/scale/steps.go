@@ -2,6 +2,7 @@ package scale
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/simcluster"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/ferryvm/ferry/internal/wait"
@@ -55,23 +57,36 @@ func parallel(n, width int, f func(i int) error) error {
 	return first
 }
 
-// startHosts starts every host's agent and waits until all registered.
-func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, names []string, say func(string)) error {
-	var started atomic.Int64
+// startHosts starts every host's agent and waits until all registered. An
+// agent whose first connection etcd does not answer in time (a loaded
+// etcd) is started again, up to startAttempts times, as systemd restarts a
+// ferry agent that exits on it; it returns how many such restarts there were.
+func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, names []string, say func(string)) (int, error) {
+	var started, retries atomic.Int64
 	if err := parallel(len(names), 8, func(i int) error {
-		_, err := c.Start(ctx, names[i])
+		var err error
+		for a := 1; a <= startAttempts; a++ {
+			if _, err = c.Start(ctx, names[i]); !errors.Is(err, errdefs.ErrUnavailable) || a == startAttempts {
+				break
+			}
+			retries.Add(1)
+			say(fmt.Sprintf("%s: %v; starting it again", names[i], err))
+		}
 		if n := started.Add(1); n%100 == 0 {
 			say(fmt.Sprintf("%d hosts started", n))
 		}
 		return err
 	}); err != nil {
-		return err
+		return int(retries.Load()), err
 	}
-	return wait.Until(ctx, 500*time.Millisecond, func(context.Context) (bool, error) {
+	return int(retries.Load()), wait.Until(ctx, 500*time.Millisecond, func(context.Context) (bool, error) {
 		nodes, err := st.ListNodes(ctx)
 		return len(nodes) == len(names), fmt.Errorf("%d of %d hosts registered (%v)", len(nodes), len(names), err)
 	})
 }
+
+// startAttempts bounds how often one agent is started.
+const startAttempts = 3
 
 // populate creates the guests through the store, placed on their hosts:
 // per guest on the victim, per host on the others.
