@@ -185,6 +185,24 @@ func (c *Client) Console(ctx context.Context, name string, lines int, follow boo
 	return err
 }
 
+// Metrics returns the API host's Prometheus metrics, as text.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", errdefs.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return "", decodeError(resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return string(b), err
+}
+
 // Raw performs a request with a raw body and returns status and body; for
 // tests of hostile input.
 func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/spf13/cobra"
@@ -73,34 +72,6 @@ func clusterCmd(g *globals) *cobra.Command {
 	}
 	ha.AddCommand(pause, resume, status)
 	c.AddCommand(ha, securityCmd(g), tokenCmd(g))
-	return c
-}
-
-func eventsCmd(g *globals) *cobra.Command {
-	var limit int
-	c := &cobra.Command{
-		Use: "events", Short: "Show recent cluster events: hosts lost, HA restarts, fencing, drains", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := g.outputClient()
-			if err != nil {
-				return err
-			}
-			evs, err := cl.Events(cmd.Context(), limit)
-			if err != nil {
-				return err
-			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, evs)
-			}
-			var rows [][]string
-			for _, e := range evs {
-				rows = append(rows, []string{e.Time.Local().Format("15:04:05.000"), e.Kind, dash(e.Node), dash(e.VM), strings.TrimSpace(e.Message)})
-			}
-			table(os.Stdout, []string{"TIME", "KIND", "HOST", "VM", "MESSAGE"}, rows)
-			return nil
-		},
-	}
-	c.Flags().IntVarP(&limit, "limit", "n", 50, "how many of the newest events")
 	return c
 }
 

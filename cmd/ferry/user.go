@@ -38,7 +38,8 @@ with ROLE, and writes the credentials to --out (default ./NAME): client.crt,
 client.key, ca.crt and the API address. Use them with --credentials DIR or
 FERRY_CREDENTIALS=DIR.
 
-Roles: viewer (read only), operator (VM lifecycle, migration, drain), admin
+Roles: metrics (reads /metrics only: a Prometheus server's credential),
+viewer (read only), operator (VM lifecycle, migration, drain), admin
 (everything, including users, hosts and cluster settings).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -85,7 +86,7 @@ Roles: viewer (read only), operator (VM lifecycle, migration, drain), admin
 			return nil
 		},
 	}
-	create.Flags().StringVar(&role, "role", "", "admin, operator or viewer (required)")
+	create.Flags().StringVar(&role, "role", "", "admin, operator, viewer or metrics (required)")
 	create.Flags().StringVar(&out, "out", "", "directory for the credentials (default ./NAME)")
 	create.MarkFlagRequired("role")
 	renew := &cobra.Command{

@@ -112,6 +112,9 @@ type Agent struct {
 	mu       sync.Mutex
 	vms      map[string]*instance
 	incoming map[string]*instance // target QEMUs of migrations not yet switched over
+	// phases is the phase this host last reported for each guest placed
+	// here (for metrics), guarded by mu.
+	phases map[string]string
 
 	queue    *queue
 	launches *launchHealth
@@ -148,7 +151,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	if cfg.Runtime == nil {
 		cfg.Runtime = HostRuntime()
 	}
-	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, queue: newQueue(), launches: newLaunchHealth()}
+	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, phases: map[string]string{}, queue: newQueue(), launches: newLaunchHealth()}
 	a.serials.Store(&cfg.CertSerials)
 	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
 		filepath.Join(cfg.DataDir, "lease"))

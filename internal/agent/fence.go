@@ -9,6 +9,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -18,7 +19,9 @@ import (
 // and a new lease is taken; ownership is re-taken under it where no other
 // host took a guest over meanwhile.
 func (a *Agent) leaseLoop(ctx context.Context) {
-	a.lk.KeepAlive(ctx, func() {
+	renewal := metrics.LeaseRenewal.WithLabelValues(a.cfg.Node)
+	a.lk.KeepAlive(ctx, func(took time.Duration) {
+		renewal.Observe(took.Seconds())
 		a.fmu.Lock()
 		was, why := a.fenced, a.fenceWhy
 		a.fenced, a.fenceWhy = false, ""
@@ -134,6 +137,7 @@ func (a *Agent) fence(why string) {
 		}()
 	}
 	wg.Wait()
+	metrics.HAFences.WithLabelValues(a.cfg.Node, "self").Inc()
 	a.log.Error("self-fenced: HA guests killed", "why", why, "guests", len(victims), "took", time.Since(start).Round(time.Millisecond))
 }
 

@@ -55,6 +55,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 		}
 		// Nothing of it here, and no migration for this host to take
 		// part in: out of this host's range.
+		a.forgetPhase(name)
 		return a.st.ForgetHostVM(ctx, a.cfg.Node, name)
 	}
 	spec := vm.Spec
@@ -394,6 +395,7 @@ func (a *Agent) delete(ctx context.Context, name string, in *instance) error {
 		return err
 	}
 	a.log.Info("vm deleted", "vm", name)
+	a.forgetPhase(name)
 	return a.st.DeleteVM(ctx, name)
 }
 
@@ -438,7 +440,20 @@ func (a *Agent) putStatus(ctx context.Context, name string, st api.VMStatus) {
 		a.log.Warn("writing status", "vm", name, "err", err)
 	} else if !ok {
 		a.log.Debug("status not written: the VM is not placed here", "vm", name, "phase", st.Phase)
+		a.forgetPhase(name)
+	} else {
+		a.mu.Lock()
+		a.phases[name] = st.Phase
+		a.mu.Unlock()
 	}
+}
+
+// forgetPhase drops a guest that is no longer this host's from its
+// figures.
+func (a *Agent) forgetPhase(name string) {
+	a.mu.Lock()
+	delete(a.phases, name)
+	a.mu.Unlock()
 }
 
 func (a *Agent) currentStatus(ctx context.Context, name string) (api.VMStatus, error) {

@@ -1,33 +1,12 @@
 package apiserver
 
 import (
-	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
-	"github.com/ferryvm/ferry/internal/store"
 )
-
-func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
-	limit := 100
-	if q := r.URL.Query().Get("limit"); q != "" {
-		n, err := strconv.Atoi(q)
-		if err != nil || n < 1 || n > store.MaxEvents {
-			writeError(w, errdefs.Invalid(fmt.Sprintf("limit must be a whole number from 1 to %d, not %q", store.MaxEvents, q)))
-			return
-		}
-		limit = n
-	}
-	evs, err := s.st.ListEvents(r.Context(), limit)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, evs)
-}
 
 func (s *Server) getHA(w http.ResponseWriter, r *http.Request) {
 	st, err := s.st.HAState(r.Context())

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/google/uuid"
@@ -63,7 +64,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.public = map[string]bool{}
 	for _, r := range s.routes() {
-		mux.HandleFunc(r.pattern, s.authorize(r.role, r.h))
+		mux.HandleFunc(r.pattern, instrument(r.pattern, s.authorize(r.role, r.h)))
 		if r.role == pki.NoRole {
 			s.public[r.pattern] = true
 		}
@@ -83,8 +84,11 @@ type route struct {
 // routes is the whole API with who may call what: viewers read, operators
 // run guests (lifecycle, migration, drain), admins change the cluster.
 func (s *Server) routes() []route {
-	const anyone, view, op, admin = pki.NoRole, pki.Viewer, pki.Operator, pki.Admin
+	const anyone, scrape, view, op, admin = pki.NoRole, pki.Metrics, pki.Viewer, pki.Operator, pki.Admin
 	return []route{
+		// Prometheus' text format: this host's figures and what this
+		// process did (package metrics).
+		{"GET /metrics", scrape, metrics.Handler().ServeHTTP},
 		{"GET /v1/healthz", view, s.healthz},
 		{"GET /v1/openapi.json", view, s.openapi},
 		{"GET /v1/cluster", view, s.cluster},
@@ -104,6 +108,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/vms/{name}/migration", view, s.getMigration},
 		{"POST /v1/vms/{name}/migrate/cancel", op, s.cancelMigration},
 		{"GET /v1/events", view, s.listEvents},
+		{"GET /v1/events/stream", view, s.streamEvents},
 		{"GET /v1/cluster/ha", view, s.getHA},
 		{"PUT /v1/cluster/ha", admin, s.putHA},
 		{"GET /v1/cluster/security", view, s.getSecurity},

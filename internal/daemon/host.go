@@ -24,6 +24,7 @@ import (
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/ipam"
 	"github.com/ferryvm/ferry/internal/linkprobe"
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -224,6 +225,8 @@ func (h *Host) openStore(ctx context.Context, id *identity) (*store.Store, []str
 		closeEtcd()
 		return nil, nil, nil, err
 	}
+	// Migration metrics are counted where a record's change is written.
+	st.ObserveMigrations(metrics.ObserveMigration)
 	return st, endpoints, closeEtcd, nil
 }
 
@@ -354,12 +357,24 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 		renewAt = ln.Addr().String()
 	}
 	go renewLoop(ctx, h.pkiDir(), renewAt, h.CertCheck, h.CertBefore, ag, log)
+	var prober *linkprobe.Prober
 	if h.LinkProbeEvery >= 0 {
 		if cfg, err := pki.ClientTLS(h.pkiDir(), pki.ServerCert, pki.ServerKey); err == nil {
-			p := &linkprobe.Prober{Node: h.Node, St: st, TLS: cfg, RTTEvery: h.LinkProbeEvery, Log: log.With("part", "linkprobe")}
-			go p.Run(ctx)
+			prober = &linkprobe.Prober{Node: h.Node, St: st, TLS: cfg, RTTEvery: h.LinkProbeEvery, Log: log.With("part", "linkprobe")}
+			go prober.Run(ctx)
 		}
 	}
+	// This host's figures for /metrics, asked for at each scrape.
+	unregister := metrics.RegisterHost(h.Node, func() metrics.HostFigures {
+		f := ag.Figures()
+		if prober != nil {
+			for _, l := range prober.Known() {
+				f.Links = append(f.Links, metrics.LinkFigures{Peer: l.To, RTT: time.Duration(l.RTTMS * float64(time.Millisecond)), Bandwidth: l.Bandwidth})
+			}
+		}
+		return f
+	})
+	defer unregister()
 	log.Info("ferry is up", "api", endpoint, "node", h.Node, "data_dir", h.DataDir)
 	select {
 	case <-ctx.Done():

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -112,6 +113,7 @@ func (h *Hosts) lost(ctx context.Context, r *leader.Round) {
 			continue
 		}
 		h.deadSince[host] = now
+		metrics.HAHostsLost.Inc()
 		event(ctx, h.st, h.log, api.Event{Time: now.UTC(), Kind: "host-lost", Node: host,
 			Message: fmt.Sprintf("host %s: lease expired; HA guests restart elsewhere after %s", host, h.t.Margin)})
 		var recent []time.Time

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 	"golang.org/x/sync/errgroup"
@@ -37,6 +38,16 @@ type Restarts struct {
 	mu      sync.Mutex
 	waiting map[string]bool // HA guests that found no host (event sent once)
 	next    time.Duration   // when the next round is wanted (0: no need)
+	// recovering are the guests restarted for a dead host, with when the
+	// host was lost, until they run again (ferry_ha_recovery_seconds).
+	recovering map[string]recovery
+	recoverMu  sync.Mutex // guards recovering (restarts are issued in parallel)
+}
+
+// recovery is a restarted guest on its way to running again.
+type recovery struct {
+	to   string
+	lost time.Time
 }
 
 // NewRestarts returns the restart controller, reading dead hosts from hosts.
@@ -44,7 +55,8 @@ func NewRestarts(st *store.Store, hosts *Hosts, t Timing, log *slog.Logger) *Res
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Restarts{st: st, hosts: hosts, t: t, log: log.With("controller", "ha-restarts"), now: time.Now, waiting: map[string]bool{}}
+	return &Restarts{st: st, hosts: hosts, t: t, log: log.With("controller", "ha-restarts"), now: time.Now, waiting: map[string]bool{},
+		recovering: map[string]recovery{}}
 }
 
 // Name implements leader.Controller.
@@ -63,6 +75,7 @@ func (m *Restarts) Pass(ctx context.Context, r *leader.Round) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.next = 0
+	m.recovered(r)
 	if r.HA.Paused {
 		return nil
 	}
@@ -176,12 +189,45 @@ func (m *Restarts) restart(ctx context.Context, r *leader.Round, cands []candida
 				return err // !ok: something changed; the next round looks again
 			}
 			m.log.Warn("HA restart issued", "vm", sp.Name, "from", from, "to", mv.to, "why", mv.c.why)
+			metrics.HARestarts.Inc()
+			if lost, dead := m.hosts.DeadSince(from); dead {
+				metrics.HARestartDelay.Observe(m.now().Sub(lost).Seconds())
+				m.recoverMu.Lock()
+				m.recovering[sp.Name] = recovery{to: mv.to, lost: lost}
+				m.recoverMu.Unlock()
+			}
 			event(gctx, m.st, m.log, api.Event{Kind: "ha-restart", VM: sp.Name, Node: mv.to,
 				Message: fmt.Sprintf("restarting HA guest %s on %s: %s", sp.Name, mv.to, mv.c.why)})
 			return nil
 		})
 	}
 	return g.Wait()
+}
+
+// recovered records the restarted guests that run again, each once, and
+// drops those that went elsewhere meanwhile.
+func (m *Restarts) recovered(r *leader.Round) {
+	m.recoverMu.Lock()
+	defer m.recoverMu.Unlock()
+	now := m.now()
+	for _, vm := range r.VMs {
+		rc, ok := m.recovering[vm.Spec.Name]
+		if !ok {
+			continue
+		}
+		switch {
+		case vm.Node != rc.to || vm.Spec.Deleting:
+			delete(m.recovering, vm.Spec.Name)
+		case vm.Status.Phase == api.PhaseRunning && vm.Status.Node == rc.to:
+			metrics.HARecovery.Observe(now.Sub(rc.lost).Seconds())
+			delete(m.recovering, vm.Spec.Name)
+		}
+	}
+	for name, rc := range m.recovering {
+		if now.Sub(rc.lost) > 10*time.Minute { // deleted, or never came up
+			delete(m.recovering, name)
+		}
+	}
 }
 
 // relocateWidth is how many HA restarts go to etcd at once.

@@ -72,6 +72,18 @@ func (p *Prober) defaults() {
 	}
 }
 
+// Known is this host's last measurement of each of its links.
+func (p *Prober) Known() []api.LinkStat {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]api.LinkStat, 0, len(p.known))
+	for _, l := range p.known {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].To < out[j].To })
+	return out
+}
+
 // Run probes round after round until ctx ends.
 func (p *Prober) Run(ctx context.Context) {
 	p.mu.Lock()

@@ -10,6 +10,9 @@ const (
 	RoleAdmin    = "admin"
 	RoleOperator = "operator"
 	RoleViewer   = "viewer"
+	// RoleMetrics may read /metrics and nothing else: for a Prometheus
+	// server's scrape credential.
+	RoleMetrics = "metrics"
 	// RoleNode is a host of the cluster: for the API it is a viewer.
 	RoleNode = "ferry-node"
 )
@@ -20,6 +23,7 @@ type Role int
 // Roles, least first.
 const (
 	NoRole Role = iota
+	Metrics
 	Viewer
 	Operator
 	Admin
@@ -27,6 +31,8 @@ const (
 
 func (r Role) String() string {
 	switch r {
+	case Metrics:
+		return RoleMetrics
 	case Viewer:
 		return RoleViewer
 	case Operator:
@@ -49,8 +55,10 @@ func ParseRole(s string) (Role, error) {
 		return Operator, nil
 	case RoleViewer:
 		return Viewer, nil
+	case RoleMetrics:
+		return Metrics, nil
 	}
-	return NoRole, fmt.Errorf("role must be admin, operator or viewer, not %q", s)
+	return NoRole, fmt.Errorf("role must be admin, operator, viewer or metrics, not %q", s)
 }
 
 // RoleOf is the API role of a verified client certificate: for one from

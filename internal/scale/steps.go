@@ -59,14 +59,14 @@ func parallel(n, width int, f func(i int) error) error {
 
 // startHosts starts every host's agent and waits until all registered. An
 // agent whose first connection etcd does not answer in time (a loaded
-// etcd) is started again, up to startAttempts times, as systemd restarts a
+// etcd) is started again, for up to startRetryFor, as systemd restarts a
 // ferry agent that exits on it; it returns how many such restarts there were.
 func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, names []string, say func(string)) (int, error) {
 	var started, retries atomic.Int64
 	if err := parallel(len(names), 8, func(i int) error {
 		var err error
-		for a := 1; a <= startAttempts; a++ {
-			if _, err = c.Start(ctx, names[i]); !errors.Is(err, errdefs.ErrUnavailable) || a == startAttempts {
+		for end := time.Now().Add(startRetryFor); ; {
+			if _, err = c.Start(ctx, names[i]); !errors.Is(err, errdefs.ErrUnavailable) || time.Now().After(end) {
 				break
 			}
 			retries.Add(1)
@@ -85,8 +85,8 @@ func startHosts(ctx context.Context, c *simcluster.Cluster, st *store.Store, nam
 	})
 }
 
-// startAttempts bounds how often one agent is started.
-const startAttempts = 3
+// startRetryFor bounds how long one agent is started again.
+const startRetryFor = 5 * time.Minute
 
 // populate creates the guests through the store, placed on their hosts:
 // per guest on the victim, per host on the others.

@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -101,20 +99,11 @@ func (s *Store) SetSecurity(ctx context.Context, sec api.Security) error {
 // MaxEvents is how many events the store keeps; older ones are pruned.
 const MaxEvents = 2000
 
-// PutEvent records an event. Keys sort by time, so listing is in order.
+// PutEvent records an event.
 func (s *Store) PutEvent(ctx context.Context, ev api.Event) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
-	}
-	b, _ := json.Marshal(ev)
-	// The suffix, from the event's content, keeps two events of the same
-	// instant apart, and makes writing one event again (a retry after a
-	// lost answer) idempotent.
-	sum := sha256.Sum256(b)
-	key := fmt.Sprintf("%s%020d-%s-%x", EventPrefix, ev.Time.UnixNano(), ev.Kind, sum[:4])
-	_, err := s.cli.Put(ctx, key, string(b))
+	_, err := s.cli.Do(ctx, eventOp(ev))
 	return unavailable(err)
 }
 

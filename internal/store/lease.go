@@ -77,9 +77,10 @@ func (k *HostLease) Grant(ctx context.Context) error {
 // stream (cheaper than a call per renewal), matching each answer to the send
 // time of its request. A stream whose oldest request has waited longer than
 // RenewTimeout is dropped and opened again (likely to another etcd member).
-// ok is called after each accepted renewal; expired when etcd says the lease
-// is gone, after which keepAlive returns.
-func (k *HostLease) KeepAlive(ctx context.Context, ok func(), expired func()) {
+// ok is called after each accepted renewal, with how long etcd took to
+// answer it; expired when etcd says the lease is gone, after which
+// keepAlive returns.
+func (k *HostLease) KeepAlive(ctx context.Context, ok func(took time.Duration), expired func()) {
 	lc := pb.NewLeaseClient(k.cli.ActiveConnection())
 	for ctx.Err() == nil {
 		if gone := k.stream(ctx, lc, ok); gone {
@@ -95,7 +96,7 @@ func (k *HostLease) KeepAlive(ctx context.Context, ok func(), expired func()) {
 
 // stream runs one keep-alive stream until it fails or stalls; it reports
 // whether etcd said the lease is gone.
-func (k *HostLease) stream(ctx context.Context, lc pb.LeaseClient, ok func()) (gone bool) {
+func (k *HostLease) stream(ctx context.Context, lc pb.LeaseClient, ok func(time.Duration)) (gone bool) {
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	st, err := lc.LeaseKeepAlive(sctx)
@@ -128,7 +129,11 @@ func (k *HostLease) stream(ctx context.Context, lc pb.LeaseClient, ok func()) (g
 				k.lastOK = at
 			}
 			k.mu.Unlock()
-			ok()
+			var took time.Duration
+			if !at.IsZero() {
+				took = time.Since(at)
+			}
+			ok(took)
 		}
 	}()
 	t := time.NewTicker(k.t.Renew)

@@ -48,13 +48,14 @@ func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
 	resp, err := s.cli.Txn(ctx).
 		If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
-		Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
+		Then(append(append(touchParties(m), migrationEvent(cur, m)...), clientv3.OpPut(key, string(b)))...).Commit()
 	if err != nil {
 		return unavailable(err)
 	}
 	if !resp.Succeeded {
 		return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q changed while the migration was being started; try again", m.VM))
 	}
+	s.observed(cur, m)
 	return nil
 }
 
@@ -72,16 +73,18 @@ func (s *Store) UpdateMigration(ctx context.Context, vm string, fn func(*api.Mig
 		if m == nil {
 			return nil, 0, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("vm %q has no migration", vm))
 		}
+		old := *m
 		if err := fn(m); err != nil {
 			return m, rev, err
 		}
 		b, _ := json.Marshal(m)
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
+			Then(append(append(touchParties(m), migrationEvent(&old, m)...), clientv3.OpPut(key, string(b)))...).Commit()
 		if err != nil {
 			return nil, 0, unavailable(err)
 		}
 		if resp.Succeeded {
+			s.observed(&old, m)
 			return m, resp.Header.Revision, nil
 		}
 	}
@@ -106,13 +109,14 @@ func (s *Store) Takeover(ctx context.Context, m *api.Migration, rev int64, lease
 			clientv3.Compare(clientv3.ModRevision(MigrationPrefix+m.VM), "=", rev)).
 		Then(clientv3.OpPut(ok, m.Target, clientv3.WithLease(clientv3.LeaseID(lease))),
 			clientv3.OpPut(PlacementPrefix+m.VM, m.Target), touch(m.Target, m.VM, "placed"), touch(m.Source, m.VM, "migration"),
-			clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
+			eventOp(phaseEvent(&next)), clientv3.OpPut(MigrationPrefix+m.VM, string(b))).Commit()
 	if err != nil {
 		return 0, false, unavailable(err)
 	}
 	if !resp.Succeeded {
 		return 0, false, nil
 	}
+	s.observed(m, &next)
 	*m = next
 	return resp.Header.Revision, true, nil
 }
@@ -169,13 +173,25 @@ func Migrations(l []MigrationRev) []api.Migration {
 func (s *Store) PutMigrationGuarded(ctx context.Context, m *api.Migration, rev int64, guard Guard) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
+	// The record it replaces, for the phase event (the transaction checks
+	// that it is still the one at rev).
+	old, oldRev, err := s.GetMigration(ctx, m.VM)
+	if err != nil {
+		return false, err
+	}
+	if oldRev != rev {
+		return false, nil
+	}
 	b, _ := json.Marshal(m)
 	key := MigrationPrefix + m.VM
 	resp, err := s.cli.Txn(ctx).
 		If(append(guard.cmps(), clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0))...).
-		Then(append(touchParties(m), clientv3.OpPut(key, string(b)))...).Commit()
+		Then(append(append(touchParties(m), migrationEvent(old, m)...), clientv3.OpPut(key, string(b)))...).Commit()
 	if err != nil {
 		return false, unavailable(err)
+	}
+	if resp.Succeeded {
+		s.observed(old, m)
 	}
 	return resp.Succeeded, nil
 }

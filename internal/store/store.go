@@ -44,6 +44,21 @@ const (
 // Store wraps an etcd client.
 type Store struct {
 	cli *clientv3.Client
+	// observe hears of each migration record this client wrote.
+	observe func(old, m *api.Migration)
+}
+
+// ObserveMigrations has fn called after each write of a migration record
+// through this client, with the record it replaced (nil: none, or another
+// migration's), so that each change is seen once, by the process that
+// made it (metrics). Set it before the store is used.
+func (s *Store) ObserveMigrations(fn func(old, m *api.Migration)) { s.observe = fn }
+
+// observed tells the observer, if any, of a migration record written.
+func (s *Store) observed(old, m *api.Migration) {
+	if s.observe != nil {
+		s.observe(old, m)
+	}
 }
 
 // Open connects to etcd.
@@ -264,19 +279,47 @@ func (s *Store) UpdateSpec(ctx context.Context, name string, fn func(*api.VMSpec
 // was moved away meanwhile (an HA restart elsewhere while its own start
 // failed) must not overwrite what the new host reports. It returns false
 // when the VM is gone or placed elsewhere.
+//
+// A change of the guest's phase is also an event ("vm-running", ...),
+// written with the status.
 func (s *Store) PutStatusPlaced(ctx context.Context, name, node string, st api.VMStatus) (bool, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	st.UpdatedAt = time.Now().UTC()
 	b, _ := json.Marshal(st)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
-			clientv3.Compare(clientv3.Value(PlacementPrefix+name), "=", node)).
-		Then(clientv3.OpPut(StatusPrefix+name, string(b))).Commit()
-	if err != nil {
-		return false, unavailable(err)
+	key := StatusPrefix + name
+	for {
+		cur, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return false, unavailable(err)
+		}
+		var old api.VMStatus
+		var rev int64
+		if len(cur.Kvs) > 0 {
+			_ = json.Unmarshal(cur.Kvs[0].Value, &old)
+			rev = cur.Kvs[0].ModRevision
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, string(b))}
+		if old.Phase != st.Phase || old.Node != st.Node {
+			ops = append(ops, eventOp(guestEvent(name, node, st)))
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(VMPrefix+name), ">", 0),
+				clientv3.Compare(clientv3.Value(PlacementPrefix+name), "=", node),
+				clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(ops...).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return false, unavailable(err)
+		}
+		if resp.Succeeded {
+			return true, nil
+		}
+		// Failed on the VM or its placement, or another write of the
+		// status came between: only the last is worth another try.
+		if again := resp.Responses[0].GetResponseRange(); len(again.Kvs) == 0 || again.Kvs[0].ModRevision == rev {
+			return false, nil
+		}
 	}
-	return resp.Succeeded, nil
 }
 
 // Place assigns an unplaced VM to a node, under the leader's guard: a

@@ -128,13 +128,30 @@ func TestBusyGuestMovesAutomatically(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	completed := map[string]string{"outcome": api.MigCompleted, "strategy": pred.Chosen}
+	done0 := scrape(t, b, "ferry_migrations_total", completed)
 	m, err := cl.MigrateVM(ctx, "busy", api.MigrateRequest{To: to})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err = cl.WaitMigration(ctxT(t, 5*time.Minute), "busy", m.ID, nil)
+	// The metrics move while it copies: the bytes sent so far, scraped
+	// from every host as Prometheus would, every few seconds.
+	var sent []float64
+	var scraped time.Time
+	m, err = cl.WaitMigration(ctxT(t, 5*time.Minute), "busy", m.ID, func(p *api.Migration) {
+		if p.Phase == api.MigCopying && time.Since(scraped) > 3*time.Second {
+			scraped = time.Now()
+			sent = append(sent, scrape(t, b, "ferry_migration_sent_bytes_total", map[string]string{"host": p.Source}))
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(sent) < 2 || sent[len(sent)-1] <= sent[0] {
+		t.Errorf("ferry_migration_sent_bytes_total of the source did not grow while the guest copied: %v", sent)
+	}
+	if got := scrape(t, b, "ferry_migrations_total", completed) - done0; got != 1 {
+		t.Errorf("ferry_migrations_total%v grew by %v over the move, want 1", completed, got)
 	}
 	time.Sleep(2 * time.Second)
 	r := w.Stop()

@@ -111,6 +111,10 @@ func TestHAFaults(t *testing.T) {
 		hosts  []int             // hosts hit
 		reboot []string          // guests that must restart
 		place  map[string]string // guest -> host before the fault
+		// metrics: the HA series must show the loss and the restart
+		// (ferry_ha_hosts_lost_total, ferry_ha_restarts_total,
+		// ferry_ha_recovery_seconds), scraped from every host.
+		metrics bool
 	}
 	scenario := func(name string, p plan, inject func(t *testing.T, hosts []int), heal func(t *testing.T, hosts []int)) {
 		t.Run(name, func(t *testing.T) {
@@ -129,11 +133,32 @@ func TestHAFaults(t *testing.T) {
 			for _, g := range guests {
 				before[g.Spec.Name] = o.bootCount(g.Spec.Name)
 			}
+			haSeries := []string{"ferry_ha_hosts_lost_total", "ferry_ha_restarts_total", "ferry_ha_recovery_seconds"}
+			var series0 []map[string]float64
+			if p.metrics {
+				for _, name := range haSeries {
+					series0 = append(series0, scrapeEach(t, b, name, nil))
+				}
+			}
 			start := time.Now()
 			inject(t, p.hosts)
 			for _, g := range p.reboot {
 				o.waitRestarted(t, g, before[g], 60*time.Second)
 				t.Logf("%s answered again from a new boot %.1fs after the fault", g, time.Since(start).Seconds())
+			}
+			if p.metrics {
+				for i, name := range haSeries {
+					// The leader records the guest running again on its next round.
+					var grew float64
+					for end := time.Now().Add(15 * time.Second); ; time.Sleep(time.Second) {
+						if grew = growth(series0[i], scrapeEach(t, b, name, nil)); grew >= 1 || time.Now().After(end) {
+							break
+						}
+					}
+					if grew < 1 {
+						t.Errorf("%s did not grow over the host's crash and its guest's restart", name)
+					}
+				}
 			}
 			if heal != nil {
 				heal(t, p.hosts)
@@ -182,7 +207,9 @@ func TestHAFaults(t *testing.T) {
 		if rounds > 1 {
 			t.Logf("soak round %d of %d", round, rounds)
 		}
-		scenario("host crash", one("h4"), kill, nil)
+		crash := one("h4")
+		crash.metrics = true
+		scenario("host crash", crash, kill, nil)
 
 		scenario("agent frozen for twice the lease", one("h4"), func(t *testing.T, hosts []int) {
 			h := b.Hosts[hosts[0]]

@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/testbed"
 )
 
@@ -44,6 +47,7 @@ func TestMigrationKeepsConnection(t *testing.T) {
 	// downtime is the source's view; it leaves out the target loading the
 	// last of the stream and Ferry's takeover.)
 	var maxPause time.Duration
+	phases := followPhases(t, cl, "mig")
 	for _, to := range []string{other, home} {
 		m, err := cl.MigrateVM(ctxT(t, 10*time.Second), "mig", api.MigrateRequest{To: to})
 		if err != nil {
@@ -83,6 +87,12 @@ func TestMigrationKeepsConnection(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+	// The event stream, followed through both moves, showed each phase of
+	// each, in order.
+	one := []string{"migration-queued", "migration-pending", "migration-target-ready", "migration-copying", "migration-switchover", "migration-completed"}
+	if got := phases.wait(2 * len(one)); !slices.Equal(got, append(slices.Clone(one), one...)) {
+		t.Errorf("the event stream showed the phases %v, want each move's %v", got, one)
+	}
 	r := w.Stop()
 	// The bound: the guest's pause + 200 ms, the gap at the end of the
 	// stream included (a guest that died after the move fails here). Under
@@ -102,6 +112,51 @@ func TestMigrationKeepsConnection(t *testing.T) {
 	}
 	if r.LongestGap > limit {
 		t.Fatalf("longest gap in the stream %v exceeds the guest's pause %v + 200ms (+%v under TCG)", r.LongestGap, maxPause, limit-strict)
+	}
+}
+
+// phaseLog is the migration phases of one guest, as a follower of the
+// event stream saw them.
+type phaseLog struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+// followPhases follows the event stream (through the API, as `ferry events
+// --follow --vm NAME` does) for vm's migration phases until the test ends.
+// It asks for the recent events first, so that a phase written before the
+// stream opened is not missed.
+func followPhases(t *testing.T, cl *client.Client, vm string) *phaseLog {
+	l := &phaseLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		err := cl.FollowEvents(ctx, client.EventFilter{VM: vm, Kind: "migration-", Backlog: 200}, func(e api.Event) error {
+			if e.Kind != "migration-predicted" {
+				l.mu.Lock()
+				l.seen = append(l.seen, e.Kind)
+				l.mu.Unlock()
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("following the event stream: %v", err)
+		}
+	}()
+	return l
+}
+
+// wait returns what was seen once n phases were, or after 20 s.
+func (l *phaseLog) wait(n int) []string {
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		l.mu.Lock()
+		got := slices.Clone(l.seen)
+		l.mu.Unlock()
+		if len(got) >= n || time.Now().After(end) {
+			return got
+		}
 	}
 }
 

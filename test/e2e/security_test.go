@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -299,6 +300,7 @@ func checkRoles(t *testing.T, b *testbed.Bed, admin *client.Client) {
 	viewer := userClient(t, b, admin, "vera", pki.RoleViewer)
 	operator := userClient(t, b, admin, "otto", pki.RoleOperator)
 	admin2 := userClient(t, b, admin, "ada", pki.RoleAdmin)
+	scraper := userClient(t, b, admin, "prom", pki.RoleMetrics)
 	no := false
 	type call struct {
 		what string
@@ -360,6 +362,17 @@ func checkRoles(t *testing.T, b *testbed.Bed, admin *client.Client) {
 			}
 		}
 	}
+	scrape := []call{{"read the metrics", func(c *client.Client) error {
+		text, err := c.Metrics(ctx)
+		if err == nil && !strings.Contains(text, "ferry_build_info") {
+			err = fmt.Errorf("the metrics lack ferry_build_info:\n%.300s", text)
+		}
+		return err
+	}}}
+	may("metrics", scraper, scrape)
+	mayNot("metrics", scraper, reads)
+	mayNot("metrics", scraper, operate)
+	may("viewer", viewer, scrape)
 	may("viewer", viewer, reads)
 	mayNot("viewer", viewer, operate)
 	mayNot("viewer", viewer, administer)

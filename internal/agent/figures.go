@@ -1,0 +1,32 @@
+package agent
+
+import (
+	"runtime"
+
+	"github.com/ferryvm/ferry/internal/metrics"
+)
+
+// Figures is this host's state for a metrics scrape: its guests by the
+// phase it last reported, its memory and what its guests hold, its CPUs
+// and load. (Its links are the link prober's.)
+func (a *Agent) Figures() metrics.HostFigures {
+	f := metrics.HostFigures{Guests: map[string]int{}, CPUs: a.cfg.CPUs, MemoryBytes: int64(a.cfg.MemoryMiB) << 20, Load1: load1()}
+	if f.CPUs == 0 {
+		f.CPUs = runtime.NumCPU()
+	}
+	if f.MemoryBytes == 0 {
+		f.MemoryBytes = int64(memTotalMiB()) << 20
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ph := range a.phases {
+		f.Guests[ph]++
+	}
+	for _, in := range a.vms {
+		f.AllocatedBytes += int64(in.memoryMiB) << 20
+	}
+	for _, in := range a.incoming {
+		f.AllocatedBytes += int64(in.memoryMiB) << 20
+	}
+	return f
+}

@@ -1,0 +1,115 @@
+package metrics
+
+import (
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// HostFigures is what one host's agent reports at a scrape.
+type HostFigures struct {
+	// Guests counts this host's guests by phase (running, starting, ...).
+	Guests map[string]int
+	// MemoryBytes is what the host offers guests, AllocatedBytes what its
+	// guests hold of it.
+	MemoryBytes, AllocatedBytes int64
+	CPUs                        int
+	// Load1 is the host's one-minute load average.
+	Load1 float64
+	// Links are the host's last measurements of its paths to the others.
+	Links []LinkFigures
+}
+
+// LinkFigures is one path from this host to a peer.
+type LinkFigures struct {
+	Peer string
+	RTT  time.Duration
+	// Bandwidth is one TCP stream's rate, bytes per second (0: not
+	// measured yet).
+	Bandwidth float64
+}
+
+// RegisterHost adds a host whose figures each scrape reports (figures is
+// called then); the returned function removes it (its agent stopped).
+func RegisterHost(name string, figures func() HostFigures) (unregister func()) {
+	hosts.mu.Lock()
+	defer hosts.mu.Unlock()
+	hosts.seq++
+	id := hosts.seq
+	hosts.by[id] = hostSource{name, figures}
+	return func() {
+		hosts.mu.Lock()
+		defer hosts.mu.Unlock()
+		delete(hosts.by, id)
+	}
+}
+
+type hostSource struct {
+	name    string
+	figures func() HostFigures
+}
+
+// hostCollector asks every registered host for its figures at a scrape.
+type hostCollector struct {
+	mu  sync.Mutex
+	seq int
+	by  map[int]hostSource
+}
+
+var hosts = &hostCollector{by: map[int]hostSource{}}
+
+var (
+	descGuests    = prometheus.NewDesc("ferry_guests", "Guests on this host by phase (running, starting, stopping, stopped, failed, pending).", []string{"host", "state"}, nil)
+	descMemory    = prometheus.NewDesc("ferry_host_memory_bytes", "Memory this host offers guests.", []string{"host"}, nil)
+	descAllocated = prometheus.NewDesc("ferry_host_memory_allocated_bytes", "Memory this host's guests hold.", []string{"host"}, nil)
+	descCPUs      = prometheus.NewDesc("ferry_host_cpus", "CPUs this host offers guests.", []string{"host"}, nil)
+	descLoad      = prometheus.NewDesc("ferry_host_load1", "This host's one-minute load average.", []string{"host"}, nil)
+	descRTT       = prometheus.NewDesc("ferry_link_rtt_seconds", "Round trip from this host to a peer, last measured (TCP handshake).", []string{"host", "peer"}, nil)
+	descBandwidth = prometheus.NewDesc("ferry_link_bandwidth_bytes_per_second", "One TCP stream's rate from this host to a peer, last measured.", []string{"host", "peer"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	srcs := make([]hostSource, 0, len(c.by))
+	for _, s := range c.by {
+		srcs = append(srcs, s)
+	}
+	c.mu.Unlock()
+	sort.Slice(srcs, func(i, j int) bool { return srcs[i].name < srcs[j].name })
+	for _, s := range srcs {
+		f := s.figures()
+		for _, state := range guestStates {
+			ch <- prometheus.MustNewConstMetric(descGuests, prometheus.GaugeValue, float64(f.Guests[state]), s.name, state)
+		}
+		for state, n := range f.Guests {
+			if !slices.Contains(guestStates, state) {
+				ch <- prometheus.MustNewConstMetric(descGuests, prometheus.GaugeValue, float64(n), s.name, state)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(f.MemoryBytes), s.name)
+		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(f.AllocatedBytes), s.name)
+		ch <- prometheus.MustNewConstMetric(descCPUs, prometheus.GaugeValue, float64(f.CPUs), s.name)
+		ch <- prometheus.MustNewConstMetric(descLoad, prometheus.GaugeValue, f.Load1, s.name)
+		for _, l := range f.Links {
+			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, l.RTT.Seconds(), s.name, l.Peer)
+			if l.Bandwidth > 0 {
+				ch <- prometheus.MustNewConstMetric(descBandwidth, prometheus.GaugeValue, l.Bandwidth, s.name, l.Peer)
+			}
+		}
+	}
+}
+
+// guestStates are the phases ferry_guests always reports (0 where none),
+// so that a dashboard's series do not come and go.
+var guestStates = []string{"pending", "starting", "running", "stopping", "stopped", "failed"}
