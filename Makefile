@@ -7,7 +7,7 @@ IMAGE_DIR  ?= /var/cache/ferry/images
 BIN        := $(CURDIR)/bin
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build image demo test unit e2e bench vet fuzz soak clean
+.PHONY: all deps test-deps build image demo test unit e2e bench vet fuzz soak clean
 
 all: build
 
@@ -32,15 +32,19 @@ vet: deps
 # installed; Debian 12 only: elsewhere the test is told why there is none).
 OLD_QEMU = $(shell scripts/old-qemu.sh 2>/dev/null || echo "unavailable: scripts/old-qemu.sh found no older QEMU build for this system")
 
+# What only the tests need (a Prometheus server), besides what build needs.
+test-deps:
+	@FERRY_TEST_DEPS=1 scripts/deps.sh
+
 # The whole suite: unit tests and end-to-end tests against real QEMU and etcd.
-test: image vet
+test: test-deps image vet
 	FERRY_OLD_QEMU="$(OLD_QEMU)" FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 unit: deps
 	$(GO) test -count=1 -short ./...
 
-e2e: image
+e2e: test-deps image
 	FERRY_OLD_QEMU="$(OLD_QEMU)" FERRY_BIN=$(BIN)/ferry FERRY_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
 
 # The HA fault suite, every scenario repeated (SOAK rounds).

@@ -37,6 +37,13 @@ fi
 have ip   || need_pkgs+=(iproute2)
 have curl || need_pkgs+=(curl)
 have nft  || need_pkgs+=(nftables) # the tests cut links between testbed hosts with it
+# What only the test suite needs (make test sets FERRY_TEST_DEPS=1): a real
+# Prometheus server that scrapes the testbed.
+new_prometheus=0
+if [ "${FERRY_TEST_DEPS:-}" = 1 ] && ! have prometheus; then
+  need_pkgs+=(prometheus)
+  new_prometheus=1
+fi
 
 as_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -112,6 +119,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "deps: installing ${need_pkgs[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  # The tests run their own Prometheus; the package's service, started by
+  # its installation where systemd runs, is not wanted on this machine.
+  if [ "$new_prometheus" = 1 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # Go: the version go.mod asks for. Debian 12 ships 1.19, too old; the

@@ -71,6 +71,10 @@ var (
 	descBandwidth = prometheus.NewDesc("ferry_link_bandwidth_bytes_per_second", "One TCP stream's rate from this host to a peer, last measured.", []string{"host", "peer"}, nil)
 )
 
+// hostFamilies are the families hostCollector reports.
+var hostFamilies = []string{"ferry_guests", "ferry_host_memory_bytes", "ferry_host_memory_allocated_bytes", "ferry_host_cpus",
+	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second"}
+
 // Describe implements prometheus.Collector.
 func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth} {

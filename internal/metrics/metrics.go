@@ -15,6 +15,7 @@ package metrics
 import (
 	"net/http"
 	"runtime/debug"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -111,19 +112,33 @@ func version() string {
 	return v
 }
 
+// names are the families this package defines (Names).
+var names []string
+
+// Names are the metric families Ferry defines (not the Go runtime's and
+// the process's, which the registry also serves), sorted.
+func Names() []string {
+	out := append(slices.Clone(names), hostFamilies...)
+	slices.Sort(out)
+	return out
+}
+
 func counter(name, help string, labels ...string) *prometheus.CounterVec {
+	names = append(names, name)
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 	Registry.MustRegister(c)
 	return c
 }
 
 func gauge(name, help string, labels ...string) *prometheus.GaugeVec {
+	names = append(names, name)
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
 	Registry.MustRegister(g)
 	return g
 }
 
 func histogram(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	names = append(names, name)
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
 	Registry.MustRegister(h)
 	return h
