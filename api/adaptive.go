@@ -47,6 +47,27 @@ type LinkStat struct {
 	Bandwidth  float64   `json:"bandwidth"`
 	RTTAt      time.Time `json:"rtt_at"`
 	MeasuredAt time.Time `json:"bandwidth_at,omitempty"`
+	// The link's health over its recent probes (Samples of them): the
+	// packet loss they suggest, the jitter of their round trips (mean
+	// difference between successive ones) and the least round trip the
+	// link has shown (its own latency).
+	LossPct       float64 `json:"loss_pct"`
+	JitterMS      float64 `json:"jitter_ms"`
+	BaselineRTTMS float64 `json:"baseline_rtt_ms,omitempty"`
+	Samples       int     `json:"samples,omitempty"`
+	// Degraded says the link lost packets or its latency grew well beyond
+	// its own (Why says which); the placement engine moves no guest over
+	// it while a better target exists.
+	Degraded      bool      `json:"degraded,omitempty"`
+	Why           string    `json:"why,omitempty"`
+	DegradedSince time.Time `json:"degraded_since,omitempty"`
+}
+
+// LinkTestRequest is the body of POST /v1/links/test: measure the link
+// from one host to another now, its bandwidth included.
+type LinkTestRequest struct {
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // StrategyPrediction is what the model predicts for one strategy.

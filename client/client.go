@@ -286,6 +286,12 @@ func (c *Client) ProbeLinks(ctx context.Context) error {
 	return c.do(ctx, "POST", "/v1/links/probe", nil, nil)
 }
 
+// TestLink asks host from to measure its link to host to now, bandwidth
+// included; the result appears in ListLinks.
+func (c *Client) TestLink(ctx context.Context, from, to string) error {
+	return c.do(ctx, "POST", "/v1/links/test", api.LinkTestRequest{From: from, To: to}, nil)
+}
+
 // MigrateVM starts a live migration.
 func (c *Client) MigrateVM(ctx context.Context, name string, req api.MigrateRequest) (*api.Migration, error) {
 	var m api.Migration

@@ -73,14 +73,19 @@ asks every host to measure all its links now and waits for the results.`,
 
 func printLinkStats(ls []api.LinkStat) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tTO\tRTT\tBANDWIDTH\tRTT AGE\tBANDWIDTH AGE")
+	fmt.Fprintln(tw, "FROM\tTO\tRTT\tJITTER\tLOSS\tBANDWIDTH\tHEALTH\tRTT AGE\tBANDWIDTH AGE")
 	for _, l := range ls {
 		bw, bwAge := "-", "-"
 		if l.Bandwidth > 0 {
 			bw = fmt.Sprintf("%.0f Mbit/s", l.Bandwidth*8/1e6)
 			bwAge = time.Since(l.MeasuredAt).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2fms\t%s\t%s\t%s\n", l.From, l.To, l.RTTMS, bw, time.Since(l.RTTAt).Round(time.Second), bwAge)
+		health := "ok"
+		if l.Degraded {
+			health = "degraded: " + l.Why
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2fms\t%.2fms\t%.1f%%\t%s\t%s\t%s\t%s\n", l.From, l.To, l.RTTMS, l.JitterMS, l.LossPct, bw, health,
+			time.Since(l.RTTAt).Round(time.Second), bwAge)
 	}
 	tw.Flush()
 }

@@ -41,7 +41,7 @@ func nodeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	c.AddCommand(nodeShowCmd(g), nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g), nodeLinksCmd(g))
+	c.AddCommand(nodeShowCmd(g), nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g), nodeLinksCmd(g), nodeNetCmd(g))
 	return c
 }
 

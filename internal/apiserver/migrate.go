@@ -256,7 +256,9 @@ func (s *Server) setMaintenance(w http.ResponseWriter, r *http.Request, on bool)
 func (s *Server) clusterView(ctx context.Context) (*placement.View, error) {
 	if s.Mirror != nil {
 		if snap, ok := s.Mirror.Snapshot(); ok {
-			return placement.NewView(snap.Nodes, snap.VMs, store.Migrations(snap.Migrations)), nil
+			v := placement.NewView(snap.Nodes, snap.VMs, store.Migrations(snap.Migrations))
+			v.AvoidLinks(snap.Degraded)
+			return v, nil
 		}
 	}
 	nodes, err := s.st.ListNodes(ctx)
@@ -271,5 +273,11 @@ func (s *Server) clusterView(ctx context.Context) (*placement.View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return placement.NewView(nodes, vms, store.Migrations(migs)), nil
+	degraded, err := s.st.DegradedLinks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v := placement.NewView(nodes, vms, store.Migrations(migs))
+	v.AvoidLinks(degraded)
+	return v, nil
 }

@@ -3,6 +3,7 @@ package apiserver
 import (
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
@@ -69,6 +70,40 @@ func (s *Server) probeLinks(w http.ResponseWriter, r *http.Request) {
 			writeError(w, err)
 			return
 		}
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// testLink asks one host to measure its link to another now, bandwidth
+// included (ferry node net test A B); the result lands in the link's record.
+func (s *Server) testLink(w http.ResponseWriter, r *http.Request) {
+	var req api.LinkTestRequest
+	if err := decode(w, r, &req, false); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.From == "" || req.To == "" {
+		writeError(w, errdefs.Invalid(`"from" and "to" (host names) are required`))
+		return
+	}
+	nodes, err := s.st.ListNodes(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	for _, h := range []string{req.From, req.To} {
+		if !slices.ContainsFunc(nodes, func(n api.Node) bool { return n.Name == h }) {
+			writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("host %q is not in the cluster", h)))
+			return
+		}
+	}
+	if req.From == req.To {
+		writeError(w, errdefs.Invalid("a link joins two different hosts"))
+		return
+	}
+	if err := s.st.RequestLinkTest(r.Context(), req.From, req.To); err != nil {
+		writeError(w, err)
+		return
 	}
 	w.WriteHeader(http.StatusAccepted)
 }

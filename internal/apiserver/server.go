@@ -128,6 +128,7 @@ func (s *Server) routes() []route {
 		{"DELETE /v1/policies/{name}", admin, s.deletePolicy},
 		{"GET /v1/links", view, s.listLinks},
 		{"POST /v1/links/probe", op, s.probeLinks},
+		{"POST /v1/links/test", op, s.testLink},
 		// Hosts measure their links to each other (hosts only).
 		{"GET /v1/linkprobe", view, s.linkProbe},
 		{"POST /v1/linkprobe", view, s.linkProbe},

@@ -369,7 +369,9 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 		f := ag.Figures()
 		if prober != nil {
 			for _, l := range prober.Known() {
-				f.Links = append(f.Links, metrics.LinkFigures{Peer: l.To, RTT: time.Duration(l.RTTMS * float64(time.Millisecond)), Bandwidth: l.Bandwidth})
+				ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+				f.Links = append(f.Links, metrics.LinkFigures{Peer: l.To, RTT: ms(l.RTTMS), Bandwidth: l.Bandwidth,
+					Loss: l.LossPct / 100, Jitter: ms(l.JitterMS), Degraded: l.Degraded})
 			}
 		}
 		return f

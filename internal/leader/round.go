@@ -29,7 +29,9 @@ func NewRound(snap *store.Snapshot, guard store.Guard) *Round {
 			open = append(open, m.Migration)
 		}
 	}
-	return &Round{Snapshot: snap, View: placement.NewView(snap.Nodes, snap.VMs, open), Guard: guard}
+	v := placement.NewView(snap.Nodes, snap.VMs, open)
+	v.AvoidLinks(snap.Degraded)
+	return &Round{Snapshot: snap, View: v, Guard: guard}
 }
 
 // Housekeeping is the leader's controller for the store's upkeep: it keeps

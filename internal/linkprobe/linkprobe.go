@@ -1,9 +1,10 @@
 // Package linkprobe measures the paths between the cluster's hosts: each
-// host's prober times a small request to other hosts' APIs (the round
-// trip, often) and now and then streams to one for a moment (one TCP
-// stream's bandwidth), over the same mutual TLS as everything else, and
-// records what it found in the store (api.LinkStat) for migration
-// predictions and, later, the link matrix. It probes a few peers per round
+// host's prober times TCP handshakes with other hosts' API ports (round
+// trip, jitter and loss, often; a link that loses packets or grows slow is
+// judged degraded, health.go) and now and then streams to one for a moment
+// (one TCP stream's bandwidth, over the same mutual TLS as everything
+// else), and records what it found in the store (api.LinkStat) for
+// migration predictions, the placement engine and the link matrix. It probes a few peers per round
 // in turn, so that a large cluster's hosts do not all probe all.
 package linkprobe
 
@@ -46,6 +47,8 @@ type Prober struct {
 	hc    *http.Client
 	next  int // where the next round starts in the sorted peer list
 	known map[string]api.LinkStat
+	// health is each link's recent probes and judgement.
+	health map[string]*health
 }
 
 func (p *Prober) defaults() {
@@ -69,6 +72,9 @@ func (p *Prober) defaults() {
 	}
 	if p.known == nil {
 		p.known = map[string]api.LinkStat{}
+	}
+	if p.health == nil {
+		p.health = map[string]*health{}
 	}
 }
 
@@ -98,10 +104,20 @@ func (p *Prober) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-next:
-		case _, ok := <-asked:
+		case c, ok := <-asked:
 			if !ok {
 				time.Sleep(time.Second)
 				asked = p.St.WatchLinkProbeRequests(ctx, p.Node)
+				continue
+			}
+			var req store.LinkProbeRequest
+			if c.Deleted {
+				continue
+			}
+			if json.Unmarshal(c.Value, &req) == nil && req.Peer != "" {
+				if err := p.One(ctx, req.Peer); err != nil && ctx.Err() == nil {
+					p.Log.Info("link test (asked for)", "to", req.Peer, "err", err)
+				}
 				continue
 			}
 			if err := p.All(ctx); err != nil && ctx.Err() == nil {
@@ -184,8 +200,25 @@ func (p *Prober) All(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Measure probes one peer now (its bandwidth too if asked), records the
-// result when it changed noticeably or is getting old, and returns it.
+// One measures the link to one peer now, bandwidth included.
+func (p *Prober) One(ctx context.Context, peer string) error {
+	nodes, err := p.St.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if n.Name == peer && n.API != "" {
+			_, err := p.Measure(ctx, n, true)
+			return err
+		}
+	}
+	return fmt.Errorf("host %s is not in the cluster or does not say where it serves", peer)
+}
+
+// Measure probes one peer now (its bandwidth too if asked), judges the
+// link's health over its recent probes, records the result when it
+// changed noticeably or is getting old, says so in an event when the link
+// became degraded or healthy again, and returns it.
 func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (api.LinkStat, error) {
 	p.mu.Lock()
 	p.defaults()
@@ -193,12 +226,27 @@ func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (ap
 	p.mu.Unlock()
 	cur := old
 	cur.From, cur.To = p.Node, peer.Name
-	rtt, err := p.rtt(ctx, peer.API)
+	ps, err := p.probeRound(ctx, peer.API)
 	if err != nil {
 		return cur, err
 	}
-	cur.RTTMS, cur.RTTAt = float64(rtt.Microseconds())/1000, time.Now().UTC()
-	if bandwidth {
+	now := time.Now().UTC()
+	p.mu.Lock()
+	h := p.health[peer.Name]
+	if h == nil {
+		h = &health{}
+		p.health[peer.Name] = h
+	}
+	changed := h.add(ps, now)
+	f := h.figures()
+	cur.Degraded, cur.Why, cur.DegradedSince = h.degraded, h.why, h.since
+	p.mu.Unlock()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	if f.rtt > 0 {
+		cur.RTTMS = ms(f.rtt)
+	}
+	cur.RTTAt, cur.JitterMS, cur.BaselineRTTMS, cur.LossPct, cur.Samples = now, ms(f.jitter), ms(f.baseline), f.lossPct, f.samples
+	if bandwidth && !cur.Degraded {
 		if cur.Bandwidth, err = p.bandwidth(ctx, peer.API); err != nil {
 			return cur, err
 		}
@@ -207,7 +255,11 @@ func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (ap
 	p.mu.Lock()
 	p.known[peer.Name] = cur
 	p.mu.Unlock()
-	if bandwidth || old.RTTAt.IsZero() || moved(old.RTTMS, cur.RTTMS, 0.5) || time.Since(old.RTTAt) > 5*time.Minute {
+	if changed {
+		p.tell(ctx, cur)
+	}
+	if changed || bandwidth || old.RTTAt.IsZero() || moved(old.RTTMS, cur.RTTMS, 0.5) || math.Abs(old.LossPct-cur.LossPct) >= 0.5 ||
+		time.Since(old.RTTAt) > 5*time.Minute {
 		if err := p.St.PutLinkStat(ctx, cur); err != nil {
 			return cur, err
 		}
@@ -215,25 +267,66 @@ func (p *Prober) Measure(ctx context.Context, peer api.Node, bandwidth bool) (ap
 	return cur, nil
 }
 
-// rtt is the least of three TCP handshakes with the peer's API port: one
-// round trip each, answered by the peer's kernel (an HTTP request would
-// add the API's own work, a revocation check in etcd among it).
-func (p *Prober) rtt(ctx context.Context, addr string) (time.Duration, error) {
-	best := time.Duration(math.MaxInt64)
+// tell records that a link became degraded or healthy again.
+func (p *Prober) tell(ctx context.Context, l api.LinkStat) {
+	ev := api.Event{Kind: "link-recovered", Node: l.From,
+		Message: fmt.Sprintf("link %s → %s is healthy again: round trip %.1f ms, %.1f %% loss", l.From, l.To, l.RTTMS, l.LossPct)}
+	if l.Degraded {
+		ev = api.Event{Kind: "link-degraded", Node: l.From,
+			Message: fmt.Sprintf("link %s → %s is degraded: %s; no guest moves over it while another host can take it", l.From, l.To, l.Why)}
+		p.Log.Warn("link degraded", "to", l.To, "why", l.Why)
+	} else {
+		p.Log.Info("link healthy again", "to", l.To)
+	}
+	if err := p.St.PutEvent(ctx, ev); err != nil {
+		p.Log.Warn("recording event", "kind", ev.Kind, "err", err)
+	}
+}
+
+// probeRound makes probesPerRound TCP handshakes with the peer's API port,
+// probeGap apart: one round trip each, answered by the peer's kernel (an
+// HTTP request would add the API's own work). A handshake not answered
+// within probeTimeout is lost; a peer that refuses (its API is down) is an
+// error, not a lossy link.
+func (p *Prober) probeRound(ctx context.Context, addr string) ([]probe, error) {
 	var d net.Dialer
-	for i := 0; i < 3; i++ {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	var out []probe
+	var refused error
+	for i := 0; i < probesPerRound; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(probeGap):
+			}
+		}
+		dctx, cancel := context.WithTimeout(ctx, probeTimeout)
 		t0 := time.Now()
 		c, err := d.DialContext(dctx, "tcp", addr)
 		took := time.Since(t0)
 		cancel()
-		if err != nil {
-			return 0, err
+		switch {
+		case err == nil:
+			c.Close()
+			out = append(out, probe{rtt: took})
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+			out = append(out, probe{lost: true})
+		default:
+			refused = err
 		}
-		c.Close()
-		best = min(best, took)
 	}
-	return best, nil
+	if len(out) == 0 {
+		return nil, refused
+	}
+	return out, nil
+}
+
+// isTimeout reports whether a dial ran out of time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // bandwidth streams zeros to the peer for BurstFor and returns the rate

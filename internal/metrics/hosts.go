@@ -30,6 +30,12 @@ type LinkFigures struct {
 	// Bandwidth is one TCP stream's rate, bytes per second (0: not
 	// measured yet).
 	Bandwidth float64
+	// Loss is the share of packets the recent probes suggest were lost
+	// (0..1), Jitter the mean difference of successive round trips, and
+	// Degraded whether the link is judged degraded.
+	Loss     float64
+	Jitter   time.Duration
+	Degraded bool
 }
 
 // RegisterHost adds a host whose figures each scrape reports (figures is
@@ -69,15 +75,19 @@ var (
 	descLoad      = prometheus.NewDesc("ferry_host_load1", "This host's one-minute load average.", []string{"host"}, nil)
 	descRTT       = prometheus.NewDesc("ferry_link_rtt_seconds", "Round trip from this host to a peer, last measured (TCP handshake).", []string{"host", "peer"}, nil)
 	descBandwidth = prometheus.NewDesc("ferry_link_bandwidth_bytes_per_second", "One TCP stream's rate from this host to a peer, last measured.", []string{"host", "peer"}, nil)
+	descLoss      = prometheus.NewDesc("ferry_link_loss_ratio", "Packet loss from this host to a peer that its recent probes suggest (0..1).", []string{"host", "peer"}, nil)
+	descJitter    = prometheus.NewDesc("ferry_link_jitter_seconds", "Mean difference between successive round trips from this host to a peer.", []string{"host", "peer"}, nil)
+	descDegraded  = prometheus.NewDesc("ferry_link_degraded", "1 while the link from this host to a peer is judged degraded (lossy or slow); live moves avoid it.", []string{"host", "peer"}, nil)
 )
 
 // hostFamilies are the families hostCollector reports.
 var hostFamilies = []string{"ferry_guests", "ferry_host_memory_bytes", "ferry_host_memory_allocated_bytes", "ferry_host_cpus",
-	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second"}
+	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second", "ferry_link_loss_ratio",
+	"ferry_link_jitter_seconds", "ferry_link_degraded"}
 
 // Describe implements prometheus.Collector.
 func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth} {
+	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded} {
 		ch <- d
 	}
 }
@@ -107,6 +117,13 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLoad, prometheus.GaugeValue, f.Load1, s.name)
 		for _, l := range f.Links {
 			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, l.RTT.Seconds(), s.name, l.Peer)
+			ch <- prometheus.MustNewConstMetric(descLoss, prometheus.GaugeValue, l.Loss, s.name, l.Peer)
+			ch <- prometheus.MustNewConstMetric(descJitter, prometheus.GaugeValue, l.Jitter.Seconds(), s.name, l.Peer)
+			degraded := 0.0
+			if l.Degraded {
+				degraded = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descDegraded, prometheus.GaugeValue, degraded, s.name, l.Peer)
 			if l.Bandwidth > 0 {
 				ch <- prometheus.MustNewConstMetric(descBandwidth, prometheus.GaugeValue, l.Bandwidth, s.name, l.Peer)
 			}

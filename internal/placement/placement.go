@@ -26,7 +26,14 @@ type View struct {
 	names  []string                   // sorted
 	free   map[string]int             // MiB left on ready hosts, guests on their way counted
 	groups map[string]map[string]bool // anti-affinity group -> hosts holding a member
+	// degraded are the links that lose packets or grew slow, "from/to"
+	// -> why: live moves avoid them where another target exists.
+	degraded map[string]string
 }
+
+// AvoidLinks tells the view which links between hosts are degraded
+// ("from/to" -> why, as the hosts' link probes judged them).
+func (v *View) AvoidLinks(degraded map[string]string) { v.degraded = degraded }
 
 // NewView builds a view from the hosts, the VMs (where they are placed) and
 // the migrations whose guests are on their way somewhere. Pass only the
@@ -144,6 +151,23 @@ func (v *View) Candidates(r Request) ([]string, []Rejection) {
 		}
 	}
 	sort.SliceStable(ok, func(i, j int) bool { return v.free[ok[i]] > v.free[ok[j]] })
+	if r.Live != nil && len(v.degraded) > 0 {
+		// No live move over a degraded link while another target can
+		// take the guest; with none other, a degraded path beats none.
+		var good, poor []string
+		for _, h := range ok {
+			if why, bad := v.degraded[r.Live.Node+"/"+h]; bad {
+				poor = append(poor, h)
+				no = append(no, Rejection{h, fmt.Sprintf("the link from %s to %s is degraded (%s)", r.Live.Node, h, why)})
+			} else {
+				good = append(good, h)
+			}
+		}
+		if len(good) > 0 {
+			return good, no
+		}
+		return poor, no[:len(no)-len(poor)]
+	}
 	return ok, no
 }
 

@@ -146,3 +146,32 @@ func TestCompareVersions(t *testing.T) {
 		}
 	}
 }
+
+// A live move avoids a target over a degraded link while another can take
+// the guest (saying why), and takes it when it is the only one; new guests
+// (no link involved) are not affected.
+func TestDegradedLinks(t *testing.T) {
+	tiny := []string{api.ImageTiny}
+	nodes := []api.Node{
+		{Name: "h1", State: "ready", MemoryMiB: 4096, Images: tiny, QEMU: q10},
+		{Name: "h2", State: "ready", MemoryMiB: 8192, Images: tiny, QEMU: q10},
+		{Name: "h3", State: "ready", MemoryMiB: 2048, Images: tiny, QEMU: q10},
+	}
+	vm := &api.VM{Spec: api.VMSpec{Name: "g", MemoryMiB: 256, Image: "tiny"}, Node: "h1", Status: api.VMStatus{QEMUVersion: "10.0.2"}}
+	v := NewView(nodes, []api.VM{*vm}, nil)
+	if got, _ := v.Pick(Request{Spec: vm.Spec, Live: vm}); got != "h2" {
+		t.Fatalf("with healthy links picked %q, want h2 (most room)", got)
+	}
+	v.AvoidLinks(map[string]string{"h1/h2": "5.1 % packet loss", "h2/h1": "5.0 % packet loss"})
+	got, no := v.Pick(Request{Spec: vm.Spec, Live: vm})
+	if got != "h3" || !strings.Contains(Reasons(no), "link from h1 to h2 is degraded (5.1 % packet loss)") {
+		t.Fatalf("over a degraded link: picked %q (%s), want h3 and why h2 was passed over", got, Reasons(no))
+	}
+	if got, _ := v.Pick(Request{Spec: vm.Spec}); got != "h2" {
+		t.Fatalf("a new guest picked %q, want h2: links do not bear on it", got)
+	}
+	v.AvoidLinks(map[string]string{"h1/h2": "loss", "h1/h3": "loss"})
+	if got, _ := v.Pick(Request{Spec: vm.Spec, Live: vm}); got != "h2" {
+		t.Fatalf("with every path degraded picked %q, want h2 (a degraded path beats none)", got)
+	}
+}

@@ -21,6 +21,10 @@ const (
 	MigSamplePrefix = Prefix + "migstats/" // migstats/<unix ns>-<id>
 	PolicyPrefix    = Prefix + "policies/" // policies/<name>
 	ProbePrefix     = Prefix + "probe/"    // probe/<host>: measure your links now
+	// LinkHealthPrefix holds a key per degraded link only,
+	// linkhealth/<from>/<to> = why, so that the placement engine's views
+	// read (and mirror) a set that is usually empty.
+	LinkHealthPrefix = Prefix + "linkhealth/"
 )
 
 // RequestLinkProbe asks host to measure its links to every other host now
@@ -32,6 +36,23 @@ func (s *Store) RequestLinkProbe(ctx context.Context, host string) error {
 	return unavailable(err)
 }
 
+// RequestLinkTest asks host to measure its link to peer now (bandwidth
+// too).
+func (s *Store) RequestLinkTest(ctx context.Context, host, peer string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	b, _ := json.Marshal(LinkProbeRequest{Peer: peer, At: time.Now().UTC()})
+	_, err := s.cli.Put(ctx, ProbePrefix+host, string(b))
+	return unavailable(err)
+}
+
+// LinkProbeRequest is what a probe request asks (RequestLinkTest); a
+// request that is not one (RequestLinkProbe's) asks for every link.
+type LinkProbeRequest struct {
+	Peer string    `json:"peer"`
+	At   time.Time `json:"at"`
+}
+
 // WatchLinkProbeRequests follows the requests for host to measure its
 // links; the channel closes when the watch ends (watch again).
 func (s *Store) WatchLinkProbeRequests(ctx context.Context, host string) <-chan Change {
@@ -41,13 +62,34 @@ func (s *Store) WatchLinkProbeRequests(ctx context.Context, host string) <-chan 
 // MaxMigSamples is how many finished migrations are kept for calibration.
 const MaxMigSamples = 500
 
-// PutLinkStat records what a host measured of its path to another.
+// PutLinkStat records what a host measured of its path to another, and
+// whether the link is degraded (in the same transaction).
 func (s *Store) PutLinkStat(ctx context.Context, l api.LinkStat) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	b, _ := json.Marshal(l)
-	_, err := s.cli.Put(ctx, LinkPrefix+l.From+"/"+l.To, string(b))
+	name := l.From + "/" + l.To
+	health := clientv3.OpDelete(LinkHealthPrefix + name)
+	if l.Degraded {
+		health = clientv3.OpPut(LinkHealthPrefix+name, l.Why)
+	}
+	_, err := s.cli.Txn(ctx).Then(clientv3.OpPut(LinkPrefix+name, string(b)), health).Commit()
 	return unavailable(err)
+}
+
+// DegradedLinks are the links now degraded: "from/to" -> why.
+func (s *Store) DegradedLinks(ctx context.Context) (map[string]string, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, LinkHealthPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := map[string]string{}
+	for _, kv := range resp.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), LinkHealthPrefix)] = string(kv.Value)
+	}
+	return out, nil
 }
 
 // LinkStat is the last measurement of the path from → to (nil if none).

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"reflect"
 	"sort"
 	"strings"
@@ -22,7 +23,9 @@ type Snapshot struct {
 	Migrations []MigrationRev
 	Owners     map[string]string // VM -> the host that owns it (may run it)
 	HA         api.HAState
-	Taken      time.Time
+	// Degraded are the links now degraded, "from/to" -> why.
+	Degraded map[string]string
+	Taken    time.Time
 }
 
 // VM returns the snapshot's VM of that name, or nil.
@@ -45,7 +48,7 @@ func (s *Snapshot) Node(name string) *api.Node {
 }
 
 // mirrored are the kinds a Mirror follows.
-var mirrored = []Kind{KindVM, KindStatus, KindPlacement, KindOwner, KindMigration, KindNode, KindNodeMeta, KindCluster}
+var mirrored = []Kind{KindVM, KindStatus, KindPlacement, KindOwner, KindMigration, KindNode, KindNodeMeta, KindCluster, KindLinkHealth}
 
 // Mirror keeps the cluster's state in memory, from one read and a watch,
 // so that the leader's controllers decide on a snapshot each round instead
@@ -67,6 +70,7 @@ type Mirror struct {
 	meta   map[string]api.NodeMeta
 	migs   map[string]MigrationRev
 	ha     api.HAState
+	links  map[string]string // degraded links
 }
 
 // Mirror starts following the cluster's state until ctx ends.
@@ -120,6 +124,7 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	defer m.mu.Unlock()
 	m.specs, m.status, m.place, m.owners = map[string]api.VMSpec{}, map[string]api.VMStatus{}, map[string]string{}, map[string]string{}
 	m.nodes, m.meta, m.migs, m.ha = map[string]api.Node{}, map[string]api.NodeMeta{}, map[string]MigrationRev{}, api.HAState{}
+	m.links = map[string]string{}
 	for i, k := range mirrored {
 		for _, kv := range resp.Responses[i].GetResponseRange().Kvs {
 			m.set(Change{Kind: k, Name: strings.TrimPrefix(string(kv.Key), kindPrefix[k]), Value: kv.Value, Rev: kv.ModRevision})
@@ -184,6 +189,8 @@ func (m *Mirror) set(c Change) {
 		setString(m.place, c)
 	case KindOwner:
 		setString(m.owners, c)
+	case KindLinkHealth:
+		setString(m.links, c)
 	case KindMigration:
 		if c.Deleted {
 			delete(m.migs, c.Name)
@@ -243,6 +250,10 @@ func (m *Mirror) Snapshot() (snap *Snapshot, ok bool) {
 	sort.Slice(s.Migrations, func(i, j int) bool { return s.Migrations[i].VM < s.Migrations[j].VM })
 	for k, v := range m.owners {
 		s.Owners[k] = v
+	}
+	s.Degraded = maps.Clone(m.links)
+	if s.Degraded == nil {
+		s.Degraded = map[string]string{}
 	}
 	return s, true
 }

@@ -26,12 +26,14 @@ const (
 	KindRevoked                   // revoked certificates
 	KindAlive                     // hosts' liveness beats (frequent)
 	KindHostVM                    // a host's range of VMs to look at (WatchHost)
+	KindLinkHealth                // degraded links between hosts
 )
 
 var kindPrefix = map[Kind]string{
 	KindVM: VMPrefix, KindStatus: StatusPrefix, KindPlacement: PlacementPrefix, KindOwner: OwnerPrefix,
 	KindMigration: MigrationPrefix, KindNode: NodePrefix, KindNodeMeta: NodeMetaPrefix, KindEvent: EventPrefix,
 	KindCluster: Prefix + "cluster/", KindPKI: Prefix + "pki/", KindRevoked: RevokedPrefix, KindAlive: AlivePrefix,
+	KindLinkHealth: LinkHealthPrefix,
 }
 
 // ClusterState is every kind but the liveness beats: what a watcher of the
