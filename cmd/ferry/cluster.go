@@ -12,8 +12,8 @@ func clusterCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "cluster", Short: "Cluster-wide switches"}
 	ha := &cobra.Command{Use: "ha", Short: "Pause, resume or show HA restarts (fencing always stays on)"}
 	show := func(st *api.HAState) error {
-		if g.output == "json" {
-			return printJSON(os.Stdout, st)
+		if g.structured() {
+			return g.emit(st)
 		}
 		if st.Paused {
 			fmt.Printf("HA restarts: PAUSED since %s", st.Since.Local().Format("2006-01-02 15:04:05"))
@@ -103,8 +103,8 @@ memory unencrypted; --refuse-plaintext-migration takes that back.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, sec)
+			if g.structured() {
+				return g.emit(sec)
 			}
 			if sec.PlaintextMigration {
 				fmt.Fprintf(os.Stderr, "WARNING: %s\n", sec.Warning)
@@ -154,8 +154,8 @@ refused for --server.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, tok)
+			if g.structured() {
+				return g.emit(tok)
 			}
 			fmt.Println(tok.Token)
 			what := "a host"

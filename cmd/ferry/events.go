@@ -22,7 +22,7 @@ func eventsCmd(g *globals) *cobra.Command {
 printing each new one as it happens (a server-sent event stream that resumes
 where it broke off) until interrupted. --vm, --host and --kind (a prefix, such
 as migration- or vm-) select events. With -o json, each event is one line of
-JSON.`,
+JSON (with -o yaml, one YAML document).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := g.outputClient()
@@ -31,12 +31,16 @@ JSON.`,
 			}
 			if follow {
 				f.Backlog = limit
-				if g.output != "json" {
+				if !g.structured() {
 					fmt.Printf("%-12s  %-24s  %-8s  %-16s  %s\n", "TIME", "KIND", "HOST", "VM", "MESSAGE")
 				}
 				return cl.FollowEvents(cmd.Context(), f, func(e api.Event) error {
-					if g.output == "json" {
+					switch g.output {
+					case "json":
 						return json.NewEncoder(os.Stdout).Encode(e)
+					case "yaml":
+						fmt.Println("---")
+						return g.emit(e)
 					}
 					_, err := fmt.Printf("%-12s  %-24s  %-8s  %-16s  %s\n", e.Time.Local().Format("15:04:05.000"), e.Kind, dash(e.Node), dash(e.VM), strings.TrimSpace(e.Message))
 					return err
@@ -46,8 +50,8 @@ JSON.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, picked)
+			if g.structured() {
+				return g.emit(picked)
 			}
 			var rows [][]string
 			for _, e := range picked {

@@ -59,8 +59,8 @@ asks every host to measure all its links now and waits for the results.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, ls)
+			if g.structured() {
+				return g.emit(ls)
 			}
 			printLinkStats(ls)
 			return nil

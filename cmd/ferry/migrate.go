@@ -47,8 +47,8 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return printJSON(os.Stdout, p)
+				if g.structured() {
+					return g.emit(p)
 				}
 				printPrediction(os.Stdout, name, p)
 				return nil
@@ -61,8 +61,8 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(os.Stderr, "WARNING: this migration is PLAINTEXT: the guest's memory crosses the network unencrypted")
 			}
 			if noWait {
-				if g.output == "json" {
-					return printJSON(os.Stdout, m)
+				if g.structured() {
+					return g.emit(m)
 				}
 				fmt.Printf("migrating %s from %s to %s (%s)\n", name, m.Source, m.Target, m.Options.Strategy)
 				return nil
@@ -87,8 +87,8 @@ func vmMigrateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, m)
+			if g.structured() {
+				return g.emit(m)
 			}
 			if m.Phase != api.MigCompleted {
 				return exitError{code: 1, msg: fmt.Sprintf("migration %s: %s", m.Phase, m.Error)}

@@ -35,8 +35,8 @@ can take it; an event says when a link becomes degraded and healthy again.
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, ls)
+			if g.structured() {
+				return g.emit(ls)
 			}
 			printMatrix(os.Stdout, ls)
 			return nil
@@ -73,8 +73,8 @@ can take it; an event says when a link becomes degraded and healthy again.
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, got)
+			if g.structured() {
+				return g.emit(got)
 			}
 			printLinkStats([]api.LinkStat{got})
 			if got.Degraded {

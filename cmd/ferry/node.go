@@ -24,8 +24,8 @@ func nodeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, nodes)
+			if g.structured() {
+				return g.emit(nodes)
 			}
 			var rows [][]string
 			for _, n := range nodes {
@@ -72,8 +72,8 @@ func nodeShowCmd(g *globals) *cobra.Command {
 				if n.Name != args[0] {
 					continue
 				}
-				if g.output == "json" {
-					return printJSON(os.Stdout, n)
+				if g.structured() {
+					return g.emit(n)
 				}
 				state := n.State
 				if n.Maintenance {

@@ -44,8 +44,8 @@ its remaining pages follow).`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, p)
+			if g.structured() {
+				return g.emit(p)
 			}
 			fmt.Printf("policy %s created\n", p.Name)
 			return nil
@@ -73,8 +73,8 @@ its remaining pages follow).`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, ps)
+			if g.structured() {
+				return g.emit(ps)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSELECTOR\tDOWNTIME\tALLOWED\tBANDWIDTH\tSTRATEGIES\tESCALATIONS\tTIMEOUT")

@@ -136,8 +136,8 @@ while it is valid and not yet replaced.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, us)
+			if g.structured() {
+				return g.emit(us)
 			}
 			var rows [][]string
 			now := time.Now()

@@ -106,8 +106,8 @@ func vmListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(os.Stdout, vms)
+			if g.structured() {
+				return g.emit(vms)
 			}
 			var rows [][]string
 			for _, vm := range vms {
@@ -157,8 +157,8 @@ func vmShowCmd(g *globals) *cobra.Command {
 }
 
 func showVM(g *globals, vm *api.VM) error {
-	if g.output == "json" {
-		return printJSON(os.Stdout, vm)
+	if g.structured() {
+		return g.emit(vm)
 	}
 	s, st := vm.Spec, vm.Status
 	rows := [][]string{

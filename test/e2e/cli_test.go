@@ -44,6 +44,24 @@ func TestCLI(t *testing.T) {
 	if !strings.HasPrefix(out, "NAME") || !strings.Contains(out, "cli1") {
 		t.Fatalf("vm list table:\n%s", out)
 	}
+	if out, _, code = ferry("vm", "show", "cli1", "-o", "yaml"); code != 0 || !strings.Contains(out, "name: cli1") || !strings.Contains(out, "memory_mib: 128") {
+		t.Fatalf("vm show -o yaml (exit %d):\n%s", code, out)
+	}
+	// The shell completes guest names from the cluster.
+	if out, _, code = ferry("__complete", "vm", "show", "cl"); code != 0 || !strings.Contains(out, "cli1") {
+		t.Fatalf("completion of vm show cl (exit %d):\n%s", code, out)
+	}
+	// ferry doctor on this host, where the dev agent runs.
+	out, _, code = ferry("doctor", "--accel", "tcg", "--image-dir", imageDir, "-o", "json")
+	var checks []struct{ Check, Status, Found, Fix string }
+	if err := json.Unmarshal([]byte(out), &checks); err != nil || code != 0 {
+		t.Fatalf("ferry doctor (exit %d, %v):\n%s", code, err, out)
+	}
+	for _, c := range checks {
+		if (c.Check == "QEMU" || c.Check == "bridge, VXLAN, TAP" || c.Check == "built-in image") && c.Status != "ok" {
+			t.Errorf("ferry doctor: %s is %s: %s (%s)", c.Check, c.Status, c.Found, c.Fix)
+		}
+	}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -52,7 +70,7 @@ func TestCLI(t *testing.T) {
 		{[]string{"vm", "create", "Bad"}, "invalid"},
 		{[]string{"vm", "create", "x", "--memory", "lots"}, "memory"},
 		{[]string{"vm", "create", "cli1", "--no-start"}, "already exists"},
-		{[]string{"vm", "list", "-o", "yaml"}, "--output"},
+		{[]string{"vm", "list", "-o", "xml"}, "--output"},
 		{[]string{"vm", "show"}, "accepts 1 arg"},
 	} {
 		_, stderr, code := ferry(c.args...)
