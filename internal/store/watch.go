@@ -13,20 +13,20 @@ type Kind int
 
 // The kinds of records.
 const (
-	KindVM        Kind = iota + 1 // VM specs (desired state)
-	KindStatus                    // observed status
-	KindPlacement                 // which host a VM is placed on
-	KindOwner                     // which host owns (may run) a VM
-	KindMigration                 // live migrations
-	KindNode                      // hosts' records (bound to their leases)
-	KindNodeMeta                  // what operators set on hosts
-	KindEvent                     // the event log
-	KindCluster                   // cluster settings (HA switch, security)
-	KindPKI                       // revocation lists
-	KindRevoked                   // revoked certificates
-	KindAlive                     // hosts' liveness beats (frequent)
-	KindHostVM                    // a host's range of VMs to look at (WatchHost)
-	KindLinkHealth                // degraded links between hosts
+	KindVM         Kind = iota + 1 // VM specs (desired state)
+	KindStatus                     // observed status
+	KindPlacement                  // which host a VM is placed on
+	KindOwner                      // which host owns (may run) a VM
+	KindMigration                  // live migrations
+	KindNode                       // hosts' records (bound to their leases)
+	KindNodeMeta                   // what operators set on hosts
+	KindEvent                      // the event log
+	KindCluster                    // cluster settings (HA switch, security)
+	KindPKI                        // revocation lists
+	KindRevoked                    // revoked certificates
+	KindAlive                      // hosts' liveness beats (frequent)
+	KindHostVM                     // a host's range of VMs to look at (WatchHost)
+	KindLinkHealth                 // degraded links between hosts
 )
 
 var kindPrefix = map[Kind]string{
