@@ -162,3 +162,18 @@ type MigrationEscalation struct {
 	Detail string    `json:"detail"`
 	At     time.Time `json:"at"`
 }
+
+// DashboardLogin is a one-time link that logs a browser in to the
+// dashboard as the user who asked for it (POST /v1/sessions).
+type DashboardLogin struct {
+	URL     string    `json:"url"`
+	User    string    `json:"user"`
+	Role    string    `json:"role"`
+	Expires time.Time `json:"expires"`
+}
+
+// WhoAmI is the caller as the API sees it (GET /v1/whoami).
+type WhoAmI struct {
+	User string `json:"user"`
+	Role string `json:"role"`
+}

@@ -185,6 +185,19 @@ func (c *Client) Console(ctx context.Context, name string, lines int, follow boo
 	return err
 }
 
+// DashboardLogin asks for a one-time link that logs a browser in to the
+// dashboard as this client's user.
+func (c *Client) DashboardLogin(ctx context.Context) (*api.DashboardLogin, error) {
+	var l api.DashboardLogin
+	return &l, c.do(ctx, "POST", "/v1/sessions", nil, &l)
+}
+
+// ListMigrations is each guest's current or last migration.
+func (c *Client) ListMigrations(ctx context.Context) ([]api.Migration, error) {
+	var ms []api.Migration
+	return ms, c.do(ctx, "GET", "/v1/migrations", nil, &ms)
+}
+
 // Metrics returns the API host's Prometheus metrics, as text.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/metrics", nil)

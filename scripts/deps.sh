@@ -38,11 +38,15 @@ have ip   || need_pkgs+=(iproute2)
 have curl || need_pkgs+=(curl)
 have nft  || need_pkgs+=(nftables) # the tests cut links between testbed hosts with it
 # What only the test suite needs (make test sets FERRY_TEST_DEPS=1): a real
-# Prometheus server that scrapes the testbed.
+# Prometheus server that scrapes the testbed, and a headless browser for
+# the dashboard's test.
 new_prometheus=0
-if [ "${FERRY_TEST_DEPS:-}" = 1 ] && ! have prometheus; then
-  need_pkgs+=(prometheus)
-  new_prometheus=1
+if [ "${FERRY_TEST_DEPS:-}" = 1 ]; then
+  if ! have prometheus; then
+    need_pkgs+=(prometheus)
+    new_prometheus=1
+  fi
+  have chromium || need_pkgs+=(chromium)
 fi
 
 as_root() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -154,6 +155,25 @@ func (s *Server) newMigration(r *http.Request, name string, mr api.MigrateReques
 	// Queued: the leader admits it within the per-host and per-cluster limits.
 	return &api.Migration{ID: uuid.NewString(), VM: name, Source: vm.Node, Target: to, Phase: api.MigQueued,
 		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "operator", Prediction: pred}, nil
+}
+
+// listMigrations answers GET /v1/migrations: each guest's current or last
+// migration, those under way first, then the newest.
+func (s *Server) listMigrations(w http.ResponseWriter, r *http.Request) {
+	ms, err := s.st.ListMigrations(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := store.Migrations(ms)
+	sort.SliceStable(out, func(i, j int) bool {
+		ti, tj := api.MigrationTerminal(out[i].Phase), api.MigrationTerminal(out[j].Phase)
+		if ti != tj {
+			return !ti
+		}
+		return out[i].Started.After(out[j].Started)
+	})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {

@@ -15,9 +15,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/dashboard"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/pki"
@@ -49,6 +51,8 @@ type Server struct {
 	Mirror *store.Mirror
 	// public are the routes served without a client certificate (joining).
 	public map[string]bool
+	// sessions caches the dashboard's sessions (sessions.go).
+	sessions sessionCache
 }
 
 // New returns an API server over st.
@@ -69,6 +73,11 @@ func (s *Server) Handler() http.Handler {
 			s.public[r.pattern] = true
 		}
 	}
+	// The dashboard: its pages (embedded), its log-in and log-out.
+	mux.Handle("GET /ui/", dashboard.Handler())
+	mux.HandleFunc("GET /ui/login", s.login)
+	mux.HandleFunc("POST /ui/logout", s.logout)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusSeeOther) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.New(errdefs.ErrNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)))
 	})
@@ -90,6 +99,7 @@ func (s *Server) routes() []route {
 		// process did (package metrics).
 		{"GET /metrics", scrape, metrics.Handler().ServeHTTP},
 		{"GET /v1/healthz", view, s.healthz},
+		{"GET /v1/whoami", scrape, s.whoami},
 		{"GET /v1/openapi.json", view, s.openapi},
 		{"GET /v1/cluster", view, s.cluster},
 		{"GET /v1/nodes", view, s.listNodes},
@@ -109,6 +119,9 @@ func (s *Server) routes() []route {
 		{"POST /v1/vms/{name}/migrate/cancel", op, s.cancelMigration},
 		{"GET /v1/events", view, s.listEvents},
 		{"GET /v1/events/stream", view, s.streamEvents},
+		{"GET /v1/migrations", view, s.listMigrations},
+		// A one-time log-in link to the dashboard for the calling user.
+		{"POST /v1/sessions", view, s.createSession},
 		{"GET /v1/cluster/ha", view, s.getHA},
 		{"PUT /v1/cluster/ha", admin, s.putHA},
 		{"GET /v1/cluster/security", view, s.getSecurity},
@@ -137,17 +150,30 @@ func (s *Server) routes() []route {
 
 type roleKey struct{}
 
+// userKey holds the caller's name: its certificate's, or its session's.
+type userKey struct{}
+
 // authenticate admits only clients with a certificate from the cluster CA
 // (hosts) or the user CA (the TLS layer verified it) that carries a known
 // role.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-			if r.TLS != nil && s.public[r.Method+" "+r.URL.Path] {
+			if r.TLS != nil && (s.public[r.Method+" "+r.URL.Path] || strings.HasPrefix(r.URL.Path, "/ui/") || r.URL.Path == "/") {
 				next.ServeHTTP(w, r)
 				return
 			}
-			writeError(w, errdefs.New(errdefs.ErrUnauthenticated, "a client certificate from the cluster CA is required"))
+			// A browser: its dashboard session, if it has one.
+			role, user, err := s.sessionRole(r)
+			if r.TLS == nil || err != nil {
+				if err == nil {
+					err = errdefs.New(errdefs.ErrUnauthenticated, "TLS is required")
+				}
+				writeError(w, err)
+				return
+			}
+			ctx := context.WithValue(context.WithValue(r.Context(), roleKey{}, role), userKey{}, user)
+			next.ServeHTTP(w, r.WithContext(ctx))
 			return
 		}
 		leaf := r.TLS.VerifiedChains[0][0]
@@ -163,7 +189,8 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("certificate %q carries no role that may use the API", leaf.Subject.CommonName)))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), roleKey{}, role)))
+		ctx := context.WithValue(context.WithValue(r.Context(), roleKey{}, role), userKey{}, leaf.Subject.CommonName)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
