@@ -146,7 +146,7 @@ func measureIdle(ctx context.Context, st *store.Store, cfg Config, res *Result, 
 	if err != nil {
 		return err
 	}
-	self0, etcd0 := selfCPU(), pidsCPU(cfg.EtcdPIDs)
+	self0, etcd0 := selfCPU(), PIDsCPU(cfg.EtcdPIDs)
 	rs.take()
 	t0 := time.Now()
 	select {
@@ -165,7 +165,7 @@ func measureIdle(ctx context.Context, st *store.Store, cfg Config, res *Result, 
 		res.AgentsPer2Cores = int(200 / res.AgentCPUPercent)
 	}
 	if len(cfg.EtcdPIDs) > 0 {
-		res.EtcdCPUPercent = 100 * (pidsCPU(cfg.EtcdPIDs) - etcd0).Seconds() / el.Seconds()
+		res.EtcdCPUPercent = 100 * (PIDsCPU(cfg.EtcdPIDs) - etcd0).Seconds() / el.Seconds()
 	}
 	res.LeaderRound = summarise(rs.take())
 	return nil
@@ -337,9 +337,9 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// pidsCPU is the CPU time the processes used (from /proc; clock ticks of
+// PIDsCPU is the CPU time the processes used (from /proc; clock ticks of
 // 10 ms).
-func pidsCPU(pids []int) time.Duration {
+func PIDsCPU(pids []int) time.Duration {
 	var total time.Duration
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
