@@ -8,7 +8,7 @@ import (
 
 // Figures is this host's state for a metrics scrape: its guests by the
 // phase it last reported, its memory and what its guests hold, its CPUs
-// and load. (Its links are the link prober's.)
+// and load, its traffic by class. (Its links are the link prober's.)
 func (a *Agent) Figures() metrics.HostFigures {
 	f := metrics.HostFigures{Guests: map[string]int{}, CPUs: a.cfg.CPUs, MemoryBytes: int64(a.cfg.MemoryMiB) << 20, Load1: load1()}
 	if f.CPUs == 0 {
@@ -16,6 +16,12 @@ func (a *Agent) Figures() metrics.HostFigures {
 	}
 	if f.MemoryBytes == 0 {
 		f.MemoryBytes = int64(memTotalMiB()) << 20
+	}
+	if a.cfg.Overlay != nil {
+		if t, err := a.cfg.Overlay.Traffic(); err == nil {
+			f.Network = &metrics.NetworkFigures{UnderlaySent: t.UnderlaySent, UnderlayReceived: t.UnderlayReceived,
+				OverlaySent: t.OverlaySent, OverlayReceived: t.OverlayReceived}
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

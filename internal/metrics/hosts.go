@@ -21,6 +21,18 @@ type HostFigures struct {
 	Load1 float64
 	// Links are the host's last measurements of its paths to the others.
 	Links []LinkFigures
+	// Network is what the host's devices carried (nil: not known, e.g. a
+	// host without the overlay).
+	Network *NetworkFigures
+}
+
+// NetworkFigures are byte counters of a host's traffic by class: all it
+// sent and received on its underlay, and the guests' overlay share of it
+// (encapsulation included). Migration streams are counted by
+// ferry_migration_sent_bytes_total; the control plane is the rest.
+type NetworkFigures struct {
+	UnderlaySent, UnderlayReceived int64
+	OverlaySent, OverlayReceived   int64
 }
 
 // LinkFigures is one path from this host to a peer.
@@ -77,17 +89,18 @@ var (
 	descBandwidth = prometheus.NewDesc("ferry_link_bandwidth_bytes_per_second", "One TCP stream's rate from this host to a peer, last measured.", []string{"host", "peer"}, nil)
 	descLoss      = prometheus.NewDesc("ferry_link_loss_ratio", "Packet loss from this host to a peer that its recent probes suggest (0..1).", []string{"host", "peer"}, nil)
 	descJitter    = prometheus.NewDesc("ferry_link_jitter_seconds", "Mean difference between successive round trips from this host to a peer.", []string{"host", "peer"}, nil)
+	descNetwork   = prometheus.NewDesc("ferry_network_bytes_total", "Bytes this host's devices carried: class underlay (everything to and from other hosts) or overlay (its guests' share of it, encapsulation included); direction sent or received.", []string{"host", "class", "direction"}, nil)
 	descDegraded  = prometheus.NewDesc("ferry_link_degraded", "1 while the link from this host to a peer is judged degraded (lossy or slow); live moves avoid it.", []string{"host", "peer"}, nil)
 )
 
 // hostFamilies are the families hostCollector reports.
 var hostFamilies = []string{"ferry_guests", "ferry_host_memory_bytes", "ferry_host_memory_allocated_bytes", "ferry_host_cpus",
 	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second", "ferry_link_loss_ratio",
-	"ferry_link_jitter_seconds", "ferry_link_degraded"}
+	"ferry_link_jitter_seconds", "ferry_link_degraded", "ferry_network_bytes_total"}
 
 // Describe implements prometheus.Collector.
 func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded} {
+	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded, descNetwork} {
 		ch <- d
 	}
 }
@@ -115,6 +128,15 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(f.AllocatedBytes), s.name)
 		ch <- prometheus.MustNewConstMetric(descCPUs, prometheus.GaugeValue, float64(f.CPUs), s.name)
 		ch <- prometheus.MustNewConstMetric(descLoad, prometheus.GaugeValue, f.Load1, s.name)
+		if n := f.Network; n != nil {
+			for _, c := range []struct {
+				class, dir string
+				v          int64
+			}{{"underlay", "sent", n.UnderlaySent}, {"underlay", "received", n.UnderlayReceived},
+				{"overlay", "sent", n.OverlaySent}, {"overlay", "received", n.OverlayReceived}} {
+				ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(c.v), s.name, c.class, c.dir)
+			}
+		}
 		for _, l := range f.Links {
 			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, l.RTT.Seconds(), s.name, l.Peer)
 			ch <- prometheus.MustNewConstMetric(descLoss, prometheus.GaugeValue, l.Loss, s.name, l.Peer)

@@ -101,7 +101,8 @@ func TestObserveMigration(t *testing.T) {
 func TestHostFigures(t *testing.T) {
 	unregister := RegisterHost("fig-h", func() HostFigures {
 		return HostFigures{Guests: map[string]int{"running": 2, "stopped": 1}, MemoryBytes: 8 << 30, AllocatedBytes: 1 << 30, CPUs: 4, Load1: 0.5,
-			Links: []LinkFigures{{Peer: "fig-p", RTT: 3 * time.Millisecond, Bandwidth: 12.5e6}}}
+			Links:   []LinkFigures{{Peer: "fig-p", RTT: 3 * time.Millisecond, Bandwidth: 12.5e6}},
+			Network: &NetworkFigures{UnderlaySent: 9000, UnderlayReceived: 8000, OverlaySent: 3000, OverlayReceived: 2000}}
 	})
 	for _, c := range []struct {
 		name   string
@@ -114,6 +115,8 @@ func TestHostFigures(t *testing.T) {
 		{"ferry_host_memory_allocated_bytes", map[string]string{"host": "fig-h"}, 1 << 30},
 		{"ferry_link_rtt_seconds", map[string]string{"host": "fig-h", "peer": "fig-p"}, 0.003},
 		{"ferry_link_bandwidth_bytes_per_second", map[string]string{"host": "fig-h", "peer": "fig-p"}, 12.5e6},
+		{"ferry_network_bytes_total", map[string]string{"host": "fig-h", "class": "overlay", "direction": "sent"}, 3000},
+		{"ferry_network_bytes_total", map[string]string{"host": "fig-h", "class": "underlay", "direction": "received"}, 8000},
 	} {
 		if got := value(t, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
