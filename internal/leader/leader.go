@@ -8,9 +8,11 @@ package leader
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -78,6 +80,10 @@ func lead(ctx context.Context, st *store.Store, cfg Config, ctrls []Controller) 
 	defer l.Resign()
 	guard := l.Guard()
 	log.Info("became leader", "node", cfg.Name, "rev", guard.Rev())
+	if err := st.PutEvent(ctx, api.Event{Kind: "leader-elected", Node: cfg.Name,
+		Message: fmt.Sprintf("%s leads the cluster's controllers (scheduler, HA, migrations, drains)", cfg.Name)}); err != nil {
+		log.Warn("recording event", "kind", "leader-elected", "err", err)
+	}
 	mctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	mirror := st.Mirror(mctx)
