@@ -378,7 +378,7 @@ func waitEvent(t *testing.T, cl *client.Client, kind, node string, timeout time.
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for {
-		evs, err := cl.Events(ctx, 200)
+		evs, err := cl.EventsMatching(ctx, client.EventFilter{Host: node, Kind: kind}, 200)
 		if err == nil {
 			for _, e := range evs {
 				if e.Kind == kind && e.Node == node {
@@ -434,7 +434,7 @@ func TestHASelfHealing(t *testing.T) {
 	c.Close()
 	vm = newBoot("reset after it stopped answering", vm, 2)
 
-	evs, err := d.Client.Events(ctx, 50)
+	evs, err := d.Client.EventsMatching(ctx, client.EventFilter{Kind: "guest-"}, 200)
 	if err != nil {
 		t.Fatal(err)
 	}

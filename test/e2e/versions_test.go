@@ -139,7 +139,7 @@ func waitVMEvent(t *testing.T, cl *client.Client, kind, vm string) api.Event {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		evs, err := cl.Events(context.Background(), 50)
+		evs, err := cl.EventsMatching(context.Background(), client.EventFilter{VM: vm, Kind: kind}, 50)
 		if err == nil {
 			for _, e := range evs {
 				if e.Kind == kind && e.VM == vm {
