@@ -46,7 +46,14 @@ func phaseEvent(m *api.Migration) api.Event {
 	case m.Phase == api.MigFailed && m.Error != "":
 		msg += ": " + m.Error
 	case m.Phase == api.MigCompleted:
-		msg += fmt.Sprintf(" in %d ms, paused %d ms", m.TotalTimeMS, m.DowntimeMS)
+		total := m.TotalTimeMS
+		if total == 0 && !m.Finished.IsZero() {
+			total = m.Finished.Sub(m.Started).Milliseconds()
+		}
+		msg += fmt.Sprintf(" in %d ms", total)
+		if m.DowntimeMS > 0 {
+			msg += fmt.Sprintf(", paused %d ms", m.DowntimeMS)
+		}
 	}
 	return api.Event{Kind: MigrationEventPrefix + m.Phase, Node: m.Source, VM: m.VM, Message: msg}
 }
