@@ -55,6 +55,7 @@ func at0(t *testing.T, name string, labels map[string]string) float64 {
 // once measured; writing the end again counts nothing more.
 func TestObserveMigration(t *testing.T) {
 	done := map[string]string{"strategy": "auto-converge", "outcome": "completed", "reason": "drain"}
+	downtime0 := at0(t, "ferry_migration_downtime_seconds", map[string]string{"strategy": "auto-converge"})
 	kind := map[string]string{"strategy": "auto-converge"}
 	sent := map[string]string{"host": "src-h"}
 	before := []float64{at0(t, "ferry_migrations_total", done), at0(t, "ferry_migration_duration_seconds", kind),
@@ -78,15 +79,18 @@ func TestObserveMigration(t *testing.T) {
 	step(func(m *api.Migration) {
 		m.Escalations = append(m.Escalations, api.MigrationEscalation{Kind: api.EscalateThrottle})
 	})
-	step(func(m *api.Migration) {
-		m.Phase, m.Finished, m.BytesSent, m.DowntimeMS = api.MigCompleted, start.Add(12*time.Second), 40<<20, 200
-	})
+	// The target writes the completion, the source its figures after.
+	step(func(m *api.Migration) { m.Phase, m.Finished = api.MigCompleted, start.Add(12*time.Second) })
+	step(func(m *api.Migration) { m.BytesSent, m.DowntimeMS = 40<<20, 200 })
 	step(func(m *api.Migration) { m.ServicePauseMS = 450 })
 	step(func(m *api.Migration) { m.Timeline = append(m.Timeline, api.MigrationEvent{Step: "noted"}) })
 
 	after := []float64{at0(t, "ferry_migrations_total", done), at0(t, "ferry_migration_duration_seconds", kind),
 		at0(t, "ferry_migration_prediction_ratio", kind), at0(t, "ferry_migration_service_pause_seconds", kind),
 		at0(t, "ferry_migration_sent_bytes_total", sent), at0(t, "ferry_migration_escalations_total", map[string]string{"escalation": "throttle"})}
+	if got := at0(t, "ferry_migration_downtime_seconds", map[string]string{"strategy": "auto-converge"}) - downtime0; got != 1 {
+		t.Errorf("downtime observed %v times, want once", got)
+	}
 	want := []float64{1, 1, 1, 1, 40 << 20, 1}
 	names := []string{"migrations_total", "duration", "prediction ratio", "service pause", "sent bytes", "escalations"}
 	for i := range want {

@@ -32,10 +32,6 @@ func ObserveMigration(old, m *api.Migration) {
 		if m.Phase == api.MigCompleted && !m.Finished.IsZero() {
 			total := m.Finished.Sub(m.Started).Seconds()
 			MigrationDuration.WithLabelValues(strategy).Observe(total)
-			MigrationDowntime.WithLabelValues(strategy).Observe(float64(m.DowntimeMS) / 1000)
-			if m.BytesSent > 0 {
-				MigrationBytes.WithLabelValues(strategy).Observe(float64(m.BytesSent))
-			}
 			if p := m.Prediction; p != nil {
 				if c := p.ChosenPrediction(); c != nil && c.TotalMS > 0 {
 					MigrationPredicted.WithLabelValues(strategy).Observe(c.TotalMS / 1000)
@@ -43,6 +39,15 @@ func ObserveMigration(old, m *api.Migration) {
 				}
 			}
 		}
+	}
+	// The source writes QEMU's downtime and the bytes sent once the target
+	// took over, before or after the target writes the completion: each
+	// is counted when it first appears.
+	if m.DowntimeMS > 0 && (old == nil || old.DowntimeMS == 0) {
+		MigrationDowntime.WithLabelValues(strategy).Observe(float64(m.DowntimeMS) / 1000)
+	}
+	if m.BytesSent > 0 && (old == nil || old.BytesSent == 0) {
+		MigrationBytes.WithLabelValues(strategy).Observe(float64(m.BytesSent))
 	}
 	if m.ServicePauseMS > 0 && (old == nil || old.ServicePauseMS == 0) {
 		MigrationServicePause.WithLabelValues(strategy).Observe(float64(m.ServicePauseMS) / 1000)
