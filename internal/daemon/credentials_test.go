@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,10 +13,8 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
-	"github.com/ferryvm/ferry/internal/apiserver"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/pki"
-	"github.com/ferryvm/ferry/internal/store/storetest"
 )
 
 // A host renews its certificates through the API (real etcd behind it):
@@ -26,28 +23,8 @@ import (
 // restart.
 // (Long on purpose: a scenario or table read top to bottom; split, its story would scatter.)
 func TestRenewCertificates(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.EnsureCA(dir, "test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mca, err := pki.EnsureMigrationCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.EnsureLeaf(dir, pki.ServerCert, pki.ServerKey, "n1", pki.RoleNode, []string{"127.0.0.1", "n1"}); err != nil {
-		t.Fatal(err)
-	}
-	uca, err := pki.EnsureUserCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uca.EnsureLeaf(dir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := mca.EnsureMigration(dir, "n1", []string{"n1", "198.18.0.11"}); err != nil {
-		t.Fatal(err)
-	}
+	h := newAPIHarness(t)
+	dir, st, addr := h.dir, h.st, h.addr
 	serials := func() []string {
 		s, err := pki.Serials(filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.MigrationDir, "server-cert.pem"))
 		if err != nil {
@@ -59,7 +36,6 @@ func TestRenewCertificates(t *testing.T) {
 	oldCert, _ := os.ReadFile(filepath.Join(dir, pki.ServerCert))
 	oldKey, _ := os.ReadFile(filepath.Join(dir, pki.ServerKey))
 
-	st := storetest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	lease, err := st.GrantLease(ctx, 60*time.Second)
@@ -69,23 +45,6 @@ func TestRenewCertificates(t *testing.T) {
 	if err := st.PutNode(ctx, api.Node{Name: "n1", CertSerials: old, Heartbeat: time.Now()}, lease); err != nil {
 		t.Fatal(err)
 	}
-	srv := apiserver.New(st, nil, slog.Default())
-	srv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca, Users: uca}
-	srv.ClusterCA = ca.Cert
-	// Served as the agent serves it (httptest's StartTLS would add a
-	// certificate of its own, preferred to GetCertificate without SNI).
-	srvTLS, err := pki.ServerTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", srvTLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv.Handler()}
-	go hs.Serve(ln)
-	defer hs.Close()
-	addr := ln.Addr().String()
 	ts := struct{ URL string }{"https://" + addr}
 	served := func() string {
 		cfg, _ := pki.ClientTLS(dir, pki.AdminCert, pki.AdminKey)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -16,7 +15,6 @@ import (
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/apiserver"
 	"github.com/ferryvm/ferry/internal/pki"
-	"github.com/ferryvm/ferry/internal/store/storetest"
 )
 
 // The dashboard's log-in, against the real API and etcd: a user's
@@ -26,43 +24,11 @@ import (
 // certificate gets no link; a removed user's session ends.
 // (Long on purpose: a scenario read top to bottom; split, its story would scatter.)
 func TestDashboardLogin(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.EnsureCA(dir, "test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.EnsureLeaf(dir, pki.ServerCert, pki.ServerKey, "n1", pki.RoleNode, []string{"127.0.0.1"}); err != nil {
-		t.Fatal(err)
-	}
-	mca, err := pki.EnsureMigrationCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uca, err := pki.EnsureUserCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uca.EnsureLeaf(dir, pki.AdminCert, pki.AdminKey, "admin", pki.RoleAdmin, nil); err != nil {
-		t.Fatal(err)
-	}
-	st := storetest.New(t)
+	h := newAPIHarness(t)
+	dir := h.dir
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := apiserver.New(st, nil, slog.Default())
-	srv.CAs = &apiserver.Signers{Cluster: ca, Migration: mca, Users: uca}
-	srv.ClusterCA = ca.Cert
-	srvTLS, err := pki.ServerTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", srvTLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv.Handler()}
-	go hs.Serve(ln)
-	defer hs.Close()
-	base := "https://" + ln.Addr().String()
+	base := "https://" + h.addr
 	as := func(cert, key string) *client.Client {
 		cfg, err := pki.ClientTLS(dir, cert, key)
 		if err != nil {

@@ -5,11 +5,10 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
-	dto "github.com/prometheus/client_model/go"
 )
 
-// value is a series' value in the registry: a counter's or gauge's value,
-// a histogram's count; -1 when there is no such series.
+// value is a series' value in the registry (Sum); -1 when there is no
+// such series.
 func value(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
 	fams, err := Registry.Gather()
@@ -17,27 +16,9 @@ func value(t *testing.T, name string, labels map[string]string) float64 {
 		t.Fatal(err)
 	}
 	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range f.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue metric
-				}
-			}
-			switch f.GetType() {
-			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue()
-			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue()
-			case dto.MetricType_HISTOGRAM:
-				return float64(m.GetHistogram().GetSampleCount())
+		if f.GetName() == name {
+			if v, ok := Sum(f, labels); ok {
+				return v
 			}
 		}
 	}

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/testbed"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -55,33 +55,7 @@ func scrapeEach(t *testing.T, b *testbed.Bed, name string, want map[string]strin
 		if err != nil {
 			t.Fatalf("host %s's /metrics does not parse: %v", b.Hosts[i].Name, err)
 		}
-		sum := 0.0
-		out[b.Hosts[i].Name] = 0
-		f := fams[name]
-		if f == nil {
-			continue
-		}
-	metric:
-		for _, m := range f.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if have[k] != v {
-					continue metric
-				}
-			}
-			switch f.GetType() {
-			case dto.MetricType_COUNTER:
-				sum += m.GetCounter().GetValue()
-			case dto.MetricType_GAUGE:
-				sum += m.GetGauge().GetValue()
-			case dto.MetricType_HISTOGRAM:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-		out[b.Hosts[i].Name] = sum
+		out[b.Hosts[i].Name], _ = metrics.Sum(fams[name], want)
 	}
 	return out
 }
