@@ -5,7 +5,7 @@
 "use strict";
 
 const HDR = { "X-Ferry-Dashboard": "1" };
-const history = { load: {}, rtt: {} }; // per host, per link: recent samples
+const samples = { load: {}, rtt: {} }; // per host, per link: recent samples
 const HISTORY = 180;                    // points kept (2 s apart: 6 minutes)
 let state = { nodes: [], vms: [], migrations: [], links: [] };
 let who = { user: "", role: "" };
@@ -168,7 +168,7 @@ function renderMatrix() {
 }
 
 function sample(kind, key, v) {
-  const h = (history[kind][key] = history[kind][key] || []);
+  const h = (samples[kind][key] = samples[kind][key] || []);
   h.push(v);
   if (h.length > HISTORY) h.shift();
 }
@@ -193,8 +193,8 @@ function renderCharts() {
   const lb = document.getElementById("loadcharts"), rb = document.getElementById("linkcharts");
   lb.replaceChildren();
   rb.replaceChildren();
-  for (const [k, v] of Object.entries(history.load)) chart(lb, k, v, "");
-  for (const [k, v] of Object.entries(history.rtt)) chart(rb, k, v, " ms");
+  for (const [k, v] of Object.entries(samples.load)) chart(lb, k, v, "");
+  for (const [k, v] of Object.entries(samples.rtt)) chart(rb, k, v, " ms");
 }
 
 const HA_KINDS = ["host-lost", "host-unreachable", "host-reachable", "ha-restart", "ha-waiting", "self-fenced", "host-drained", "drain-stuck", "link-degraded", "link-recovered", "leader-elected"];
