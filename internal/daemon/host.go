@@ -301,6 +301,30 @@ func (h *Host) apiServer(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	return srv
 }
 
+// watchLinks starts this host's link prober (unless switched off) and
+// registers its figures for /metrics, asked for at each scrape; the
+// returned function unregisters them.
+func (h *Host) watchLinks(ctx context.Context, st *store.Store, ag *agent.Agent) (unregister func()) {
+	var prober *linkprobe.Prober
+	if h.LinkProbeEvery >= 0 {
+		if cfg, err := pki.ClientTLS(h.pkiDir(), pki.ServerCert, pki.ServerKey); err == nil {
+			prober = &linkprobe.Prober{Node: h.Node, St: st, TLS: cfg, RTTEvery: h.LinkProbeEvery, Log: h.Log.With("part", "linkprobe")}
+			go prober.Run(ctx)
+		}
+	}
+	return metrics.RegisterHost(h.Node, func() metrics.HostFigures {
+		f := ag.Figures()
+		if prober != nil {
+			for _, l := range prober.Known() {
+				ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+				f.Links = append(f.Links, metrics.LinkFigures{Peer: l.To, RTT: ms(l.RTTMS), Bandwidth: l.Bandwidth,
+					Loss: l.LossPct / 100, Jitter: ms(l.JitterMS), Degraded: l.Degraded})
+			}
+		}
+		return f
+	})
+}
+
 // serve runs the API, the agent, the control plane and certificate
 // renewal until ctx ends or one of them fails.
 func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *identity, endpoints []string) error {
@@ -357,26 +381,7 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 		renewAt = ln.Addr().String()
 	}
 	go renewLoop(ctx, h.pkiDir(), renewAt, h.CertCheck, h.CertBefore, ag, log)
-	var prober *linkprobe.Prober
-	if h.LinkProbeEvery >= 0 {
-		if cfg, err := pki.ClientTLS(h.pkiDir(), pki.ServerCert, pki.ServerKey); err == nil {
-			prober = &linkprobe.Prober{Node: h.Node, St: st, TLS: cfg, RTTEvery: h.LinkProbeEvery, Log: log.With("part", "linkprobe")}
-			go prober.Run(ctx)
-		}
-	}
-	// This host's figures for /metrics, asked for at each scrape.
-	unregister := metrics.RegisterHost(h.Node, func() metrics.HostFigures {
-		f := ag.Figures()
-		if prober != nil {
-			for _, l := range prober.Known() {
-				ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-				f.Links = append(f.Links, metrics.LinkFigures{Peer: l.To, RTT: ms(l.RTTMS), Bandwidth: l.Bandwidth,
-					Loss: l.LossPct / 100, Jitter: ms(l.JitterMS), Degraded: l.Degraded})
-			}
-		}
-		return f
-	})
-	defer unregister()
+	defer h.watchLinks(ctx, st, ag)()
 	log.Info("ferry is up", "api", endpoint, "node", h.Node, "data_dir", h.DataDir)
 	select {
 	case <-ctx.Done():

@@ -16,6 +16,7 @@ import (
 // migration phase and guest phase as the records are written — once each,
 // in order — and nothing for writes that do not change a phase; one that
 // comes back with the last ID it saw misses nothing and sees nothing twice.
+// (Long on purpose: a scenario read top to bottom; split, its story would scatter.)
 func TestFollowEventsSeesEveryPhase(t *testing.T) {
 	st := storetest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -137,8 +137,15 @@ func TestPrometheusScrapesTheCluster(t *testing.T) {
 		r := query(fmt.Sprintf(`ferry_guests{host=%q,state="running"} >= 1`, to))
 		return len(r) == 1, fmt.Sprintf("%+v", r)
 	})
-	// Every expression of the shipped Grafana dashboard is PromQL this
-	// Prometheus accepts; those about what happened here have data.
+	checkBoard(t, ask)
+}
+
+// checkBoard has Prometheus evaluate every expression of the shipped
+// Grafana board: each must be PromQL it accepts, and the panels about what
+// the test did (a guest ran and moved; the hosts probed their links) must
+// have data.
+func checkBoard(t *testing.T, ask func(string) ([]promSample, error)) {
+	t.Helper()
 	var dash struct {
 		Panels []grafanaPanel `json:"panels"`
 	}
