@@ -22,6 +22,7 @@ import (
 // test), configured by `ferry metrics scrape-config` and holding a
 // credential with the metrics role, scrapes every host of the testbed over
 // mutual TLS, and sees a migration counted.
+// (Long on purpose: a scenario read top to bottom; split, its story would scatter.)
 func TestPrometheusScrapesTheCluster(t *testing.T) {
 	prom, err := exec.LookPath("prometheus")
 	if err != nil {
