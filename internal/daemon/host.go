@@ -312,6 +312,7 @@ func (h *Host) watchLinks(ctx context.Context, st *store.Store, ag *agent.Agent)
 			go prober.Run(ctx)
 		}
 	}
+	metrics.InitHost(h.Node)
 	return metrics.RegisterHost(h.Node, func() metrics.HostFigures {
 		f := ag.Figures()
 		if prober != nil {

@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"slices"
 
+	"github.com/ferryvm/ferry/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -95,6 +96,32 @@ var BuildInfo = gauge("ferry_build_info", "Ferry's version in this process.", "v
 func init() {
 	Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hosts)
 	BuildInfo.WithLabelValues(version()).Set(1)
+	// Every series a dashboard asks for exists from the start, at 0:
+	// Prometheus sees a counter's first increase only from a sample
+	// before it (rate and increase need two).
+	for _, s := range strategies {
+		for _, o := range []string{api.MigCompleted, api.MigFailed, api.MigCancelled} {
+			for _, r := range []string{"operator", "drain"} {
+				MigrationsTotal.WithLabelValues(s, o, r)
+			}
+		}
+		for _, h := range []*prometheus.HistogramVec{MigrationDuration, MigrationDowntime, MigrationServicePause, MigrationBytes, MigrationPredicted, MigrationPredictionRatio} {
+			h.WithLabelValues(s)
+		}
+	}
+	for _, e := range []string{api.EscalateDowntime, api.EscalateThrottle, api.EscalatePostcopy} {
+		MigrationEscalations.WithLabelValues(e)
+	}
+}
+
+// strategies are the values of the strategy label.
+var strategies = []string{api.StrategyPrecopy, api.StrategyPostcopy, api.StrategyAutoConverge, api.StrategyMultifd, "compress"}
+
+// InitHost creates a host's series at 0 (see init), when its agent starts.
+func InitHost(host string) {
+	MigrationSentBytes.WithLabelValues(host)
+	HAFences.WithLabelValues(host, "self")
+	LeaseRenewal.WithLabelValues(host)
 }
 
 // version is this build's module version, or its VCS revision.
