@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -37,16 +38,18 @@ func TestDegradedLinkIsSeenAndAvoided(t *testing.T) {
 		}
 		return out
 	}
-	// Every link measured a few times, none degraded.
+	// Every link measured, none degraded; then a few more rounds, so that
+	// each prober knows its links' own round trips.
 	waitUntil(t, 90*time.Second, "every link probed", func() (bool, string) {
 		ls := links()
 		for _, l := range ls {
-			if l.Samples < 15 || l.Degraded {
-				return false, ""
+			if l.RTTAt.IsZero() || l.Degraded {
+				return false, fmt.Sprintf("%s → %s: %+v", l.From, l.To, l)
 			}
 		}
-		return len(ls) == 6, ""
+		return len(ls) == 6, fmt.Sprintf("%d of 6 links measured", len(ls))
 	})
+	time.Sleep(10 * time.Second)
 
 	if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: "lh"}); err != nil {
 		t.Fatal(err)
