@@ -18,9 +18,10 @@ type Constants struct {
 	// guest's clients see it: device state, the target taking over, its
 	// CPUs starting and the guest answering again.
 	Switchover time.Duration `json:"switchover"`
-	// PostcopyStall is, for post-copy, the further stall of a guest on the
-	// target while the pages it writes first come from the source: seconds
-	// per MiB/s it dirties.
+	// PostcopyStall is, for post-copy, the further stall of a guest that
+	// writes memory (1 MiB/s or more) on the target while the pages it
+	// writes first come from the source, in seconds. (Measured stalls did
+	// not follow the dirty rate: docs/BENCHMARKS.md.)
 	PostcopyStall float64 `json:"postcopy_stall,omitempty"`
 	// CompressRatio is wire bytes per page byte when compressed, and
 	// CompressSpeed the compressors' rate, bytes per second (Compress).
@@ -56,7 +57,7 @@ func Defaults() Calibration {
 	cp.CompressRatio, cp.CompressSpeed = 1, 200e6
 	c[Compress] = cp
 	pc := base
-	pc.PostcopyStall = 0.04
+	pc.PostcopyStall = 1
 	c[Postcopy] = pc
 	return c
 }
@@ -161,16 +162,16 @@ func fitPause(strat string, k Constants, ss []Sample) Constants {
 		pauses = append(pauses, math.Max(0, (pauseOf(s)-last).Seconds()))
 	}
 	if strat == Postcopy {
-		// The pause less the idle switchover, per MiB/s dirtied, of
-		// the busy guests among them.
-		var per []float64
+		// The pause less the idle switchover, of the busy guests among
+		// them: the median, as stalls do not follow the dirty rate.
+		var stalls []float64
 		for i, s := range ss {
-			if mibs := s.Guest.DirtyRate / (1 << 20); mibs >= 1 {
-				per = append(per, math.Max(0, pauses[i]-Defaults()[Postcopy].Switchover.Seconds())/mibs)
+			if s.Guest.DirtyRate >= busyDirtyRate {
+				stalls = append(stalls, math.Max(0, pauses[i]-Defaults()[Postcopy].Switchover.Seconds()))
 			}
 		}
-		if len(per) > 0 {
-			k.PostcopyStall = median(per)
+		if len(stalls) > 0 {
+			k.PostcopyStall = median(stalls)
 		}
 		var idle []float64
 		for i, s := range ss {

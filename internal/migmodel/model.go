@@ -292,13 +292,18 @@ func (s *sim) switchover(p Prediction, remaining float64, rounds int) Prediction
 // postcopy: the guest stops only to move its device state, then runs on
 // the target while what it dirtied during the first pass follows. Its
 // pause, as its clients see it, adds the stall of its first moments
-// there, when each page it writes must first come from the source: in
-// proportion to how fast it writes (Constants.PostcopyStall).
+// there, when the pages it writes must first come from the source
+// (Constants.PostcopyStall, for a guest that writes at all). The stall
+// overlaps the pages arriving: the move's total time ends when the last
+// of them has, stall or not.
 func (s *sim) postcopy(p Prediction, rest float64) Prediction {
-	down := s.c.Switchover.Seconds() + s.c.PostcopyStall*s.g.DirtyRate/(1<<20)
+	down := s.c.Switchover.Seconds()
+	if s.g.DirtyRate >= busyDirtyRate {
+		down += s.c.PostcopyStall
+	}
 	s.send(rest)
 	pc := rest / s.rate
-	s.t += down + pc
+	s.t += s.c.Switchover.Seconds() + pc
 	p.Converges = true
 	p.Total = time.Duration(s.t * float64(time.Second))
 	p.Downtime = time.Duration(down * float64(time.Second))
@@ -307,6 +312,10 @@ func (s *sim) postcopy(p Prediction, rest float64) Prediction {
 	p.Why = fmt.Sprintf("one pass at %s, then %s of dirtied pages with the guest on the target", rateStr(s.rate), sizeStr(rest))
 	return p
 }
+
+// busyDirtyRate is the dirty rate from which a guest stalls after a
+// post-copy switchover (bytes per second).
+const busyDirtyRate = 1 << 20
 
 func rateStr(bps float64) string { return sizeStr(bps) + "/s" }
 
