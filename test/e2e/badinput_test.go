@@ -91,9 +91,12 @@ func TestBadInput(t *testing.T) {
 		{"policy bad selector", "POST", "/v1/policies", `{"name":"p","selector":{"a b":"c"}}`, 400, "invalid_argument"},
 		{"delete missing policy", "DELETE", "/v1/policies/nope", ``, 404, "not_found"},
 	}
-	// The scheduler places even a stopped VM: wait for it, so that the
-	// store is at rest before the bad requests.
-	waitVM(t, cl, "dup", 30*time.Second, "placed", func(vm *api.VM) bool { return vm.Node != "" })
+	// The scheduler places even a stopped VM, and its host reports it
+	// stopped (an event with it): wait for both, so that the store is at
+	// rest before the bad requests.
+	waitVM(t, cl, "dup", 30*time.Second, "placed and reported stopped", func(vm *api.VM) bool {
+		return vm.Node != "" && vm.Status.Phase == api.PhaseStopped
+	})
 	keysBefore, err := d.EtcdKeys(ctxT(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)

@@ -115,9 +115,12 @@ func TestDegradedLinkIsSeenAndAvoided(t *testing.T) {
 	if err := b.SetLink(ctx, vm.Node, first, linkemu.Profile{}, false); err != nil {
 		t.Fatal(err)
 	}
-	follow.wait(t, "link-recovered", 2*time.Minute)
-	if l := links()[[2]string{vm.Node, first}]; l.Degraded {
-		t.Errorf("after the link-recovered event the link is still degraded: %s", l.Why)
+	waitUntil(t, 2*time.Minute, "the link healthy again", func() (bool, string) {
+		l := links()[[2]string{vm.Node, first}]
+		return !l.Degraded, l.Why
+	})
+	if ev := follow.wait(t, "link-recovered", 10*time.Second); !strings.Contains(ev.Message, vm.Node) || !strings.Contains(ev.Message, first) {
+		t.Errorf("the link-recovered event %+v does not name the link between %s and %s", ev, vm.Node, first)
 	}
 }
 
