@@ -93,3 +93,16 @@ func TestLinkHealth(t *testing.T) {
 		}
 	})
 }
+
+// A host measures each link's bandwidth every ten minutes while its
+// bursts take at most 1 % of its time, less often with many peers.
+func TestBandwidthEvery(t *testing.T) {
+	for _, c := range []struct {
+		peers int
+		want  time.Duration
+	}{{2, 10 * time.Minute}, {6, 10 * time.Minute}, {99, 9900 * time.Second}} {
+		if got := bandwidthEvery(10*time.Minute, time.Second, c.peers); got != c.want {
+			t.Errorf("with %d peers: every %s, want %s", c.peers, got, c.want)
+		}
+	}
+}
