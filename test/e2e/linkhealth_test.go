@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/linkemu"
 	"github.com/ferryvm/ferry/internal/testbed"
+	"github.com/ferryvm/ferry/internal/wait"
 )
 
 // One underlay link degrades — 5 % loss and 50 ms more delay each way,
@@ -201,15 +203,22 @@ func (l *eventLog) wait(t *testing.T, kind string, d time.Duration) api.Event {
 	return api.Event{}
 }
 
-// waitUntil polls cond every 500 ms for up to d.
+// waitUntil polls cond every 500 ms for up to d (wait.Until); the string
+// cond returns says why not yet.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
+	pollEvery(t, d, 500*time.Millisecond, what, cond)
+}
+
+// pollEvery is waitUntil at another interval.
+func pollEvery(t *testing.T, d, every time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := wait.Until(ctx, every, func(context.Context) (bool, error) {
+		ok, why := cond()
+		return ok, errors.New(why)
+	}); err != nil {
+		t.Fatalf("not %s within %s: %v", what, d, err)
 	}
-	t.Fatalf("not %s within %s (last: %s)", what, d, last)
 }

@@ -199,12 +199,5 @@ type promSample struct {
 // waitProm polls cond (Prometheus scrapes every second) for up to a minute.
 func waitProm(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(time.Second) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-	}
-	t.Fatalf("prometheus: no %s within a minute (last: %s)", what, last)
+	pollEvery(t, time.Minute, time.Second, "prometheus: "+what, cond)
 }
