@@ -60,7 +60,7 @@ func (a *Agent) reconcile(ctx context.Context, name string) error {
 	}
 	spec := vm.Spec
 	if spec.Deleting {
-		return a.delete(ctx, name, in)
+		return a.delete(ctx, name, spec.UUID, in)
 	}
 
 	if spec.Power == api.PowerRunning {
@@ -381,8 +381,8 @@ func (a *Agent) forget(ctx context.Context, in *instance) {
 }
 
 // delete removes a VM whose deletion was requested: the guest, its disk and
-// files, then its keys.
-func (a *Agent) delete(ctx context.Context, name string, in *instance) error {
+// files, then the keys of the incarnation uuid.
+func (a *Agent) delete(ctx context.Context, name, uuid string, in *instance) error {
 	if in != nil {
 		if err := a.stop(ctx, in, true, 0, ""); err != nil {
 			return err
@@ -396,7 +396,7 @@ func (a *Agent) delete(ctx context.Context, name string, in *instance) error {
 	}
 	a.log.Info("vm deleted", "vm", name)
 	a.forgetPhase(name)
-	return a.st.DeleteVM(ctx, name)
+	return a.st.DeleteVM(ctx, name, uuid)
 }
 
 // event records something operators should see; failures only log.

@@ -315,7 +315,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	}
 	if vm.Node == "" {
 		// Never placed: nothing runs anywhere, remove it here.
-		if err := s.st.DeleteVM(r.Context(), name); err != nil {
+		if err := s.st.DeleteVM(r.Context(), name, spec.UUID); err != nil {
 			writeError(w, err)
 			return
 		}

@@ -338,34 +338,54 @@ func (s *Store) Place(ctx context.Context, name, node string, guard Guard) (bool
 	return resp.Succeeded, nil
 }
 
-// DeleteVM removes every key of a VM, its address claim included. The
-// hosting agent calls it once the guest is gone and its files are removed.
-func (s *Store) DeleteVM(ctx context.Context, name string) error {
+// DeleteVM removes every key of one incarnation of a VM, its address claim
+// included: the one whose spec carries uuid. The hosting agent calls it once
+// the guest is gone and its files are removed, the API for a guest never
+// placed. A VM of the same name created since (another UUID) is left alone,
+// so a deletion that finishes late cannot take its successor: it returns
+// nil, as the incarnation it was asked to delete is gone.
+func (s *Store) DeleteVM(ctx context.Context, name, uuid string) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	g, err := s.cli.Txn(ctx).Then(clientv3.OpGet(VMPrefix+name), clientv3.OpGet(PlacementPrefix+name)).Commit()
-	if err != nil {
-		return unavailable(err)
-	}
-	resp := g.Responses[0].GetResponseRange()
-	ops := []clientv3.Op{
-		clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
-		clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
-		clientv3.OpDelete(MigrationPrefix + name),
-	}
-	if p := g.Responses[1].GetResponseRange().Kvs; len(p) > 0 {
-		ops = append(ops, clientv3.OpDelete(hostVMKey(string(p[0].Value), name)))
-	}
-	if len(resp.Kvs) > 0 {
-		var spec api.VMSpec
-		if json.Unmarshal(resp.Kvs[0].Value, &spec) == nil {
-			if p, err := netip.ParsePrefix(spec.IP); err == nil {
-				ops = append(ops, clientv3.OpDelete(IPPrefix+p.Addr().String()))
-			}
+	for {
+		g, err := s.cli.Txn(ctx).Then(clientv3.OpGet(VMPrefix+name), clientv3.OpGet(PlacementPrefix+name)).Commit()
+		if err != nil {
+			return unavailable(err)
 		}
+		resp := g.Responses[0].GetResponseRange()
+		// Unchanged since read: the spec this deletion judged, or still none.
+		same := clientv3.Compare(clientv3.Version(VMPrefix+name), "=", 0)
+		var spec api.VMSpec
+		if len(resp.Kvs) > 0 {
+			if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
+				return fmt.Errorf("vm %q: %w", name, err)
+			}
+			if spec.UUID != uuid {
+				return nil
+			}
+			same = clientv3.Compare(clientv3.ModRevision(VMPrefix+name), "=", resp.Kvs[0].ModRevision)
+		}
+		ops := []clientv3.Op{
+			clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
+			clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
+			clientv3.OpDelete(MigrationPrefix + name),
+		}
+		if p := g.Responses[1].GetResponseRange().Kvs; len(p) > 0 {
+			ops = append(ops, clientv3.OpDelete(hostVMKey(string(p[0].Value), name)))
+		}
+		if p, err := netip.ParsePrefix(spec.IP); err == nil {
+			ops = append(ops, clientv3.OpDelete(IPPrefix+p.Addr().String()))
+		}
+		t, err := s.cli.Txn(ctx).If(same).Then(ops...).Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if t.Succeeded {
+			return nil
+		}
+		// The spec changed between the read and the deletion (a new
+		// incarnation, or an update of this one): judge it again.
 	}
-	_, err = s.cli.Txn(ctx).Then(ops...).Commit()
-	return unavailable(err)
 }
 
 // AcquireOwner makes node the owner of a VM, bound to lease, unless another

@@ -46,7 +46,7 @@ func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
 	}
 	// Deleting releases the address claim; a new VM never collides.
 	ip := specs[0].IP
-	if err := st.DeleteVM(ctx, "vm0"); err != nil {
+	if err := st.DeleteVM(ctx, "vm0", ""); err != nil {
 		t.Fatal(err)
 	}
 	addr, _, _ := strings.Cut(ip, "/")
@@ -60,6 +60,47 @@ func TestCreateVMAllocatesUniqueAddresses(t *testing.T) {
 	}
 	if other, dup := seen[again.IP]; dup {
 		t.Fatalf("new vm got %s, held by %s", again.IP, other)
+	}
+}
+
+// TestDeleteVMTakesOnlyItsIncarnation is the create-then-delete race: a
+// host's deletion of a guest that finishes after the API has already removed
+// it, and after a new VM of the same name was created, must leave the new one
+// whole.
+func TestDeleteVMTakesOnlyItsIncarnation(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	old := &api.VMSpec{Name: "c", UUID: "first"}
+	if err := st.CreateVM(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteVM(ctx, "c", "first"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetVM(ctx, "c"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("after its deletion: %v", err)
+	}
+	fresh := &api.VMSpec{Name: "c", UUID: "second"}
+	if err := st.CreateVM(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.Place(ctx, "c", "h1", store.Guard{}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	// The late deletion of the first incarnation.
+	if err := st.DeleteVM(ctx, "c", "first"); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := st.GetVM(ctx, "c")
+	if err != nil || vm.Spec.UUID != "second" || vm.Node != "h1" {
+		t.Fatalf("the new incarnation after a late deletion of the old: %+v %v", vm, err)
+	}
+	if err := st.DeleteVM(ctx, "c", "second"); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := st.Etcd().Get(ctx, store.VMPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if _, err := st.GetVM(ctx, "c"); !errors.Is(err, errdefs.ErrNotFound) || resp.Count != 0 {
+		t.Fatalf("after deleting the second: %v, %d spec keys", err, resp.Count)
 	}
 }
 
@@ -168,7 +209,7 @@ func TestUpdateSpecAndStatus(t *testing.T) {
 	if err != nil || vm.Spec.StartSeq != 11 {
 		t.Fatalf("concurrent updates lost: %d %v", vm.Spec.StartSeq, err)
 	}
-	if err := st.DeleteVM(ctx, "u"); err != nil {
+	if err := st.DeleteVM(ctx, "u", ""); err != nil {
 		t.Fatal(err)
 	}
 	// A late status write for a deleted VM must not resurrect keys.
@@ -274,7 +315,7 @@ func TestWatch(t *testing.T) {
 	if ok, err := st.Place(ctx, "w", "h1", store.Guard{}); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	if err := st.DeleteVM(ctx, "w"); err != nil {
+	if err := st.DeleteVM(ctx, "w", ""); err != nil {
 		t.Fatal(err)
 	}
 	var got []string
@@ -343,7 +384,7 @@ func TestMirror(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if err := st.DeleteVM(ctx, "m1"); err != nil {
+	if err := st.DeleteVM(ctx, "m1", ""); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; {
