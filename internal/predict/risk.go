@@ -50,16 +50,16 @@ type RiskConfig struct {
 // counters. They are judgements, documented in docs/PREDICTIVE.md, and each
 // can be overridden.
 var DefaultLimits = map[string]float64{
-	"edac":                    10.0 / 60, // correctable memory errors: 10 a minute
-	"block":                   1.0 / 60,  // I/O errors: 1 a minute
-	"smart":                   1.0 / 60,  // reallocated/pending sectors, media errors: 1 a minute
-	"smart/temperature":       70,        // a disk's own sensor, °C
-	"nic":                     10,        // receive/transmit errors: 10 a second
-	"nic/carrier_changes":     2.0 / 60,  // link flaps: 2 a minute
-	"thermal":                 95,        // °C when the zone states no critical trip point
-	"hwmon":                   95,
-	"agent/qemu_errors":       2.0 / 60, // QEMU failures: 2 a minute
-	"agent/lease_renewal":     2,        // seconds a renewal takes
+	"edac":                10.0 / 60, // correctable memory errors: 10 a minute
+	"block":               1.0 / 60,  // I/O errors: 1 a minute
+	"smart":               1.0 / 60,  // reallocated/pending sectors, media errors: 1 a minute
+	"smart/temperature":   70,        // a disk's own sensor, °C
+	"nic":                 10,        // receive/transmit errors: 10 a second
+	"nic/carrier_changes": 2.0 / 60,  // link flaps: 2 a minute
+	"thermal":             95,        // °C when the zone states no critical trip point
+	"hwmon":               95,
+	"agent/qemu_errors":   2.0 / 60, // QEMU failures: 2 a minute
+	"agent/lease_renewal": 2,        // seconds a renewal takes
 }
 
 func (c RiskConfig) withDefaults() RiskConfig {
