@@ -159,6 +159,33 @@ type Node struct {
 	CertSerials []string `json:"cert_serials,omitempty"`
 	// QEMU is what the host's QEMU can do, read from it at agent start.
 	QEMU *QEMUInfo `json:"qemu,omitempty"`
+	// Risk is the host's own forecast of failing soon, from the trends of
+	// its health signals; nil before the first assessment or when the
+	// host does not read them.
+	Risk *HostRisk `json:"risk,omitempty"`
+}
+
+// HostRisk is a host's probability of failing within Horizon, judged from
+// the trends of its health signals (memory and disk errors, NIC errors and
+// flaps, temperatures, QEMU failures, lease renewal latency), with the
+// signals that drove it. A host whose probability reaches its threshold is
+// AtRisk: the HA manager moves its guests away live while it still works.
+type HostRisk struct {
+	Probability float64   `json:"probability"`
+	Horizon     string    `json:"horizon"`
+	Threshold   float64   `json:"threshold"`
+	AtRisk      bool      `json:"at_risk,omitempty"`
+	Signals     int       `json:"signals"` // how many signals the host reads
+	Assessed    time.Time `json:"assessed"`
+	// Reasons are the signals that contribute, most probable first.
+	Reasons []RiskReason `json:"reasons,omitempty"`
+}
+
+// RiskReason is one signal's part in a host's risk.
+type RiskReason struct {
+	Signal      string  `json:"signal"`
+	Probability float64 `json:"probability"`
+	Reason      string  `json:"reason"`
 }
 
 // QEMUInfo is what a host's QEMU binary reported about itself through QMP

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/daemon"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/image"
@@ -54,6 +55,7 @@ type agentOpts struct {
 	haTiming      ha.Timing
 	noLeader      bool
 	linkProbe     time.Duration
+	health        daemon.Health
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -119,6 +121,10 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.haTiming = ha.DefaultTiming()
 	f.DurationVar(&o.linkProbe, "link-probe-every", 30*time.Second, "how often to measure the round trip to other hosts (and, every 10 minutes, a second's bandwidth); 0 never")
+	f.StringVar(&o.health.Root, "health-root", "/", "read the host's health signals (EDAC, SMART, NIC, thermal: docs/PREDICTIVE.md) under this directory")
+	f.DurationVar(&o.health.Every, "health-every", agent.DefaultHealthEvery, "how often to read the health signals and judge the host's risk of failing; 0 never")
+	f.DurationVar(&o.health.Horizon, "risk-horizon", 30*time.Minute, "how far ahead the risk of failing is judged")
+	f.Float64Var(&o.health.Threshold, "risk-threshold", agent.DefaultRiskThreshold, "probability of failing within the horizon at which the host is evacuated (0 to 1)")
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
@@ -149,7 +155,13 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		EtcdEndpoints: o.etcdEndpoints, EtcdClientURL: o.etcdClientURL, EtcdPeerURL: o.etcdPeerURL,
 		VNI: o.vni, Accel: o.accel, CPUModel: o.cpuModel, GuestTHP: o.guestTHP, HA: o.haTiming,
 		MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, NoLeader: o.noLeader,
-		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe}
+		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe, Health: o.health}
+	if o.health.Every == 0 {
+		h.Health.Every = -1
+	}
+	if o.health.Threshold <= 0 || o.health.Threshold > 1 {
+		return fmt.Errorf("--risk-threshold %g: give a probability above 0 and at most 1", o.health.Threshold)
+	}
 	if o.linkProbe == 0 {
 		h.LinkProbeEvery = -1
 	}

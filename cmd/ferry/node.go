@@ -41,7 +41,7 @@ func nodeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	c.AddCommand(nodeShowCmd(g), nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g), nodeLinksCmd(g), nodeNetCmd(g))
+	c.AddCommand(nodeShowCmd(g), nodeDrainCmd(g), nodeUndrainCmd(g), nodeRemoveCmd(g), nodeLinksCmd(g), nodeNetCmd(g), nodeRiskCmd(g))
 	return c
 }
 
@@ -84,6 +84,17 @@ func nodeShowCmd(g *globals) *cobra.Command {
 					n.CPUs, api.FormatMiB(n.UsedMiB), api.FormatMiB(n.MemoryMiB), n.VMs, n.Load1, age(n.Heartbeat))
 				if len(n.Degraded) > 0 {
 					fmt.Printf("degraded:    %s\n", strings.Join(n.Degraded, "; "))
+				}
+				if r := n.Risk; r != nil {
+					at := ""
+					if r.AtRisk {
+						at = ", AT RISK"
+					}
+					fmt.Printf("risk:        %.1f %% of failing within %s (threshold %.0f %%%s; %d signals)\n",
+						100*r.Probability, r.Horizon, 100*r.Threshold, at, r.Signals)
+					for _, x := range r.Reasons {
+						fmt.Printf("  %s\n", x.Reason)
+					}
 				}
 				if q := n.QEMU; q != nil {
 					fmt.Printf("qemu:        %s (%s)\n", q.Version, q.Package)

@@ -25,9 +25,11 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -92,6 +94,17 @@ type Config struct {
 	// MeasureEvery is how often each guest's memory use is measured (0:
 	// DefaultMeasureEvery; negative: never).
 	MeasureEvery time.Duration
+	// HealthRoot is the directory the host's health signals are read
+	// under ("/" when empty; the testbed gives each host one of its own
+	// to feed traces through). HealthEvery is how often they are read (0:
+	// DefaultHealthEvery; negative: never).
+	HealthRoot  string
+	HealthEvery time.Duration
+	// Risk tunes the failure risk model; RiskThreshold is the probability
+	// of failing within its horizon at which the host reports itself at
+	// risk (0: DefaultRiskThreshold).
+	Risk          predict.RiskConfig
+	RiskThreshold float64
 }
 
 // Agent reconciles one host.
@@ -118,6 +131,8 @@ type Agent struct {
 
 	queue    *queue
 	launches *launchHealth
+	health   *health.Self  // the signals the agent observes in its own work
+	risk     *api.HostRisk // the last assessment, guarded by mu
 	stopRun  context.CancelFunc
 	removed  atomic.Bool
 	serials  atomic.Pointer[[]string] // this host's certificates; renewals change them
@@ -151,7 +166,7 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	if cfg.Runtime == nil {
 		cfg.Runtime = HostRuntime()
 	}
-	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, phases: map[string]string{}, queue: newQueue(), launches: newLaunchHealth()}
+	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, phases: map[string]string{}, queue: newQueue(), launches: newLaunchHealth(), health: &health.Self{}}
 	a.serials.Store(&cfg.CertSerials)
 	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
 		filepath.Join(cfg.DataDir, "lease"))
@@ -203,8 +218,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
 	}
-	wg.Add(7)
+	wg.Add(8)
 	go func() { defer wg.Done(); a.leaseLoop(ctx) }()
+	go func() { defer wg.Done(); a.healthLoop(ctx) }()
 	go func() { defer wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
@@ -372,6 +388,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		n.VMs++
 		n.UsedMiB += in.memoryMiB
 	}
+	n.Risk = a.risk
 	a.mu.Unlock()
 	return a.st.PutNode(ctx, n, a.lk.ID())
 }

@@ -22,6 +22,7 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 	renewal := metrics.LeaseRenewal.WithLabelValues(a.cfg.Node)
 	a.lk.KeepAlive(ctx, func(took time.Duration) {
 		renewal.Observe(took.Seconds())
+		a.health.LeaseRenewed(took)
 		a.fmu.Lock()
 		was, why := a.fenced, a.fenceWhy
 		a.fenced, a.fenceWhy = false, ""

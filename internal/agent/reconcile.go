@@ -133,6 +133,9 @@ func (a *Agent) exited(ctx context.Context, in *instance, vm *api.VM) {
 	if !expected && vm != nil && vm.Node == a.cfg.Node {
 		phase, msg := in.exitSummary()
 		a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
+		if phase == api.PhaseFailed {
+			a.health.QEMUError()
+		}
 		st := api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
 			Message: msg, LogTail: a.logTail(name), Restarts: in.rec.Restarts}
 		if vm.Spec.HA && phase == api.PhaseFailed && vm.Spec.Power == api.PowerRunning && vm.Spec.StartSeq == in.rec.StartSeq {
@@ -241,6 +244,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	pid, err := a.rt.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
+		a.health.QEMUError()
 		return err
 	}
 	r.Add(func() {
@@ -262,6 +266,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	cancel()
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
+		a.health.QEMUError()
 		return err
 	}
 	c := qemu.QMP{Monitor: mon}

@@ -11,6 +11,7 @@ import (
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/simcluster"
 	"github.com/ferryvm/ferry/internal/simqemu"
 	"github.com/ferryvm/ferry/internal/store"
@@ -35,6 +36,9 @@ type envOpts struct {
 	stall        time.Duration // agent.Config.MigrationStall
 	ha           ha.Timing     // zero: ha.DefaultTiming
 	noWatchdog   bool
+	migrationTLS bool               // hosts have migration credentials
+	healthEvery  time.Duration      // agent.Config.HealthEvery
+	risk         predict.RiskConfig // agent.Config.Risk
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -44,7 +48,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	eps := storetest.Etcd(t)
 	c, err := simcluster.New(simcluster.Config{Endpoints: eps, Dir: t.TempDir(), ControlPlane: o.controlPlane,
-		Partitions: o.partitions, MigrationStall: o.stall, HA: o.ha, NoWatchdog: o.noWatchdog})
+		Partitions: o.partitions, MigrationStall: o.stall, HA: o.ha, NoWatchdog: o.noWatchdog,
+		HealthEvery: o.healthEvery, Risk: o.risk, MigrationCredentials: o.migrationTLS})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -65,11 +66,23 @@ type Host struct {
 	// (package linkprobe; negative: never, 0: every 30 s).
 	LinkProbeEvery time.Duration
 
+	// Health is where and how often the host reads its health signals,
+	// and how it judges its risk of failing (agent.Config's fields).
+	Health Health
+
 	// CertCheck is how often the certificates' expiry is checked;
 	// CertBefore how much lifetime left triggers renewal (0: a third).
 	CertCheck, CertBefore time.Duration
 
 	Log *slog.Logger
+}
+
+// Health configures a host's health signals and failure forecast.
+type Health struct {
+	Root      string        // read signals under this directory ("/")
+	Every     time.Duration // how often (0: agent.DefaultHealthEvery; negative: never)
+	Horizon   time.Duration // how far ahead the risk is judged (0: the model's default)
+	Threshold float64       // the probability at which the host is at risk (0: agent.DefaultRiskThreshold)
 }
 
 func (h *Host) pkiDir() string { return filepath.Join(h.DataDir, "pki") }
@@ -268,6 +281,8 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		HA: h.HA, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(h.DataDir, "failpoints"),
 		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: id.crl, CertSerials: id.serials,
 		OverlayPeers: h.OverlayPeers, APIAddress: h.Listen,
+		HealthRoot: h.Health.Root, HealthEvery: h.Health.Every, Risk: predict.RiskConfig{Horizon: h.Health.Horizon},
+		RiskThreshold: h.Health.Threshold,
 	}
 	if h.Advertise != nil {
 		local, _ := netip.AddrFromSlice(h.Advertise.To4())

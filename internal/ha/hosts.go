@@ -126,24 +126,29 @@ func (h *Hosts) lost(ctx context.Context, r *leader.Round) {
 	}
 }
 
-// outOfService puts flapping and degraded hosts in maintenance — degraded
-// ones only while some healthy host remains (shared storage filling up
-// everywhere is not helped by moving guests around).
+// outOfService puts flapping, degraded and at-risk hosts in maintenance —
+// degraded and at-risk ones only while some healthy host remains (shared
+// storage filling up everywhere is not helped by moving guests around). A
+// host at risk of failing (its own forecast from its health signals) is
+// evacuated by live migration while it still works, so its guests never
+// see the failure; it stays in maintenance until an operator undrains it.
 func (h *Hosts) outOfService(ctx context.Context, r *leader.Round) error {
 	healthy := 0
 	for _, n := range r.Nodes {
-		if n.State == "ready" && !n.Maintenance && len(n.Degraded) == 0 && len(h.losses[n.Name]) < FlapLosses {
+		if n.State == "ready" && !n.Maintenance && len(n.Degraded) == 0 && !atRisk(&n) && len(h.losses[n.Name]) < FlapLosses {
 			healthy++
 		}
 	}
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
-		why := ""
+		why, kind := "", "host-drained"
 		switch {
 		case len(h.losses[n.Name]) >= FlapLosses:
 			why = fmt.Sprintf("it was lost %d times within %s (flapping); fix it and undrain it", len(h.losses[n.Name]), FlapWindow)
 		case len(n.Degraded) > 0 && healthy > 0:
 			why = "it reports itself degraded: " + strings.Join(n.Degraded, "; ")
+		case atRisk(n) && healthy > 0:
+			why, kind = riskWhy(n.Risk), "host-at-risk"
 		}
 		if n.Maintenance {
 			// Losses while in maintenance do not count: an operator who
@@ -163,11 +168,27 @@ func (h *Hosts) outOfService(ctx context.Context, r *leader.Round) error {
 		if !h.drained[n.Name] {
 			h.drained[n.Name] = true
 			h.log.Warn("host put in maintenance", "node", n.Name, "why", why)
-			event(ctx, h.st, h.log, api.Event{Kind: "host-drained", Node: n.Name,
+			event(ctx, h.st, h.log, api.Event{Kind: kind, Node: n.Name,
 				Message: fmt.Sprintf("host %s put in maintenance (its guests move away live): %s", n.Name, why)})
 		}
 	}
 	return nil
+}
+
+// atRisk tells a host that forecasts its own failure.
+func atRisk(n *api.Node) bool { return n.Risk != nil && n.Risk.AtRisk }
+
+// riskWhy says why a host is at risk, with its three strongest reasons.
+func riskWhy(r *api.HostRisk) string {
+	var rs []string
+	for i, x := range r.Reasons {
+		if i == 3 {
+			break
+		}
+		rs = append(rs, x.Reason)
+	}
+	return fmt.Sprintf("it is at risk of failing within %s (%.0f %%): %s; check it and undrain it",
+		r.Horizon, 100*r.Probability, strings.Join(rs, "; "))
 }
 
 // event records something operators should see; failures only log.

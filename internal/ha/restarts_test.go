@@ -2,6 +2,7 @@ package ha
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,6 +212,71 @@ func TestHostsDrainsFlappingAndDegradedHosts(t *testing.T) {
 	}
 	if kinds["host-drained"] != 2 || kinds["host-lost"] != FlapLosses {
 		t.Fatalf("events %v, want 2 host-drained and %d host-lost", kinds, FlapLosses)
+	}
+}
+
+// TestHostsEvacuatesHostsAtRisk: a host that forecasts its own failure is
+// put in maintenance, so its guests move away live before it fails, with a
+// host-at-risk event that carries its reasons; while no healthy host
+// remains to take the guests, nothing is drained.
+func TestHostsEvacuatesHostsAtRisk(t *testing.T) {
+	st := storetest.New(t)
+	ctx := context.Background()
+	lease, err := st.GrantLease(ctx, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	risky := &api.HostRisk{Probability: 0.93, Horizon: "30m0s", Threshold: 0.5, AtRisk: true,
+		Reasons: []api.RiskReason{{Signal: "edac/mc0/ce", Probability: 0.93, Reason: "edac/mc0/ce at 8 errors/min, rising"}}}
+	up := func(names ...string) {
+		for _, name := range names {
+			n := api.Node{Name: name, State: "ready", MemoryMiB: 4096, Heartbeat: time.Now()}
+			if name != "h1" {
+				n.Risk = risky
+			}
+			storetest.Nodes(t, st, lease, n)
+		}
+	}
+	maintenance := func() map[string]bool {
+		nodes, err := st.ListNodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, n := range nodes {
+			out[n.Name] = n.Maintenance
+		}
+		return out
+	}
+	m := newManager(t, st, DefaultTiming())
+	var guard store.Guard
+	// Only h2 and h3, both at risk: no healthy host to move to.
+	up("h2", "h3")
+	if err := m.pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if got := maintenance(); got["h2"] || got["h3"] {
+		t.Fatalf("with no healthy host, at-risk hosts were drained: %v", got)
+	}
+	up("h1")
+	if err := m.pass(ctx, guard); err != nil {
+		t.Fatal(err)
+	}
+	if got := maintenance(); !got["h2"] || !got["h3"] || got["h1"] {
+		t.Fatalf("maintenance %v, want h2 and h3 (at risk), not h1", got)
+	}
+	evs, _ := st.ListEvents(ctx, 100)
+	n := 0
+	for _, e := range evs {
+		if e.Kind == "host-at-risk" {
+			n++
+			if !strings.Contains(e.Message, "edac/mc0/ce at 8 errors/min, rising") || !strings.Contains(e.Message, "93 %") {
+				t.Errorf("the event does not say why: %q", e.Message)
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d host-at-risk events, want 2: %+v", n, evs)
 	}
 }
 

@@ -13,8 +13,9 @@ import (
 type Self struct {
 	mu         sync.Mutex
 	qemuErrors float64
-	renewal    time.Duration
-	renewed    bool
+	renewal    time.Duration // the slowest renewal since the last read
+	fresh      bool          // a renewal happened since the last read
+	renewed    bool          // one ever happened
 }
 
 // Name is "agent".
@@ -30,12 +31,16 @@ func (s *Self) QEMUError() {
 // LeaseRenewed records how long a lease renewal took.
 func (s *Self) LeaseRenewed(took time.Duration) {
 	s.mu.Lock()
-	s.renewal, s.renewed = took, true
+	if !s.fresh || took > s.renewal {
+		s.renewal = took
+	}
+	s.fresh, s.renewed = true, true
 	s.mu.Unlock()
 }
 
-// Read returns the QEMU error counter and, once a renewal happened, its
-// latency in seconds.
+// Read returns the QEMU error counter and, once a renewal happened, the
+// slowest renewal since the last read in seconds (the last one's when none
+// happened since).
 func (s *Self) Read(context.Context) ([]Reading, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -43,5 +48,6 @@ func (s *Self) Read(context.Context) ([]Reading, error) {
 	if s.renewed {
 		out = append(out, Reading{Signal: "agent/lease_renewal", Kind: Gauge, Value: s.renewal.Seconds(), Unit: "s"})
 	}
+	s.fresh = false
 	return out, nil
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/daemon"
 	"github.com/ferryvm/ferry/internal/ha"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/simqemu"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -50,7 +52,17 @@ type Config struct {
 	NoWatchdog bool
 	// MigrationStall is the agents' agent.Config.MigrationStall.
 	MigrationStall time.Duration
-	Log            *slog.Logger
+	// MigrationCredentials: each host gets migration credentials from a
+	// migration CA of the cluster's own, so that migrations the
+	// controllers start with the defaults (TLS) can run, as a drain's do.
+	MigrationCredentials bool
+	// HealthEvery, Risk and RiskThreshold are the agents' health
+	// sampling and failure forecast (agent.Config's fields); each host
+	// reads its signals under a directory of its own, Host.HealthRoot.
+	HealthEvery   time.Duration
+	Risk          predict.RiskConfig
+	RiskThreshold float64
+	Log           *slog.Logger
 }
 
 // Cluster is a set of simulated hosts sharing one World.
@@ -140,12 +152,18 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 	if c.cfg.NoWatchdog {
 		wd = nil
 	}
+	migDir, err := c.migrationCredentials(dir, name)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	ag, err := agent.New(agent.Config{
 		Node: name, Address: "127.0.0.1", DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
 		StorageDir: filepath.Join(dir, "storage"), ImageDir: c.image, Accel: "tcg", QEMU: c.World.Info(),
 		HA: c.cfg.HA, Watchdog: wd, Runtime: h.Runtime, Log: c.cfg.Log.With("host", name),
 		CPUs: c.cfg.CPUs, MemoryMiB: c.cfg.MemoryMiB, MigrationStall: c.cfg.MigrationStall,
-		FailpointFile: h.failpoints(),
+		FailpointFile: h.failpoints(), MigrationTLSDir: migDir,
+		HealthRoot: h.HealthRoot(), HealthEvery: c.cfg.HealthEvery, Risk: c.cfg.Risk, RiskThreshold: c.cfg.RiskThreshold,
 	}, st)
 	if err != nil {
 		st.Close()
@@ -236,6 +254,27 @@ func (h *Host) Kill() {
 }
 
 func (h *Host) failpoints() string { return filepath.Join(h.c.cfg.Dir, h.Name, "failpoints") }
+
+// migrationCredentials issues host name's migration credentials under its
+// directory when the cluster gives hosts some, and returns where they are
+// ("" for none).
+func (c *Cluster) migrationCredentials(dir, name string) (string, error) {
+	if !c.cfg.MigrationCredentials {
+		return "", nil
+	}
+	ca, err := pki.EnsureMigrationCA(filepath.Join(c.cfg.Dir, "migration-ca"))
+	if err != nil {
+		return "", err
+	}
+	if err := ca.EnsureMigration(dir, name, []string{"127.0.0.1"}); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, pki.MigrationDir), nil
+}
+
+// HealthRoot is the directory the host reads its health signals under: a
+// test writes traces there in the layout of /sys (package health).
+func (h *Host) HealthRoot() string { return filepath.Join(h.c.cfg.Dir, h.Name, "health") }
 
 // Arm makes the host's agent wait d at a failpoint (package failpoint);
 // d = 0 disarms it.

@@ -18,13 +18,13 @@ type Proc struct {
 	UUID, Name, Host, Endpoint string
 	Machine                    string
 	MemoryMiB                  int
-	BootID                     string
-	booted                     time.Time
 	gone                       chan struct{}
 	autostart                  bool // no -S: the CPUs run once the guest is in
 
 	mu     sync.Mutex
-	state  string // QEMU's run state: prelaunch, running, paused, inmigrate, postmigrate, shutdown
+	bootID string    // the guest's boot: a live migration carries it over
+	booted time.Time // when that boot happened
+	state  string    // QEMU's run state: prelaunch, running, paused, inmigrate, postmigrate, shutdown
 	exited bool
 	mons   []*monitor
 	caps   map[string]bool
@@ -39,7 +39,7 @@ type Proc struct {
 
 func newProc(w *World, pid int, host string, cfg *qemu.Config) *Proc {
 	p := &Proc{w: w, Pid: pid, UUID: cfg.UUID, Name: cfg.Name, Host: host, Endpoint: endpointOf(cfg), Machine: cfg.Machine,
-		MemoryMiB: cfg.MemoryMiB, BootID: uuid.NewString(), booted: time.Now(), gone: make(chan struct{}),
+		MemoryMiB: cfg.MemoryMiB, bootID: uuid.NewString(), booted: time.Now(), gone: make(chan struct{}),
 		autostart: !cfg.Paused, caps: map[string]bool{}, params: map[string]any{"downtime-limit": int64(300)}}
 	switch {
 	case cfg.Incoming != "":
@@ -308,4 +308,12 @@ func (p *Proc) MigrationStatus() string {
 		return ""
 	}
 	return p.mig.status
+}
+
+// Boot is the guest's boot identity and time, as its health probe reports
+// them: a guest that moved live keeps both; one started afresh gets new ones.
+func (p *Proc) Boot() (id string, at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.bootID, p.booted
 }

@@ -77,6 +77,7 @@ func (p *Proc) receive(mig *migration, ln net.Listener) {
 		p.receiveBroken(mig, nil)
 		return
 	}
+	p.adoptBoot(pid)
 	p.mu.Lock()
 	if p.exited || p.mig != mig {
 		p.mu.Unlock()
@@ -167,4 +168,16 @@ func (p *Proc) receiveBroken(mig *migration, conn net.Conn) {
 	p.setMigStatusLocked(mig, "failed")
 	p.mu.Unlock()
 	p.Crash()
+}
+
+// adoptBoot makes the guest arriving the source's: the same boot.
+func (p *Proc) adoptBoot(sourcePid int) {
+	src := p.w.proc(sourcePid)
+	if src == nil || src == p {
+		return
+	}
+	id, at := src.Boot()
+	p.mu.Lock()
+	p.bootID, p.booted = id, at
+	p.mu.Unlock()
 }

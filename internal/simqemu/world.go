@@ -257,7 +257,8 @@ func (r *Runtime) Probe(ctx context.Context, endpoint string) *api.Guest {
 	if p == nil || !p.Running() {
 		return &api.Guest{Healthy: false}
 	}
-	return &api.Guest{Healthy: true, BootID: p.BootID, UptimeS: time.Since(p.booted).Seconds(), LastSeen: time.Now().UTC()}
+	id, at := p.Boot()
+	return &api.Guest{Healthy: true, BootID: id, UptimeS: time.Since(at).Seconds(), LastSeen: time.Now().UTC()}
 }
 
 func (w *World) proc(pid int) *Proc {

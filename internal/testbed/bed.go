@@ -59,6 +59,11 @@ type Host struct {
 	ExtraArgs []string `json:"extra_args,omitempty"`
 }
 
+// HealthRoot is the directory the host's agent reads its health signals
+// under (its --health-root): traces written there in the layout of /sys
+// are what the host's hardware says.
+func (h *Host) HealthRoot() string { return filepath.Join(h.DataDir, "health") }
+
 // Options configure Up.
 type Options struct {
 	Name     string // short; prefixes namespaces and the directory (default "fbed")
@@ -248,7 +253,7 @@ func (b *Bed) AgentArgs(i int) []string {
 	h := b.Hosts[i]
 	a := []string{"agent", "--advertise", h.Addr, "--data-dir", h.DataDir, "--run-dir", h.RunDir,
 		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
-		"--overlay-peer", b.ClientAddr}
+		"--overlay-peer", b.ClientAddr, "--health-root", h.HealthRoot()}
 	if i == 0 {
 		return append(append(a, "--server"), h.ExtraArgs...)
 	}

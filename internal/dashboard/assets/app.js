@@ -197,7 +197,7 @@ function renderCharts() {
   for (const [k, v] of Object.entries(samples.rtt)) chart(rb, k, v, " ms");
 }
 
-const HA_KINDS = ["host-lost", "host-unreachable", "host-reachable", "ha-restart", "ha-waiting", "self-fenced", "host-drained", "drain-stuck", "link-degraded", "link-recovered", "leader-elected", "drain", "undrain"];
+const HA_KINDS = ["host-lost", "host-unreachable", "host-reachable", "ha-restart", "ha-waiting", "self-fenced", "host-drained", "host-at-risk", "drain-stuck", "link-degraded", "link-recovered", "leader-elected", "drain", "undrain"];
 
 function addEvent(ev) {
   const item = (cls) => el("li", { class: cls || "" }, el("span", { class: "t", text: clock(ev.time) }), el("span", { class: "k", text: ev.kind }), el("span", { text: ev.message }));
