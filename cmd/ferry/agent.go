@@ -124,6 +124,7 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.health.Root, "health-root", "/", "read the host's health signals (EDAC, SMART, NIC, thermal: docs/PREDICTIVE.md) under this directory")
 	f.DurationVar(&o.health.Every, "health-every", agent.DefaultHealthEvery, "how often to read the health signals and judge the host's risk of failing; 0 never")
 	f.DurationVar(&o.health.Horizon, "risk-horizon", 30*time.Minute, "how far ahead the risk of failing is judged")
+	f.Float64Var(&o.health.TimeScale, "risk-time-scale", 1, "for testbeds replaying health traces compressed in time: counters' failure limits (rates) are multiplied by this")
 	f.Float64Var(&o.health.Threshold, "risk-threshold", agent.DefaultRiskThreshold, "probability of failing within the horizon at which the host is evacuated (0 to 1)")
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")

@@ -83,6 +83,7 @@ type Health struct {
 	Every     time.Duration // how often (0: agent.DefaultHealthEvery; negative: never)
 	Horizon   time.Duration // how far ahead the risk is judged (0: the model's default)
 	Threshold float64       // the probability at which the host is at risk (0: agent.DefaultRiskThreshold)
+	TimeScale float64       // counters' limits multiplied by this (compressed traces; 0: 1)
 }
 
 func (h *Host) pkiDir() string { return filepath.Join(h.DataDir, "pki") }
@@ -281,7 +282,7 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		HA: h.HA, WatchdogCmd: []string{exe, "watchdog"}, FailpointFile: filepath.Join(h.DataDir, "failpoints"),
 		MigrationTLSDir: filepath.Join(pkiDir, pki.MigrationDir), CRLFile: id.crl, CertSerials: id.serials,
 		OverlayPeers: h.OverlayPeers, APIAddress: h.Listen,
-		HealthRoot: h.Health.Root, HealthEvery: h.Health.Every, Risk: predict.RiskConfig{Horizon: h.Health.Horizon},
+		HealthRoot: h.Health.Root, HealthEvery: h.Health.Every, Risk: predict.RiskConfig{Horizon: h.Health.Horizon, TimeScale: h.Health.TimeScale},
 		RiskThreshold: h.Health.Threshold,
 	}
 	if h.Advertise != nil {

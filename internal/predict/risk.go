@@ -43,6 +43,10 @@ type RiskConfig struct {
 	// last element ("nic/carrier_changes") or by source ("thermal"): a
 	// level for gauges, a rate per second for counters.
 	Limits map[string]float64
+	// TimeScale is for replaying traces compressed in time (a testbed's
+	// "day" lasting minutes): counters' limits, rates per second, are
+	// multiplied by it, as the traces' rates are. 0 and 1 leave them.
+	TimeScale float64
 }
 
 // DefaultLimits are the failure limits used when neither the hardware nor
@@ -166,6 +170,10 @@ func assessSignal(cfg RiskConfig, now time.Time, s Signal) SignalRisk {
 			r.Reason = fmt.Sprintf("%s: %g new in the last %s, a failure already", s.Name, rise, roundDur(now.Sub(pts[0].T)))
 		}
 		return r
+	case health.Counter:
+		if cfg.TimeScale > 0 {
+			r.Limit *= cfg.TimeScale
+		}
 	case health.Fault:
 		r.Now = pts[len(pts)-1].V
 		if r.Now != 0 {
@@ -176,28 +184,13 @@ func assessSignal(cfg RiskConfig, now time.Time, s Signal) SignalRisk {
 	}
 	unit, scale := s.Unit, 1.0
 	if s.Kind == health.Counter {
-		pts = rates(pts)
 		unit, scale = s.Unit+"/min", 60
-		if len(pts) == 0 {
+		if !judgeCounter(cfg, now, pts, &r) {
 			return r
 		}
-	}
-	h := cfg.Horizon.Seconds()
-	r.Now = pts[len(pts)-1].V
-	var sigma float64
-	if len(pts) < cfg.MinPoints {
-		r.Projected = r.Now
 	} else {
-		f := fitLine(now, pts)
-		if f.slope > 0 && f.t >= cfg.Significance {
-			r.Slope = f.slope
-			r.Projected = f.at(h)
-			sigma = f.predictionError(h)
-		} else {
-			r.Projected, sigma = recentLevel(pts)
-		}
+		judgeGauge(cfg, now, pts, &r)
 	}
-	r.Probability = exceedance(r.Projected, sigma, r.Limit)
 	if r.Probability >= reportFloor {
 		trend := "flat"
 		if r.Slope > 0 {
@@ -209,28 +202,187 @@ func assessSignal(cfg RiskConfig, now time.Time, s Signal) SignalRisk {
 	return r
 }
 
+// trendable tells whether a history is long enough to extrapolate to the
+// horizon: enough points, and spanning at least half the horizon (a line
+// is never stretched to more than twice its own length ahead).
+func trendable(cfg RiskConfig, n int, span time.Duration) bool {
+	return n >= cfg.MinPoints && 2*span >= cfg.Horizon
+}
+
+// judgeGauge scores a level: its significant rise extrapolated, or its
+// recent level and noise.
+func judgeGauge(cfg RiskConfig, now time.Time, pts []telemetry.Point, r *SignalRisk) {
+	r.Now = pts[len(pts)-1].V
+	r.Projected = r.Now
+	var sigma float64
+	if tf, ok := bestTrend(cfg, now, pts, false); ok {
+		r.Slope, r.Projected, sigma = tf.slope, tf.projected, tf.sigma
+	} else if trendable(cfg, len(pts), pts[len(pts)-1].T.Sub(pts[0].T)) {
+		r.Projected, sigma = recentLevel(pts)
+	}
+	r.Probability = exceedance(r.Projected, sigma, r.Limit)
+}
+
+// trendSpans are the stretches of recent history a trend is fitted over,
+// in horizons: the last two, and the last one alone (a rise that began
+// lately, which a longer fit would flatten).
+var trendSpans = []time.Duration{2, 1}
+
+// trendFit is a believed rise: its slope a second, the value it projects
+// at the horizon, and the projection's standard error.
+type trendFit struct{ slope, projected, sigma float64 }
+
+// bestTrend fits a line to each recent stretch (a counter's rates over
+// sub-stretches holding several events each) and returns, among the
+// significant rises, the one that projects highest.
+func bestTrend(cfg RiskConfig, now time.Time, pts []telemetry.Point, counter bool) (trendFit, bool) {
+	var best trendFit
+	found := false
+	h := cfg.Horizon.Seconds()
+	for _, k := range trendSpans {
+		sub := within(pts, now.Add(-k*cfg.Horizon))
+		if len(sub) < 2 {
+			continue
+		}
+		series := sub
+		if counter {
+			series = rates(sub, min(rateBuckets, int(increase(sub)/eventsPerBucket)))
+		}
+		if !trendable(cfg, len(series), sub[len(sub)-1].T.Sub(sub[0].T)) {
+			continue
+		}
+		f := fitLine(now, series)
+		if f.slope <= 0 || f.t < cfg.Significance {
+			continue
+		}
+		if c := (trendFit{f.slope, f.at(h), f.predictionError(h)}); !found || c.projected > best.projected {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+// eventsPerBucket is how many events a counter's stretch should hold on
+// average before its rate counts as a point of a trend: with fewer, a
+// Poisson count's noise (±45 % at five) swamps any trend.
+const eventsPerBucket = 5
+
+// judgeCounter scores a counter by its rate: a significant rise of the
+// rate over stretches of the history extrapolated, or otherwise its rate
+// over the last third of the history, with a counting process's (Poisson)
+// uncertainty. It returns false when the history is too short to judge:
+// under half the horizon.
+func judgeCounter(cfg RiskConfig, now time.Time, pts []telemetry.Point, r *SignalRisk) bool {
+	if len(pts) < 2 {
+		return false
+	}
+	span := pts[len(pts)-1].T.Sub(pts[0].T)
+	if 2*span < cfg.Horizon {
+		// Too short a history to tell a rate from chance (no error in
+		// ten seconds says little about a limit of one a minute).
+		return false
+	}
+	// The recent rate, and its uncertainty.
+	from := within(pts, pts[len(pts)-1].T.Add(-span/3))
+	if len(from) < 2 {
+		from = pts[len(pts)-2:]
+	}
+	n, dt := increase(from), from[len(from)-1].T.Sub(from[0].T).Seconds()
+	if dt <= 0 {
+		return false
+	}
+	r.Now, r.Projected = n/dt, n/dt
+	sigma := math.Sqrt(math.Max(n, 1)) / dt
+	if tf, ok := countTrend(cfg, now, pts); ok && tf.projected > r.Projected {
+		r.Slope, r.Projected, sigma = tf.slope, tf.projected, math.Max(sigma, tf.sigma)
+	}
+	r.Probability = exceedance(r.Projected, sigma, r.Limit)
+	return true
+}
+
+// countTrend tests a counter's events for a rising rate and projects it.
+// The events (each sample's increase, placed at its time) are tested with
+// the Laplace trend test, the reliability engineer's test for failures
+// coming ever more often: under a steady rate their mean time sits in the
+// middle of the window, and the statistic counts how many standard errors
+// later it sits. A significant rise is projected with the power-law
+// process (Crow-AMSAA), whose rate λ(t) ∝ t^(β-1) is fitted by maximum
+// likelihood: β̂ = n / Σ ln(T/tᵢ). One burst is not a trend: the events
+// must come in at least MinPoints samples, and no sample counts for more
+// than three times the mean of the samples with events.
+func countTrend(cfg RiskConfig, now time.Time, pts []telemetry.Point) (trendFit, bool) {
+	// The whole window: sparse events need all of it to show a trend.
+	pts = within(pts, now.Add(-cfg.Window))
+	if len(pts) < 2 || 2*pts[len(pts)-1].T.Sub(pts[0].T) < cfg.Horizon {
+		return trendFit{}, false
+	}
+	type ev struct{ t, c float64 }
+	var evs []ev
+	var total float64
+	for i := 1; i < len(pts); i++ {
+		if d := pts[i].V - pts[i-1].V; d > 0 {
+			evs = append(evs, ev{pts[i].T.Sub(pts[0].T).Seconds(), d})
+			total += d
+		}
+	}
+	if len(evs) < cfg.MinPoints {
+		return trendFit{}, false
+	}
+	capAt := 3 * total / float64(len(evs))
+	var n, sumT, sumLog float64
+	T := pts[len(pts)-1].T.Sub(pts[0].T).Seconds()
+	for _, e := range evs {
+		c := math.Min(e.c, capAt)
+		n += c
+		sumT += c * e.t
+		sumLog += c * math.Log(T/e.t)
+	}
+	u := (sumT/n - T/2) / (T * math.Sqrt(1/(12*n)))
+	if u < cfg.Significance || sumLog <= 0 {
+		return trendFit{}, false
+	}
+	beta := n / sumLog
+	rateNow := beta * n / T
+	growth := (T + cfg.Horizon.Seconds()) / T
+	proj := rateNow * math.Pow(growth, beta-1)
+	// The projection's error, from β̂'s (about β̂/√n) through the power.
+	sigma := proj * math.Sqrt((1+math.Pow(beta*math.Log(growth), 2))/n)
+	return trendFit{slope: (proj - rateNow) / cfg.Horizon.Seconds(), projected: proj, sigma: sigma}, true
+}
+
+// increase is how much a counter grew over the points, resets aside.
+func increase(pts []telemetry.Point) float64 {
+	var n float64
+	for i := 1; i < len(pts); i++ {
+		if d := pts[i].V - pts[i-1].V; d > 0 {
+			n += d
+		}
+	}
+	return n
+}
+
 // within returns the points at or after t.
 func within(pts []telemetry.Point, t time.Time) []telemetry.Point {
 	i := sort.Search(len(pts), func(i int) bool { return !pts[i].T.Before(t) })
 	return pts[i:]
 }
 
-// rateBuckets is how many stretches a counter's history is cut into: its
-// rate is measured over each. Sparse counters (a flap a minute sampled
-// every few seconds) are all zeros and ones sample by sample; over a dozen
-// stretches their rate, and its trend, can be seen.
+// rateBuckets is the most stretches a counter's history is cut into to see
+// a trend in its rate. Sparse counters (a flap a minute sampled every few
+// seconds) are all zeros and ones sample by sample; over stretches holding
+// several events each, their rate, and its trend, can be seen.
 const rateBuckets = 12
 
-// rates turns a counter's values into rates per second over up to
-// rateBuckets consecutive stretches of the history, each placed at its last
-// sample. A counter that went down was reset (a driver reloaded): the
-// interval across the reset counts no events.
-func rates(pts []telemetry.Point) []telemetry.Point {
+// rates turns a counter's values into rates per second over up to b
+// consecutive stretches of the history, each placed at its last sample. A
+// counter that went down was reset (a driver reloaded): the interval
+// across the reset counts no events.
+func rates(pts []telemetry.Point, b int) []telemetry.Point {
 	n := len(pts) - 1
-	if n < 1 {
+	if n < 1 || b < 1 {
 		return nil
 	}
-	b := min(rateBuckets, n)
+	b = min(b, n)
 	out := make([]telemetry.Point, 0, b)
 	for k := 0; k < b; k++ {
 		from, to := k*n/b, (k+1)*n/b

@@ -98,9 +98,20 @@ func qemuErrors(s *health.Self) float64 {
 	return 0
 }
 
+// history is how a source is sampled: every 30 s for 20 minutes for gauges;
+// every minute for two hours (the model's window) for counters, whose
+// sparse events need longer to show a trend (a rise to 0.8 errors a minute
+// is 48 errors in two hours).
+func history(src source) (step time.Duration, samples int) {
+	if src.gauge {
+		return 30 * time.Second, 40
+	}
+	return time.Minute, 120
+}
+
 const (
-	step    = 30 * time.Second
-	samples = 40 // 20 minutes of history
+	step    = 30 * time.Second // TestAlarmsAndFaults
+	samples = 40
 )
 
 // replay feeds a source samples levels (gauge values or counter rates per
@@ -113,6 +124,7 @@ func replay(t *testing.T, src source, level func(i int) float64) predict.HostRis
 	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 	total := 0.0
 	var now time.Time
+	step, samples := history(src)
 	for i := 0; i < samples; i++ {
 		now = start.Add(time.Duration(i) * step)
 		v := level(i)
@@ -138,11 +150,21 @@ func TestRisingTrendRaisesRiskFlatNoiseDoesNot(t *testing.T) {
 			if src.gauge {
 				base = src.limit * 0.5
 			}
-			// Rising: from the base to 80 % of the limit over the
-			// history, with a little noise; 30 minutes on, past it.
+			// Rising: at 80 % of the limit now, on a course past it
+			// within the horizon (30 minutes), with a little noise.
+			// Gauges rise from the base towards 150 % of the limit at
+			// the horizon. Counters' events are sparse (a limit of one
+			// a minute is 30 events a horizon), and a trend among them
+			// needs room to show: their rate rises from nothing an hour
+			// and a half ago, which passes the limit within the horizon.
 			rng := rand.New(rand.NewSource(1))
+			step, n := history(src)
 			rising := replay(t, src, func(i int) float64 {
-				v := base + (src.limit*0.8-base)*float64(i)/float64(samples-1)
+				ago := float64(n-1-i) * step.Minutes()
+				v := math.Max(base, src.limit*(0.8-0.7*ago/30))
+				if !src.gauge {
+					v = math.Max(0, src.limit*0.8*(1-ago/90))
+				}
 				return v * (1 + 0.03*(rng.Float64()-0.5))
 			})
 			if rising.Probability < 0.5 || len(rising.Signals) == 0 {
