@@ -1,0 +1,436 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/healthtrace"
+	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/testbed"
+	"github.com/spf13/cobra"
+)
+
+// predictiveHorizon is the risk horizon on the compressed traces: 30
+// minutes of a real host's life.
+const predictiveHorizon = 45 * time.Second
+
+// failureRun is one failing trace played on a host, with a healthy trace
+// on another, in one mode.
+type failureRun struct {
+	Mode        string `json:"mode"`
+	Failing     string `json:"failing_trace"`
+	Healthy     string `json:"healthy_trace"`
+	HeldOut     bool   `json:"held_out"`
+	FailingHost string `json:"failing_host"`
+	HealthyHost string `json:"healthy_host"`
+	Guests      int    `json:"guests_on_failing_host"`
+	// AtRiskS is when the failing host first reported itself at risk
+	// (trace seconds; -1 never); EvacuatedS when its last guest had left.
+	AtRiskS    float64 `json:"at_risk_s"`
+	EvacuatedS float64 `json:"evacuated_s"`
+	// EvacuatedBeforeDeath: every guest had moved away live before the
+	// host died.
+	EvacuatedBeforeDeath bool `json:"evacuated_before_death"`
+	// FalseAlarms are the healthy hosts (the healthy trace's, and the one
+	// with a baseline) judged at risk or drained during the run.
+	FalseAlarms []string `json:"false_alarms,omitempty"`
+	// Reboots are the guests that booted again after the death (HA
+	// restarts); Lost those not running again within two minutes.
+	Reboots int    `json:"guest_reboots"`
+	Lost    int    `json:"guests_lost"`
+	Reason  string `json:"reason,omitempty"` // what the at-risk event said
+	Error   string `json:"error,omitempty"`
+}
+
+func benchPredictiveCmd() *cobra.Command {
+	var asJSON bool
+	var imageDir string
+	var modes []string
+	c := &cobra.Command{
+		Use:   "predictive",
+		Short: "Replay host failure traces, predictive against reactive: hosts evacuated before they die, false alarms, guest reboots",
+		Long: `Builds a 4-host testbed (h1 holds the API and is kept in maintenance) with two HA
+guests, and replays the host health traces of internal/healthtrace through each
+host's --health-root, compressed 40-fold (150 s of trace are 100 minutes; the
+risk horizon is 45 s, 30 minutes of real time). Each run moves both guests onto
+one host, plays a failing trace on it and a healthy one on another (the third
+host plays a quiet baseline), and kills the failing host at the trace's end.
+
+Predictive: the agents read their signals every second and judge their risk; a
+host at risk is evacuated by live migration. Reactive: the agents read nothing
+(--health-every 0), the host dies with its guests and HA restarts them; since
+nothing reads the traces, reactive runs kill the host 20 s after the guests are
+in place instead of waiting out the trace.
+
+It reports, per mode and for the tuning and held-out traces apart: failing hosts
+whose guests had all moved away before the death (recall), healthy hosts judged
+at risk (false alarms), and guest reboots caused by the deaths. Load forecasting
+(overloaded time, service latency) is not part of it yet.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if _, err := image.Find(imageDir); err != nil {
+				return err
+			}
+			say := sayer(!asJSON)
+			var runs []failureRun
+			for _, mode := range modes {
+				rs, err := benchPredictiveMode(cmd.Context(), self, imageDir, mode, say)
+				if err != nil {
+					return fmt.Errorf("%s: %w", mode, err)
+				}
+				runs = append(runs, rs...)
+			}
+			res := map[string]any{"benchmark": "predictive", "date": time.Now().UTC().Format(time.RFC3339),
+				"qemu": qemuVersionOf(cmd.Context()), "accel": "tcg", "hosts": 4, "guests": 2,
+				"compression": healthtrace.Compression, "horizon_s": predictiveHorizon.Seconds(),
+				"runs": runs, "summary": summarizeFailures(runs)}
+			if asJSON {
+				return printJSON(os.Stdout, res)
+			}
+			for _, s := range res["summary"].([]failureSummary) {
+				fmt.Printf("%-10s %-8s recall %d/%d  false alarms %d/%d  guest reboots %d (lost %d)\n",
+					s.Mode, s.Set, s.Evacuated, s.Failing, s.FalseAlarms, s.Healthy, s.Reboots, s.Lost)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
+	c.Flags().StringSliceVar(&modes, "modes", []string{"predictive", "reactive"}, "modes to run")
+	return c
+}
+
+// failureSummary is one mode's figures over one set of traces.
+type failureSummary struct {
+	Mode        string `json:"mode"`
+	Set         string `json:"set"` // tuning or held-out
+	Failing     int    `json:"failing_hosts"`
+	Evacuated   int    `json:"evacuated_before_death"`
+	Healthy     int    `json:"healthy_hosts"`
+	FalseAlarms int    `json:"false_alarms"`
+	Reboots     int    `json:"guest_reboots"`
+	Lost        int    `json:"guests_lost"`
+	Errors      int    `json:"failed_runs"`
+}
+
+func summarizeFailures(runs []failureRun) []failureSummary {
+	idx := map[string]*failureSummary{}
+	var order []string
+	for _, r := range runs {
+		set := "tuning"
+		if r.HeldOut {
+			set = "held-out"
+		}
+		k := r.Mode + "/" + set
+		s := idx[k]
+		if s == nil {
+			s = &failureSummary{Mode: r.Mode, Set: set}
+			idx[k] = s
+			order = append(order, k)
+		}
+		if r.Error != "" {
+			s.Errors++
+			continue
+		}
+		s.Failing++
+		if r.EvacuatedBeforeDeath {
+			s.Evacuated++
+		}
+		s.Healthy += 2 // the healthy trace's host and the baseline's
+		s.FalseAlarms += len(r.FalseAlarms)
+		s.Reboots += r.Reboots
+		s.Lost += r.Lost
+	}
+	out := make([]failureSummary, 0, len(order))
+	for _, k := range order {
+		out = append(out, *idx[k])
+	}
+	return out
+}
+
+// benchPredictiveMode builds a testbed for one mode and plays every
+// failing trace once, each beside a healthy one.
+func benchPredictiveMode(ctx context.Context, self, imageDir, mode string, say func(string, ...any)) ([]failureRun, error) {
+	args := []string{"--health-every", "0"}
+	if mode == "predictive" {
+		args = []string{"--health-every", "1s", "--risk-horizon", predictiveHorizon.String(),
+			"--risk-time-scale", fmt.Sprint(healthtrace.Compression)}
+	} else if mode != "reactive" {
+		return nil, fmt.Errorf("mode %q is not predictive or reactive", mode)
+	}
+	o := testbed.Options{Name: "fbp", Hosts: 4, Bin: self, ImageDir: imageDir, HostArgs: map[int][]string{}}
+	for i := 0; i < 4; i++ {
+		o.HostArgs[i] = args
+	}
+	b, cl, err := benchBedWith(ctx, o, say)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Down()
+	if _, err := cl.DrainNode(ctx, b.Hosts[0].Name); err != nil {
+		return nil, err
+	}
+	guests := []string{"pg1", "pg2"}
+	for _, g := range guests {
+		if _, err := cl.CreateVM(ctx, api.VMCreateRequest{Name: g, HA: true}); err != nil {
+			return nil, err
+		}
+	}
+	for _, g := range guests {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err := cl.WaitVM(wctx, g, func(vm *api.VM) (bool, error) { return healthy(vm), nil })
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("guest %s did not come up: %w", g, err)
+		}
+	}
+	var failing, healthyTraces []healthtrace.Trace
+	for _, tr := range healthtrace.All() {
+		if tr.Failing {
+			failing = append(failing, tr)
+		} else {
+			healthyTraces = append(healthyTraces, tr)
+		}
+	}
+	// Tuning traces first, then the held-out ones, each set pairing its
+	// failing traces with its healthy ones in turn.
+	sort.SliceStable(failing, func(i, j int) bool { return !failing[i].HeldOut && failing[j].HeldOut })
+	var runs []failureRun
+	for i, f := range failing {
+		h := healthtrace.Baseline()
+		var pool []healthtrace.Trace
+		for _, t := range healthyTraces {
+			if t.HeldOut == f.HeldOut {
+				pool = append(pool, t)
+			}
+		}
+		if len(pool) > 0 {
+			h = pool[i%len(pool)]
+		}
+		p := &failurePlay{b: b, cl: cl, mode: mode, guests: guests, failing: f, healthy: h,
+			fi: 1 + i%3, hi: 1 + (i+1)%3, oi: 1 + (i+2)%3, seed: int64(i + 1)}
+		r := p.run(ctx)
+		say("%s run %d (%s on %s, %s on %s): %+v", mode, i+1, f.Name, r.FailingHost, h.Name, r.HealthyHost, r)
+		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+// failurePlay is one run: a failing trace on host fi, a healthy one on hi,
+// the baseline on oi (and on h1, which holds the API).
+type failurePlay struct {
+	b               *testbed.Bed
+	cl              *client.Client
+	mode            string
+	guests          []string
+	failing         healthtrace.Trace
+	healthy         healthtrace.Trace
+	fi, hi, oi      int
+	seed            int64
+	players         map[int]*healthtrace.Player
+	start           time.Time
+	atRisk, drained map[string]bool
+}
+
+func (p *failurePlay) run(ctx context.Context) (r failureRun) {
+	bh := p.b.Hosts
+	r = failureRun{Mode: p.mode, Failing: p.failing.Name, Healthy: p.healthy.Name, HeldOut: p.failing.HeldOut,
+		FailingHost: bh[p.fi].Name, HealthyHost: bh[p.hi].Name, AtRiskS: -1, EvacuatedS: -1}
+	fail := func(err error) failureRun { r.Error = err.Error(); return r }
+	p.players = map[int]*healthtrace.Player{
+		0:    healthtrace.NewPlayer(healthtrace.Baseline(), bh[0].HealthRoot(), p.seed*10),
+		p.fi: healthtrace.NewPlayer(p.failing, bh[p.fi].HealthRoot(), p.seed*10+1),
+		p.hi: healthtrace.NewPlayer(p.healthy, bh[p.hi].HealthRoot(), p.seed*10+2),
+		p.oi: healthtrace.NewPlayer(healthtrace.Baseline(), bh[p.oi].HealthRoot(), p.seed*10+3),
+	}
+	if err := p.step(0); err != nil {
+		return fail(err)
+	}
+	defer p.recover(ctx)
+	boots, err := p.gather(ctx, bh[p.fi].Name)
+	if err != nil {
+		return fail(err)
+	}
+	r.Guests = len(boots)
+	p.start = time.Now()
+	p.atRisk, p.drained = map[string]bool{}, map[string]bool{}
+	dies := p.failing.DiesAt
+	if p.mode == "reactive" {
+		dies = 20 * time.Second // nothing reads the traces
+	}
+	for {
+		t := time.Since(p.start)
+		if t >= dies {
+			break
+		}
+		if err := p.step(t); err != nil {
+			return fail(err)
+		}
+		if err := p.watch(ctx, &r, t); err != nil {
+			return fail(err)
+		}
+		select {
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-time.After(time.Second - time.Since(p.start.Add(t))):
+		}
+	}
+	r.EvacuatedBeforeDeath = r.EvacuatedS >= 0
+	for _, h := range []int{p.hi, p.oi} {
+		if name := bh[h].Name; p.atRisk[name] || p.drained[name] {
+			r.FalseAlarms = append(r.FalseAlarms, name)
+		}
+	}
+	if err := p.b.KillHost(p.fi); err != nil {
+		return fail(err)
+	}
+	r.Reboots, r.Lost = p.countReboots(ctx, boots)
+	return r
+}
+
+// step writes every host's trace at trace time t.
+func (p *failurePlay) step(t time.Duration) error {
+	for _, pl := range p.players {
+		if err := pl.Step(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// gather moves every guest onto host and returns their boots.
+func (p *failurePlay) gather(ctx context.Context, host string) (map[string]string, error) {
+	boots := map[string]string{}
+	for _, g := range p.guests {
+		vm, err := p.cl.GetVM(ctx, g)
+		if err != nil {
+			return nil, err
+		}
+		if vm.Node != host {
+			m, err := p.cl.MigrateVM(ctx, g, api.MigrateRequest{To: host})
+			if err != nil {
+				return nil, fmt.Errorf("moving %s to %s: %w", g, host, err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			m, err = p.cl.WaitMigration(wctx, g, m.ID, nil)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("moving %s to %s: %w", g, host, err)
+			}
+			if m.Phase != api.MigCompleted {
+				return nil, fmt.Errorf("moving %s to %s: %s (%s)", g, host, m.Phase, m.Error)
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		vm, err = p.cl.WaitVM(wctx, g, func(vm *api.VM) (bool, error) { return healthy(vm) && vm.Node == host, nil })
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("%s on %s: %w", g, host, err)
+		}
+		boots[g] = vm.Status.Guest.BootID
+	}
+	return boots, nil
+}
+
+// watch notes who is at risk or drained, and when the failing host's
+// guests had all left it.
+func (p *failurePlay) watch(ctx context.Context, r *failureRun, t time.Duration) error {
+	nodes, err := p.cl.ListNodes(ctx)
+	if err != nil {
+		return nil // the API host is busy: look again next second
+	}
+	for _, n := range nodes {
+		if n.Name == p.b.Hosts[0].Name {
+			continue
+		}
+		if n.Risk != nil && n.Risk.AtRisk {
+			p.atRisk[n.Name] = true
+			if n.Name == r.FailingHost && r.AtRiskS < 0 {
+				r.AtRiskS = t.Seconds()
+				if len(n.Risk.Reasons) > 0 {
+					r.Reason = n.Risk.Reasons[0].Reason
+				}
+			}
+		}
+		if n.Maintenance {
+			p.drained[n.Name] = true
+		}
+	}
+	if r.EvacuatedS >= 0 || p.mode == "reactive" {
+		return nil
+	}
+	vms, err := p.cl.ListVMs(ctx)
+	if err != nil {
+		return nil
+	}
+	for _, vm := range vms {
+		if vm.Node == r.FailingHost || vm.Status.Phase != api.PhaseRunning {
+			return nil
+		}
+	}
+	r.EvacuatedS = t.Seconds()
+	return nil
+}
+
+// countReboots waits until every guest runs and answers again after the
+// death, and counts the ones that booted anew and the ones that did not
+// come back within two minutes.
+func (p *failurePlay) countReboots(ctx context.Context, boots map[string]string) (reboots, lost int) {
+	for g, boot := range boots {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		vm, err := p.cl.WaitVM(wctx, g, func(vm *api.VM) (bool, error) {
+			return healthy(vm) && vm.Node != p.b.Hosts[p.fi].Name, nil
+		})
+		cancel()
+		switch {
+		case err != nil:
+			lost++
+		case vm.Status.Guest.BootID != boot:
+			reboots++
+		}
+	}
+	return reboots, lost
+}
+
+// recover brings the dead host back with a quiet baseline and takes every
+// host out of maintenance but h1, as an operator would after the repair.
+func (p *failurePlay) recover(ctx context.Context) {
+	for i, h := range p.b.Hosts {
+		healthtrace.NewPlayer(healthtrace.Baseline(), h.HealthRoot(), p.seed*10+int64(i)+5).Step(0)
+	}
+	if p.b.Hosts[p.fi].PID == 0 {
+		if err := p.b.StartAgent(ctx, p.fi); err == nil {
+			p.b.WaitNodes(ctx, len(p.b.Hosts))
+		}
+	}
+	// Every agent but the restarted one remembers its trace: restart the
+	// healthy trace's host too, so the next run starts from a clean
+	// history. Guests survive an agent restart.
+	p.b.StopAgent(p.hi, syscall.SIGTERM)
+	p.b.StartAgent(ctx, p.hi)
+	p.b.WaitNodes(ctx, len(p.b.Hosts))
+	for _, h := range p.b.Hosts[1:] {
+		p.cl.UndrainNode(ctx, h.Name)
+	}
+	nodes, _ := p.cl.ListNodes(ctx)
+	var still []string
+	for _, n := range nodes {
+		if n.Maintenance && n.Name != p.b.Hosts[0].Name {
+			still = append(still, n.Name)
+		}
+	}
+	if len(still) > 0 {
+		fmt.Fprintf(os.Stderr, "still in maintenance after the run: %s\n", strings.Join(still, ", "))
+	}
+}
