@@ -106,6 +106,11 @@ type MigrationPrediction struct {
 	SwitchoverMS float64   `json:"switchover_ms,omitempty"`
 	Why          string    `json:"why"`
 	Made         time.Time `json:"made"`
+	// Assumed names the inputs that were not measured yet and rest on
+	// defaults ("memory": the guest's dirty rate and zero pages, measured
+	// some seconds after it starts; "link": the path to the target): a
+	// prediction with any is rough.
+	Assumed []string `json:"assumed,omitempty"`
 }
 
 // Chosen's figures, if any.

@@ -82,7 +82,7 @@ at risk (false alarms), and guest reboots caused by the deaths. Load forecasting
 			if _, err := image.Find(imageDir); err != nil {
 				return err
 			}
-			say := sayer(!asJSON)
+			say := sayer(true) // progress on stderr; the figures on stdout
 			var runs []failureRun
 			for _, mode := range modes {
 				rs, err := benchPredictiveMode(cmd.Context(), self, imageDir, mode, say)

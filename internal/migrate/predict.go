@@ -78,7 +78,12 @@ func Predict(in Predicting) *api.MigrationPrediction {
 		out.Strategies = append(out.Strategies, fromModel(p, sp.Calibrated))
 	}
 	best, why, ok := migmodel.Choose(preds, candidates, lim.Allowed)
+	if in.VM.Status.Memory == nil {
+		out.Assumed = append(out.Assumed, "memory")
+		why += " (the guest's memory use is not measured yet, which happens some seconds after it starts: every page is assumed to hold data and none to be written again, so the figures are rough)"
+	}
 	if in.Link == nil || in.Link.Bandwidth == 0 {
+		out.Assumed = append(out.Assumed, "link")
 		why += fmt.Sprintf(" (the link from %s to %s is not measured yet: %.0f MB/s assumed)", in.Src.Name, in.Dst.Name, AssumedBandwidth/1e6)
 	}
 	defer func() {
