@@ -163,6 +163,9 @@ type Node struct {
 	// its health signals; nil before the first assessment or when the
 	// host does not read them.
 	Risk *HostRisk `json:"risk,omitempty"`
+	// Load is what the host's guests use of its CPUs, now and forecast;
+	// nil when the host does not sample it.
+	Load *HostLoad `json:"load,omitempty"`
 }
 
 // HostRisk is a host's probability of failing within Horizon, judged from

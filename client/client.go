@@ -198,6 +198,12 @@ func (c *Client) ListMigrations(ctx context.Context) ([]api.Migration, error) {
 	return ms, c.do(ctx, "GET", "/v1/migrations", nil, &ms)
 }
 
+// BalancePlan returns what the balancer would do now and why.
+func (c *Client) BalancePlan(ctx context.Context) (*api.BalancePlan, error) {
+	var p api.BalancePlan
+	return &p, c.do(ctx, "GET", "/v1/balance/plan", nil, &p)
+}
+
 // Metrics returns the API host's Prometheus metrics, as text.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/metrics", nil)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/balance"
 	"github.com/ferryvm/ferry/internal/daemon"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/image"
@@ -56,6 +57,8 @@ type agentOpts struct {
 	noLeader      bool
 	linkProbe     time.Duration
 	health        daemon.Health
+	load          daemon.Load
+	balance       balance.Config
 }
 
 func agentCmd(g *globals) *cobra.Command {
@@ -126,6 +129,12 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.DurationVar(&o.health.Horizon, "risk-horizon", 30*time.Minute, "how far ahead the risk of failing is judged")
 	f.Float64Var(&o.health.TimeScale, "risk-time-scale", 1, "for testbeds replaying health traces compressed in time: counters' failure limits (rates) are multiplied by this")
 	f.Float64Var(&o.health.Threshold, "risk-threshold", agent.DefaultRiskThreshold, "probability of failing within the horizon at which the host is evacuated (0 to 1)")
+	f.DurationVar(&o.load.Every, "load-every", agent.DefaultLoadEvery, "how often to sample the guests' CPU use (for the balancer's forecasts); 0 never")
+	f.DurationVar(&o.load.Period, "load-period", agent.DefaultLoadPeriod, "the season of the guests' load (a day; shorter in compressed testbed traces)")
+	f.DurationVar(&o.load.Horizon, "load-horizon", agent.DefaultLoadHorizon, "how far ahead the guests' load is forecast")
+	f.Float64Var(&o.load.CapacityCPUs, "capacity-cpus", 0, "how many CPUs this host's guests may use (default: all of them)")
+	f.StringVar(&o.balance.Mode, "balance", api.BalancePredictive, "when this host leads, how guests are moved off overloaded hosts: predictive (ahead of a forecast overload), reactive (once one lasts), or off")
+	f.Float64Var(&o.balance.Threshold, "balance-threshold", 0.8, "share of a host's capacity above which it counts as overloaded")
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
@@ -156,7 +165,18 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		EtcdEndpoints: o.etcdEndpoints, EtcdClientURL: o.etcdClientURL, EtcdPeerURL: o.etcdPeerURL,
 		VNI: o.vni, Accel: o.accel, CPUModel: o.cpuModel, GuestTHP: o.guestTHP, HA: o.haTiming,
 		MigrationsPerHost: o.migPerHost, MigrationsPerCluster: o.migPerCluster, NoLeader: o.noLeader,
-		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe, Health: o.health}
+		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe, Health: o.health, Load: o.load, Balance: o.balance}
+	if o.load.Every == 0 {
+		h.Load.Every = -1
+	}
+	switch o.balance.Mode {
+	case api.BalanceOff, api.BalanceReactive, api.BalancePredictive:
+	default:
+		return fmt.Errorf("--balance %q: say predictive, reactive or off", o.balance.Mode)
+	}
+	if o.balance.Threshold <= 0 || o.balance.Threshold > 1 {
+		return fmt.Errorf("--balance-threshold %g: give a share above 0 and at most 1", o.balance.Threshold)
+	}
 	if o.health.Every == 0 {
 		h.Health.Every = -1
 	}

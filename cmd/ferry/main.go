@@ -81,7 +81,7 @@ func main() {
 	root.PersistentFlags().StringVar(&g.credentials, "credentials", os.Getenv("FERRY_CREDENTIALS"), "directory written by `ferry user create` (certificate with a role); default: the admin credentials in --data-dir ($FERRY_CREDENTIALS)")
 	root.PersistentFlags().StringVar(&g.server, "server", os.Getenv("FERRY_SERVER"), "API address, e.g. https://127.0.0.1:7443 (default: the one recorded in --data-dir) ($FERRY_SERVER)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(agentCmd(g), vmCmd(g), nodeCmd(g), imageCmd(), benchCmd(g), testbedCmd(), watchdogCmd(), clusterCmd(g), eventsCmd(g), userCmd(g), policyCmd(g), metricsCmd(g), doctorCmd(g), dashboardCmd(g), versionCmd())
+	root.AddCommand(agentCmd(g), vmCmd(g), nodeCmd(g), imageCmd(), benchCmd(g), testbedCmd(), watchdogCmd(), clusterCmd(g), eventsCmd(g), userCmd(g), policyCmd(g), balanceCmd(g), metricsCmd(g), doctorCmd(g), dashboardCmd(g), versionCmd())
 	addCompletions(g, root)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

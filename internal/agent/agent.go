@@ -105,6 +105,12 @@ type Config struct {
 	// risk (0: DefaultRiskThreshold).
 	Risk          predict.RiskConfig
 	RiskThreshold float64
+	// LoadEvery is how often the guests' CPU use is sampled (0:
+	// DefaultLoadEvery; negative: never); LoadPeriod is its season
+	// (DefaultLoadPeriod: a day) and LoadHorizon how far ahead it is
+	// forecast. CapacityCPUs is how many CPUs the guests may use (0: CPUs).
+	LoadEvery, LoadPeriod, LoadHorizon time.Duration
+	CapacityCPUs                       float64
 }
 
 // Agent reconciles one host.
@@ -133,6 +139,7 @@ type Agent struct {
 	launches *launchHealth
 	health   *health.Self  // the signals the agent observes in its own work
 	risk     *api.HostRisk // the last assessment, guarded by mu
+	load     *api.HostLoad // the last load sampling, guarded by mu
 	stopRun  context.CancelFunc
 	removed  atomic.Bool
 	serials  atomic.Pointer[[]string] // this host's certificates; renewals change them
@@ -218,9 +225,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.worker(ctx) }()
 	}
-	wg.Add(8)
+	wg.Add(9)
 	go func() { defer wg.Done(); a.leaseLoop(ctx) }()
 	go func() { defer wg.Done(); a.healthLoop(ctx) }()
+	go func() { defer wg.Done(); a.loadLoop(ctx) }()
 	go func() { defer wg.Done(); a.fenceLoop(ctx) }()
 	go func() { defer wg.Done(); a.overlayLoop(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
@@ -388,7 +396,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		n.VMs++
 		n.UsedMiB += in.memoryMiB
 	}
-	n.Risk = a.risk
+	n.Risk, n.Load = a.risk, a.load
 	a.mu.Unlock()
 	return a.st.PutNode(ctx, n, a.lk.ID())
 }

@@ -46,6 +46,8 @@ type Runtime interface {
 	// SampleMemory estimates the share of the guest's memory that is
 	// zeros and how well the rest, and what it writes over again, compress.
 	SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error)
+	// CPUTime is how much CPU time the guest's QEMU has used so far.
+	CPUTime(pid int) (time.Duration, error)
 }
 
 // Watchdog is the host's last line of fencing: told which HA guests run
@@ -130,6 +132,9 @@ func (Host) PinMAC(tap, mac string) error { return hostnet.PinMAC(tap, mac) }
 func (Host) SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error) {
 	return qemu.SampleMemory(pid, memoryMiB, 2048, again)
 }
+
+// CPUTime implements Runtime from /proc.
+func (Host) CPUTime(pid int) (time.Duration, error) { return qemu.CPUTime(pid) }
 
 // Probe implements Runtime: GET /health from the guest's ferry-guest.
 func (h Host) Probe(ctx context.Context, endpoint string) *api.Guest {

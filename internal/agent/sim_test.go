@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/client"
+	"github.com/ferryvm/ferry/internal/balance"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/predict"
@@ -39,6 +40,10 @@ type envOpts struct {
 	migrationTLS bool               // hosts have migration credentials
 	healthEvery  time.Duration      // agent.Config.HealthEvery
 	risk         predict.RiskConfig // agent.Config.Risk
+	// load sampling and the balancer (simcluster.Config's fields)
+	loadEvery, loadPeriod, loadHorizon time.Duration
+	capacity                           float64
+	balance                            balance.Config
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -49,7 +54,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 	eps := storetest.Etcd(t)
 	c, err := simcluster.New(simcluster.Config{Endpoints: eps, Dir: t.TempDir(), ControlPlane: o.controlPlane,
 		Partitions: o.partitions, MigrationStall: o.stall, HA: o.ha, NoWatchdog: o.noWatchdog,
-		HealthEvery: o.healthEvery, Risk: o.risk, MigrationCredentials: o.migrationTLS})
+		HealthEvery: o.healthEvery, Risk: o.risk, MigrationCredentials: o.migrationTLS,
+		LoadEvery: o.loadEvery, LoadPeriod: o.loadPeriod, LoadHorizon: o.loadHorizon, CapacityCPUs: o.capacity, Balance: o.balance})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -176,6 +176,17 @@ func (s *Server) listMigrations(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// getBalancePlan answers GET /v1/balance/plan: what the leader's balancer
+// would do now and why.
+func (s *Server) getBalancePlan(w http.ResponseWriter, r *http.Request) {
+	p, err := s.st.BalancePlan(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) {
 	name, ok := s.vmName(w, r)
 	if !ok {

@@ -115,6 +115,7 @@ func (s *Server) routes() []route {
 		{"GET /v1/events", view, s.listEvents},
 		{"GET /v1/events/stream", view, s.streamEvents},
 		{"GET /v1/migrations", view, s.listMigrations},
+		{"GET /v1/balance/plan", view, s.getBalancePlan},
 		// A one-time log-in link to the dashboard for the calling user.
 		{"POST /v1/sessions", view, s.createSession},
 		{"GET /v1/cluster/ha", view, s.getHA},

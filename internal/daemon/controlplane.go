@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/balance"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/migrate"
@@ -24,7 +25,10 @@ type ControlPlane struct {
 	// Migrations in flight out of one host and in the whole cluster
 	// (0: migrate.DefaultPerHost, migrate.DefaultPerCluster).
 	MigrationsPerHost, MigrationsPerCluster int
-	Log                                     *slog.Logger
+	// Balance configures the balancer (its zero value: predictive, with
+	// the package's defaults).
+	Balance balance.Config
+	Log     *slog.Logger
 	// OnRound, if set, is told each leader round's duration.
 	OnRound func(time.Duration)
 }
@@ -53,7 +57,7 @@ func RunControlPlane(ctx context.Context, st *store.Store, c ControlPlane) {
 	// before the restarts it decides, new guests and drains after.
 	leader.Run(ctx, st, leader.Config{Name: c.Node, TTL: LeaderTTL(c.HA), Log: log, OnRound: c.OnRound},
 		admission, hosts, ha.NewRestarts(st, hosts, c.HA, log),
-		sched.New(st, log), migrate.NewDrain(st, log), leader.NewHousekeeping(st, log))
+		sched.New(st, log), migrate.NewDrain(st, log), balance.New(st, c.Balance, log), leader.NewHousekeeping(st, log))
 }
 
 // LeaderTTL is the leader's lease: a quarter of the hosts' (whole seconds,

@@ -18,6 +18,7 @@ import (
 	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/apiserver"
+	"github.com/ferryvm/ferry/internal/balance"
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/hostnet"
@@ -69,6 +70,10 @@ type Host struct {
 	// Health is where and how often the host reads its health signals,
 	// and how it judges its risk of failing (agent.Config's fields).
 	Health Health
+	// Load is how the host samples and forecasts its guests' CPU use;
+	// Balance how the balancer acts on it while this host leads.
+	Load    Load
+	Balance balance.Config
 
 	// CertCheck is how often the certificates' expiry is checked;
 	// CertBefore how much lifetime left triggers renewal (0: a third).
@@ -84,6 +89,13 @@ type Health struct {
 	Horizon   time.Duration // how far ahead the risk is judged (0: the model's default)
 	Threshold float64       // the probability at which the host is at risk (0: agent.DefaultRiskThreshold)
 	TimeScale float64       // counters' limits multiplied by this (compressed traces; 0: 1)
+}
+
+// Load configures a host's sampling and forecast of its guests' CPU use
+// (agent.Config's fields).
+type Load struct {
+	Every, Period, Horizon time.Duration
+	CapacityCPUs           float64
 }
 
 func (h *Host) pkiDir() string { return filepath.Join(h.DataDir, "pki") }
@@ -284,6 +296,7 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		OverlayPeers: h.OverlayPeers, APIAddress: h.Listen,
 		HealthRoot: h.Health.Root, HealthEvery: h.Health.Every, Risk: predict.RiskConfig{Horizon: h.Health.Horizon, TimeScale: h.Health.TimeScale},
 		RiskThreshold: h.Health.Threshold,
+		LoadEvery:     h.Load.Every, LoadPeriod: h.Load.Period, LoadHorizon: h.Load.Horizon, CapacityCPUs: h.Load.CapacityCPUs,
 	}
 	if h.Advertise != nil {
 		local, _ := netip.AddrFromSlice(h.Advertise.To4())
@@ -388,7 +401,7 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 	})
 	if !h.NoLeader {
 		run(func() error {
-			RunControlPlane(ctx, st, ControlPlane{Node: h.Node, HA: h.HA,
+			RunControlPlane(ctx, st, ControlPlane{Node: h.Node, HA: h.HA, Balance: h.Balance,
 				MigrationsPerHost: h.MigrationsPerHost, MigrationsPerCluster: h.MigrationsPerCluster, Log: log})
 			return nil
 		})

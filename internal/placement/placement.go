@@ -29,6 +29,9 @@ type View struct {
 	// degraded are the links that lose packets or grew slow, "from/to"
 	// -> why: live moves avoid them where another target exists.
 	degraded map[string]string
+	// cpu is each host's forecast peak CPU use (its guests', in CPUs,
+	// as the host reports it), guests sent there this round counted.
+	cpu map[string]float64
 }
 
 // AvoidLinks tells the view which links between hosts are degraded
@@ -40,13 +43,16 @@ func (v *View) AvoidLinks(degraded map[string]string) { v.degraded = degraded }
 // migrations whose room must be held: all unfinished ones for a new
 // decision, only the admitted ones when admitting the queue.
 func NewView(nodes []api.Node, vms []api.VM, migs []api.Migration) *View {
-	v := &View{nodes: map[string]*api.Node{}, free: map[string]int{}, groups: map[string]map[string]bool{}}
+	v := &View{nodes: map[string]*api.Node{}, free: map[string]int{}, groups: map[string]map[string]bool{}, cpu: map[string]float64{}}
 	for i := range nodes {
 		n := &nodes[i]
 		v.nodes[n.Name] = n
 		v.names = append(v.names, n.Name)
 		if n.State == "ready" {
 			v.free[n.Name] = n.MemoryMiB
+		}
+		if n.Load != nil {
+			v.cpu[n.Name] = n.Load.Peak
 		}
 	}
 	sort.Strings(v.names)
@@ -99,6 +105,11 @@ type Request struct {
 	// Room false skips the memory check (a guest whose room the view
 	// already holds, e.g. a queued migration being admitted).
 	IgnoreRoom bool
+	// CPU is the guest's forecast peak CPU use; with CPUShare above zero,
+	// a host whose forecast peak with the guest would pass that share of
+	// its capacity cannot take it, and the least loaded host is best (the
+	// balancer's moves). Hosts that report no load are not checked.
+	CPU, CPUShare float64
 }
 
 // Rejection says why a host cannot take a guest.
@@ -128,6 +139,9 @@ func (v *View) Check(r Request, host string) error {
 			host, v.free[host], r.Spec.MemoryMiB)
 	case r.Spec.AntiAffinity != "" && v.groups[r.Spec.AntiAffinity][host]:
 		return fmt.Errorf("host %s holds another guest of anti-affinity group %q", host, r.Spec.AntiAffinity)
+	case r.CPUShare > 0 && n.Load != nil && v.cpu[host]+r.CPU > r.CPUShare*n.Load.Capacity:
+		return fmt.Errorf("host %s would use %.2f of its %.2f CPUs at its forecast peak (more than %.0f %%)",
+			host, v.cpu[host]+r.CPU, n.Load.Capacity, 100*r.CPUShare)
 	}
 	if r.Live != nil {
 		return CheckLive(r.Live, v.nodes[r.Live.Node], n)
@@ -150,7 +164,11 @@ func (v *View) Candidates(r Request) ([]string, []Rejection) {
 			ok = append(ok, h)
 		}
 	}
-	sort.SliceStable(ok, func(i, j int) bool { return v.free[ok[i]] > v.free[ok[j]] })
+	if r.CPUShare > 0 {
+		sort.SliceStable(ok, func(i, j int) bool { return v.cpuShare(ok[i]) < v.cpuShare(ok[j]) })
+	} else {
+		sort.SliceStable(ok, func(i, j int) bool { return v.free[ok[i]] > v.free[ok[j]] })
+	}
 	if r.Live != nil && len(v.degraded) > 0 {
 		// No live move over a degraded link while another target can
 		// take the guest; with none other, a degraded path beats none.
@@ -188,6 +206,20 @@ func (v *View) Reserve(host string, spec api.VMSpec) {
 	if g := spec.AntiAffinity; g != "" {
 		v.addGroup(g, host)
 	}
+}
+
+// ReserveCPU records that a guest of forecast peak cpu goes to host in this
+// round.
+func (v *View) ReserveCPU(host string, cpu float64) { v.cpu[host] += cpu }
+
+// cpuShare is the share of a host's capacity its forecast peak takes (0
+// for a host that reports no load).
+func (v *View) cpuShare(host string) float64 {
+	n := v.nodes[host]
+	if n == nil || n.Load == nil || n.Load.Capacity <= 0 {
+		return 0
+	}
+	return v.cpu[host] / n.Load.Capacity
 }
 
 // Reasons joins rejections into one sentence for an error or event.

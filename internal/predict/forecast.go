@@ -74,12 +74,18 @@ var smoothing = []float64{0.05, 0.15, 0.3, 0.5, 0.8}
 
 // Forecast fits the factors to y and forecasts h steps.
 func (hw HoltWinters) Forecast(y []float64, h int) ([]float64, error) {
+	fc, _, err := hw.ForecastSeason(y, h)
+	return fc, err
+}
+
+// ForecastSeason is Forecast, and says whether the season was kept.
+func (hw HoltWinters) ForecastSeason(y []float64, h int) ([]float64, bool, error) {
 	m := hw.Period
 	if m > 1 && len(y) < 2*m {
 		m = 0
 	}
 	if len(y) < 3 {
-		return nil, ErrShortHistory
+		return nil, false, ErrShortHistory
 	}
 	best, bestM := fitHW(y, 0), 0
 	if m > 1 {
@@ -95,7 +101,7 @@ func (hw HoltWinters) Forecast(y []float64, h int) ([]float64, error) {
 			out[i] += best.season[(best.n+i)%m]
 		}
 	}
-	return out, nil
+	return out, m > 1, nil
 }
 
 // fitHW smooths y with every combination of the factors and returns the

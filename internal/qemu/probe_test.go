@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"slices"
 	"testing"
@@ -36,5 +37,23 @@ func TestProbe(t *testing.T) {
 		if !info.HasParameter(p) {
 			t.Errorf("parameter %s missing from %v", p, info.Parameters)
 		}
+	}
+}
+
+// TestCPUTimeCountsThisProcess: the test's own process has used CPU time,
+// and more after it burns some.
+func TestCPUTimeCountsThisProcess(t *testing.T) {
+	before, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+	}
+	after, err := CPUTime(os.Getpid())
+	if err != nil || after <= before {
+		t.Fatalf("CPU time %v then %v (%v)", before, after, err)
+	}
+	if _, err := CPUTime(1 << 30); err == nil {
+		t.Fatal("a process that does not exist has a CPU time")
 	}
 }

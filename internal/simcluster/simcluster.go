@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/balance"
 	"github.com/ferryvm/ferry/internal/daemon"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/pki"
@@ -62,7 +63,15 @@ type Config struct {
 	HealthEvery   time.Duration
 	Risk          predict.RiskConfig
 	RiskThreshold float64
-	Log           *slog.Logger
+	// LoadEvery, LoadPeriod and LoadHorizon are the agents' CPU sampling
+	// and forecast (agent.Config's fields; LoadEvery 0 samples never
+	// here, unlike an agent's default); CapacityCPUs what each host's
+	// guests may use (0: CPUs).
+	LoadEvery, LoadPeriod, LoadHorizon time.Duration
+	CapacityCPUs                       float64
+	// Balance is the balancer's configuration on the hosts that lead.
+	Balance balance.Config
+	Log     *slog.Logger
 }
 
 // Cluster is a set of simulated hosts sharing one World.
@@ -152,6 +161,10 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 	if c.cfg.NoWatchdog {
 		wd = nil
 	}
+	loadEvery := c.cfg.LoadEvery
+	if loadEvery == 0 {
+		loadEvery = -1
+	}
 	migDir, err := c.migrationCredentials(dir, name)
 	if err != nil {
 		st.Close()
@@ -164,6 +177,7 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 		CPUs: c.cfg.CPUs, MemoryMiB: c.cfg.MemoryMiB, MigrationStall: c.cfg.MigrationStall,
 		FailpointFile: h.failpoints(), MigrationTLSDir: migDir,
 		HealthRoot: h.HealthRoot(), HealthEvery: c.cfg.HealthEvery, Risk: c.cfg.Risk, RiskThreshold: c.cfg.RiskThreshold,
+		LoadEvery: loadEvery, LoadPeriod: c.cfg.LoadPeriod, LoadHorizon: c.cfg.LoadHorizon, CapacityCPUs: c.cfg.CapacityCPUs,
 	}, st)
 	if err != nil {
 		st.Close()
@@ -190,7 +204,7 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			daemon.RunControlPlane(actx, st, daemon.ControlPlane{Node: name, HA: c.cfg.HA, Log: c.cfg.Log.With("host", name), OnRound: c.cfg.OnRound})
+			daemon.RunControlPlane(actx, st, daemon.ControlPlane{Node: name, HA: c.cfg.HA, Balance: c.cfg.Balance, Log: c.cfg.Log.With("host", name), OnRound: c.cfg.OnRound})
 		}()
 	}
 	go func() { wg.Wait(); st.Close(); close(h.done) }()

@@ -32,6 +32,11 @@ type Proc struct {
 	mig    *migration // the current or last migration, either side
 	dirty  float64    // bytes/s the guest dirties (0: idle)
 	zero   float64    // share of its memory that is zeros
+	// cpu is how many CPUs the guest uses (SetCPU) since cpuAt, and
+	// cpuUsed what it used before.
+	cpu     float64
+	cpuAt   time.Time
+	cpuUsed time.Duration
 	// calc is a dirty-rate measurement: when it began and for how long.
 	calcAt   time.Time
 	calcSecs int64
@@ -316,4 +321,26 @@ func (p *Proc) Boot() (id string, at time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.bootID, p.booted
+}
+
+// SetCPU makes the guest use cores CPUs from now on.
+func (p *Proc) SetCPU(cores float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cpuUsed = p.cpuTimeLocked()
+	p.cpu, p.cpuAt = cores, time.Now()
+}
+
+// CPUTime is the CPU time the guest has used so far.
+func (p *Proc) CPUTime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cpuTimeLocked()
+}
+
+func (p *Proc) cpuTimeLocked() time.Duration {
+	if p.cpuAt.IsZero() {
+		return p.cpuUsed
+	}
+	return p.cpuUsed + time.Duration(p.cpu*float64(time.Since(p.cpuAt)))
 }

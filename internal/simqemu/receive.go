@@ -170,14 +170,19 @@ func (p *Proc) receiveBroken(mig *migration, conn net.Conn) {
 	p.Crash()
 }
 
-// adoptBoot makes the guest arriving the source's: the same boot.
+// adoptBoot makes the guest arriving the source's: the same boot, and the
+// same work (its CPU use).
 func (p *Proc) adoptBoot(sourcePid int) {
 	src := p.w.proc(sourcePid)
 	if src == nil || src == p {
 		return
 	}
 	id, at := src.Boot()
+	src.mu.Lock()
+	cores := src.cpu
+	src.mu.Unlock()
 	p.mu.Lock()
 	p.bootID, p.booted = id, at
 	p.mu.Unlock()
+	p.SetCPU(cores)
 }

@@ -243,6 +243,15 @@ func (r *Runtime) SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.Me
 	return qemu.MemorySample{ZeroShare: p.zero, CompressRatio: 1, DirtyCompressRatio: 1}, nil
 }
 
+// CPUTime is the CPU time the simulated guest has used (Proc.SetCPU).
+func (r *Runtime) CPUTime(pid int) (time.Duration, error) {
+	p := r.w.proc(pid)
+	if p == nil || !p.Alive() {
+		return 0, fmt.Errorf("no qemu %d", pid)
+	}
+	return p.CPUTime(), nil
+}
+
 // Probe answers for the guest whose endpoint this is: healthy while its
 // CPUs run.
 func (r *Runtime) Probe(ctx context.Context, endpoint string) *api.Guest {

@@ -73,3 +73,28 @@ func TestHistoryForgetsWhatWentAway(t *testing.T) {
 		t.Fatalf("after forgetting: %v", got)
 	}
 }
+
+// TestBucketsKeepARegularGrid: samples are averaged per step, a step
+// without samples repeats its neighbour, and only the newest buckets stay.
+func TestBucketsKeepARegularGrid(t *testing.T) {
+	b := NewBuckets(10*time.Second, 4)
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	for _, s := range []struct {
+		at time.Duration
+		v  float64
+	}{{0, 1}, {5 * time.Second, 3}, {12 * time.Second, 10}, {35 * time.Second, 7}, {41 * time.Second, 0}, {52 * time.Second, 0}} {
+		b.Add(t0.Add(s.at), s.v)
+	}
+	// Buckets: [0,10) mean 2; [10,20) 10; [20,30) none: 10; [30,40) 7;
+	// [40,50) 0 — five closed, four kept.
+	got := b.Values()
+	want := []float64{10, 10, 7, 0}
+	if len(got) != len(want) {
+		t.Fatalf("buckets %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("buckets %v, want %v", got, want)
+		}
+	}
+}
