@@ -32,6 +32,7 @@ type guest struct {
 	filled filled
 	disk   *seqDisk
 	wd     *watchdog
+	cpu    burner
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	mux.HandleFunc("GET /", g.health)
 	mux.HandleFunc("GET /health", g.health)
 	mux.HandleFunc("POST /dirty", g.setDirty)
+	mux.HandleFunc("POST /cpu", g.setCPU)
 	mux.HandleFunc("POST /memory", g.memoryFill)
 	mux.HandleFunc("GET /memory", g.memoryCheck)
 	mux.HandleFunc("GET /disk", g.diskState)

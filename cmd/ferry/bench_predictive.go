@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -52,11 +53,20 @@ type failureRun struct {
 func benchPredictiveCmd() *cobra.Command {
 	var asJSON bool
 	var imageDir string
-	var modes []string
+	var modes, parts []string
+	var loadDays float64
 	c := &cobra.Command{
 		Use:   "predictive",
-		Short: "Replay host failure traces, predictive against reactive: hosts evacuated before they die, false alarms, guest reboots",
-		Long: `Builds a 4-host testbed (h1 holds the API and is kept in maintenance) with two HA
+		Short: "Replay load and host failure traces, predictive against reactive: overloaded time, latency, migrations; evacuations, false alarms, reboots",
+		Long: `Load: builds a 4-host testbed whose hosts' guests may use half a CPU each (a
+cgroup quota), with six guests whose CPU use (driven through ferry-guest) follows a
+day compressed to 4 minutes: two on h2 peak in the afternoon, two on h3 at night,
+two on h4 stay quiet. The hosts sample their guests' use every 2 s and forecast it
+30 s ahead; the balancer runs predictive or reactive (6 s sustain). It reports the
+seconds hosts spent over 80 % of their capacity, the balancer's migrations, and the
+guests' answer times to /health (asked every second from the client namespace).
+
+Failures: builds a 4-host testbed (h1 holds the API and is kept in maintenance) with two HA
 guests, and replays the host health traces of internal/healthtrace through each
 host's --health-root, compressed 40-fold (150 s of trace are 100 minutes; the
 risk horizon is 45 s, 30 minutes of real time). Each run moves both guests onto
@@ -71,8 +81,7 @@ in place instead of waiting out the trace.
 
 It reports, per mode and for the tuning and held-out traces apart: failing hosts
 whose guests had all moved away before the death (recall), healthy hosts judged
-at risk (false alarms), and guest reboots caused by the deaths. Load forecasting
-(overloaded time, service latency) is not part of it yet.`,
+at risk (false alarms), and guest reboots caused by the deaths.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			self, err := os.Executable()
@@ -83,23 +92,42 @@ at risk (false alarms), and guest reboots caused by the deaths. Load forecasting
 				return err
 			}
 			say := sayer(true) // progress on stderr; the figures on stdout
-			var runs []failureRun
-			for _, mode := range modes {
-				rs, err := benchPredictiveMode(cmd.Context(), self, imageDir, mode, say)
-				if err != nil {
-					return fmt.Errorf("%s: %w", mode, err)
-				}
-				runs = append(runs, rs...)
-			}
 			res := map[string]any{"benchmark": "predictive", "date": time.Now().UTC().Format(time.RFC3339),
-				"qemu": qemuVersionOf(cmd.Context()), "accel": "tcg", "hosts": 4, "guests": 2,
-				"compression": healthtrace.Compression, "horizon_s": predictiveHorizon.Seconds(),
-				"runs": runs, "summary": summarizeFailures(runs)}
+				"qemu": qemuVersionOf(cmd.Context()), "accel": "tcg", "hosts": 4}
+			var summary []failureSummary
+			var loads []loadResult
+			if slices.Contains(parts, "load") {
+				for _, mode := range modes {
+					say("load trace, %s", mode)
+					r := benchLoadMode(cmd.Context(), self, imageDir, mode, loadDays, say)
+					say("%+v", r)
+					loads = append(loads, r)
+				}
+				res["load"] = map[string]any{"day_s": loadDay.Seconds(), "host_cpus": loadHostCPUs,
+					"horizon_s": loadHorizon.Seconds(), "threshold": 0.8, "runs": loads}
+			}
+			if slices.Contains(parts, "failures") {
+				var runs []failureRun
+				for _, mode := range modes {
+					rs, err := benchPredictiveMode(cmd.Context(), self, imageDir, mode, say)
+					if err != nil {
+						return fmt.Errorf("%s: %w", mode, err)
+					}
+					runs = append(runs, rs...)
+				}
+				summary = summarizeFailures(runs)
+				res["failures"] = map[string]any{"compression": healthtrace.Compression, "horizon_s": predictiveHorizon.Seconds(),
+					"guests": 2, "runs": runs, "summary": summary}
+			}
 			if asJSON {
 				return printJSON(os.Stdout, res)
 			}
-			for _, s := range res["summary"].([]failureSummary) {
-				fmt.Printf("%-10s %-8s recall %d/%d  false alarms %d/%d  guest reboots %d (lost %d)\n",
+			for _, l := range loads {
+				fmt.Printf("load %-10s overloaded %5.0f host-s (worst host %4.0f s)  migrations %d  latency p50 %.0f ms p99 %.0f ms  unanswered %d/%d\n",
+					l.Mode, l.OverloadedS, l.OverloadedMax, l.Migrations, l.LatencyP50, l.LatencyP99, l.Unanswered, l.Requests)
+			}
+			for _, s := range summary {
+				fmt.Printf("failures %-10s %-8s recall %d/%d  false alarms %d/%d  guest reboots %d (lost %d)\n",
 					s.Mode, s.Set, s.Evacuated, s.Failing, s.FalseAlarms, s.Healthy, s.Reboots, s.Lost)
 			}
 			return nil
@@ -108,6 +136,8 @@ at risk (false alarms), and guest reboots caused by the deaths. Load forecasting
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	c.Flags().StringVar(&imageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	c.Flags().StringSliceVar(&modes, "modes", []string{"predictive", "reactive"}, "modes to run")
+	c.Flags().StringSliceVar(&parts, "parts", []string{"load", "failures"}, "what to run: load (balancing a daily load) and failures (host failure traces)")
+	c.Flags().Float64Var(&loadDays, "load-days", 3, "compressed days (4 minutes each) the load trace runs per mode")
 	return c
 }
 
@@ -169,7 +199,7 @@ func benchPredictiveMode(ctx context.Context, self, imageDir, mode string, say f
 	} else if mode != "reactive" {
 		return nil, fmt.Errorf("mode %q is not predictive or reactive", mode)
 	}
-	o := testbed.Options{Name: "fbp", Hosts: 4, Bin: self, ImageDir: imageDir, HostArgs: map[int][]string{}}
+	o := testbed.Options{Name: "fpv", Hosts: 4, Bin: self, ImageDir: imageDir, HostArgs: map[int][]string{}}
 	for i := 0; i < 4; i++ {
 		o.HostArgs[i] = args
 	}

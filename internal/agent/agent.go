@@ -111,6 +111,9 @@ type Config struct {
 	// forecast. CapacityCPUs is how many CPUs the guests may use (0: CPUs).
 	LoadEvery, LoadPeriod, LoadHorizon time.Duration
 	CapacityCPUs                       float64
+	// GuestCgroup, if set, is a cgroup directory every guest's QEMU is
+	// moved into when it starts (a host that caps what its guests use).
+	GuestCgroup string
 }
 
 // Agent reconciles one host.

@@ -167,7 +167,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, spec api.VMSpec, m *api.Mig
 		return "", err
 	}
 	cfg.Incoming = "defer"
-	pid, err := a.rt.Launch(ctx, cfg, filepath.Join(a.vmDir(spec.Name), "qemu.log"))
+	pid, err := a.launchQEMU(ctx, cfg, filepath.Join(a.vmDir(spec.Name), "qemu.log"))
 	if err != nil {
 		return "", err
 	}

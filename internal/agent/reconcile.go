@@ -241,7 +241,7 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 		return err
 	}
 	dir := a.vmDir(name)
-	pid, err := a.rt.Launch(ctx, cfg, filepath.Join(dir, "qemu.log"))
+	pid, err := a.launchQEMU(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
 		a.health.QEMUError()

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -153,4 +155,20 @@ func (h Host) Probe(ctx context.Context, endpoint string) *api.Guest {
 		return &api.Guest{Healthy: false}
 	}
 	return &api.Guest{Healthy: true, BootID: g.BootID, UptimeS: g.UptimeS, LastSeen: time.Now().UTC()}
+}
+
+// launchQEMU starts a guest's QEMU and, when the host keeps its guests in a
+// cgroup of their own (Config.GuestCgroup), moves it there before it runs
+// the guest (QEMU starts its guests paused or is told to wait for a
+// migration; what it does before that is negligible).
+func (a *Agent) launchQEMU(ctx context.Context, cfg *qemu.Config, logPath string) (int, error) {
+	pid, err := a.rt.Launch(ctx, cfg, logPath)
+	if err != nil || a.cfg.GuestCgroup == "" {
+		return pid, err
+	}
+	if err := os.WriteFile(filepath.Join(a.cfg.GuestCgroup, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		a.rt.Kill(ctx, pid, cfg.UUID)
+		return 0, fmt.Errorf("moving QEMU into the guests' cgroup %s: %w", a.cfg.GuestCgroup, err)
+	}
+	return pid, nil
 }

@@ -96,6 +96,7 @@ type Health struct {
 type Load struct {
 	Every, Period, Horizon time.Duration
 	CapacityCPUs           float64
+	GuestCgroup            string // a cgroup every guest's QEMU is moved into
 }
 
 func (h *Host) pkiDir() string { return filepath.Join(h.DataDir, "pki") }
@@ -297,6 +298,7 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		HealthRoot: h.Health.Root, HealthEvery: h.Health.Every, Risk: predict.RiskConfig{Horizon: h.Health.Horizon, TimeScale: h.Health.TimeScale},
 		RiskThreshold: h.Health.Threshold,
 		LoadEvery:     h.Load.Every, LoadPeriod: h.Load.Period, LoadHorizon: h.Load.Horizon, CapacityCPUs: h.Load.CapacityCPUs,
+		GuestCgroup: h.Load.GuestCgroup,
 	}
 	if h.Advertise != nil {
 		local, _ := netip.AddrFromSlice(h.Advertise.To4())

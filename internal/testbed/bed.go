@@ -43,6 +43,8 @@ type Bed struct {
 	// forwarder (links.go), whose process is ForwarderPID.
 	EmulatedLinks bool `json:"emulated_links,omitempty"`
 	ForwarderPID  int  `json:"forwarder_pid,omitempty"`
+	// HostCPUs is each host's CPU cap (0: none; cpucap.go).
+	HostCPUs float64 `json:"host_cpus,omitempty"`
 }
 
 // Host is one testbed host and its agent.
@@ -76,6 +78,9 @@ type Options struct {
 	HostArgs map[int][]string
 	// EmulatedLinks puts the link emulator between the hosts (SetLink).
 	EmulatedLinks bool
+	// HostCPUs caps each host's CPU (its agent and guests, in a cgroup of
+	// its own), and tells the agent its guests have that many (0: no cap).
+	HostCPUs float64
 }
 
 const (
@@ -113,7 +118,7 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	b = &Bed{Name: o.Name, Dir: dir, Bin: o.Bin, ImageDir: o.ImageDir, Accel: o.Accel,
 		FabricNS: o.Name + "-fab", ClientNS: o.Name + "-cl",
 		ClientAddr: underlayPrefix + strconv.Itoa(clientOctet), ClientIP: clientOverlay,
-		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks}
+		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks, HostCPUs: o.HostCPUs}
 	for i := 1; i <= o.Hosts; i++ {
 		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
 			Addr: underlayPrefix + strconv.Itoa(10+i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
@@ -254,6 +259,10 @@ func (b *Bed) AgentArgs(i int) []string {
 	a := []string{"agent", "--advertise", h.Addr, "--data-dir", h.DataDir, "--run-dir", h.RunDir,
 		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
 		"--overlay-peer", b.ClientAddr, "--health-root", h.HealthRoot()}
+	if b.HostCPUs > 0 {
+		dir, _ := cgroupDir(b.Name, h.Name)
+		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", dir)
+	}
 	if i == 0 {
 		return append(append(a, "--server"), h.ExtraArgs...)
 	}
@@ -308,6 +317,11 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 			return fmt.Errorf("testbed: join token for %s: %w", h.Name, err)
 		}
 		h.token = tok.Token
+	}
+	if b.HostCPUs > 0 {
+		if _, err := capCPU(b.Name, h.Name, b.HostCPUs); err != nil {
+			return err
+		}
 	}
 	logf, err := os.OpenFile(filepath.Join(h.DataDir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -493,6 +507,9 @@ func Down(name string) error {
 		}
 	}
 	if err := os.RemoveAll(Dir(name)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeCgroups(name); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
