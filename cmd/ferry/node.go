@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -84,6 +85,18 @@ func nodeShowCmd(g *globals) *cobra.Command {
 					n.CPUs, api.FormatMiB(n.UsedMiB), api.FormatMiB(n.MemoryMiB), n.VMs, n.Load1, age(n.Heartbeat))
 				if len(n.Degraded) > 0 {
 					fmt.Printf("degraded:    %s\n", strings.Join(n.Degraded, "; "))
+				}
+				if l := n.Load; l != nil {
+					fmt.Printf("guest cpu:   %.2f of %.2f CPUs; forecast (%s) peak %.2f in %.0f s (horizon %s)\n",
+						l.CPU, l.Capacity, l.Method, l.Peak, l.PeakInS, l.Horizon)
+					names := make([]string, 0, len(l.Guests))
+					for g := range l.Guests {
+						names = append(names, g)
+					}
+					sort.Strings(names)
+					for _, g := range names {
+						fmt.Printf("  %-16s %.2f now, peak %.2f\n", g, l.Guests[g].CPU, l.Guests[g].Peak)
+					}
 				}
 				if r := n.Risk; r != nil {
 					at := ""
