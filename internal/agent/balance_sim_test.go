@@ -78,6 +78,13 @@ func TestReactiveBalancerRelievesAnOverloadOnce(t *testing.T) {
 	if err != nil || len(plan.Moves) != 0 {
 		t.Fatalf("plan after the move: %+v %v", plan, err)
 	}
+	used := 0.0
+	for _, h := range plan.Hosts {
+		used += h.CPU
+	}
+	if len(plan.Hosts) != 3 || used < 0.5 {
+		t.Fatalf("the plan's hosts: %+v, want three using about 1.05 CPUs between them", plan.Hosts)
+	}
 }
 
 // TestPredictiveBalancerMovesBeforeTheOverload: a host whose guests' use

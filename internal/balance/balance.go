@@ -134,6 +134,7 @@ func (b *Balancer) Pass(ctx context.Context, r *leader.Round) error {
 func (b *Balancer) record(ctx context.Context, p *api.BalancePlan, guard store.Guard) error {
 	cmp := *p
 	cmp.Made = time.Time{}
+	cmp.Hosts = append([]api.BalanceHost(nil), p.Hosts...)
 	for i := range cmp.Hosts { // figures that move every sampling
 		cmp.Hosts[i].CPU, cmp.Hosts[i].Peak, cmp.Hosts[i].PeakInS = 0, 0, 0
 	}

@@ -260,8 +260,7 @@ func (b *Bed) AgentArgs(i int) []string {
 		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
 		"--overlay-peer", b.ClientAddr, "--health-root", h.HealthRoot()}
 	if b.HostCPUs > 0 {
-		dir, _ := cgroupDir(b.Name, h.Name)
-		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", dir)
+		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", cgroupMount(b.Name, h.Name))
 	}
 	if i == 0 {
 		return append(append(a, "--server"), h.ExtraArgs...)
@@ -319,7 +318,7 @@ func (b *Bed) StartAgent(ctx context.Context, i int) error {
 		h.token = tok.Token
 	}
 	if b.HostCPUs > 0 {
-		if _, err := capCPU(b.Name, h.Name, b.HostCPUs); err != nil {
+		if err := mountCPUCap(b.Name, h.Name, b.HostCPUs); err != nil {
 			return err
 		}
 	}
@@ -506,7 +505,11 @@ func Down(name string) error {
 			errs = append(errs, fmt.Errorf("ip netns delete %s: %v: %s", ns, err, bytes.TrimSpace(out)))
 		}
 	}
-	if err := os.RemoveAll(Dir(name)); err != nil {
+	// The cgroups' mounts first: removing the directory must never reach
+	// into a cgroup.
+	if err := unmountCPUCaps(name); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(Dir(name)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeCgroups(name); err != nil {

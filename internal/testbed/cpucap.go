@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // The testbed's hosts share one machine's CPUs; a host given a CPU cap has
@@ -26,6 +27,47 @@ func cgroupDir(name, host string) (string, bool) {
 		return filepath.Join(cgroupRoot, "ferry-"+name+"-"+host), true
 	}
 	return filepath.Join(cgroupRoot, "cpu", "ferry-"+name+"-"+host), false
+}
+
+// `ip netns exec` gives the agent a sysfs of the namespace's own, without
+// the machine's cgroup tree, so each host's cgroup is bind-mounted into
+// the testbed's directory (mountCPUCap), which the agent sees.
+
+// cgroupMount is where host's cgroup is bind-mounted for its agent.
+func cgroupMount(name, host string) string { return filepath.Join(Dir(name), "cg-"+host) }
+
+// mountCPUCap makes host's guest cgroup with a CPU quota of cpus CPUs and
+// bind-mounts it at cgroupMount, once.
+func mountCPUCap(name, host string, cpus float64) error {
+	dir, err := capCPU(name, host, cpus)
+	if err != nil {
+		return err
+	}
+	mnt := cgroupMount(name, host)
+	if _, err := os.Stat(filepath.Join(mnt, "cgroup.procs")); err == nil {
+		return nil // mounted already (the agent is started again)
+	}
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return err
+	}
+	if err := syscall.Mount(dir, mnt, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("testbed: bind-mounting host %s's cgroup: %w", host, err)
+	}
+	return nil
+}
+
+// unmountCPUCaps undoes mountCPUCap for every host of testbed name.
+func unmountCPUCaps(name string) error {
+	mnts, _ := filepath.Glob(filepath.Join(Dir(name), "cg-*"))
+	var errs []error
+	for _, m := range mnts {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", m, err))
+			continue
+		}
+		os.Remove(m)
+	}
+	return errors.Join(errs...)
 }
 
 // capCPU makes host's guest cgroup with a CPU quota of cpus CPUs and
