@@ -134,6 +134,9 @@ func (a *Agent) exited(ctx context.Context, in *instance, vm *api.VM) {
 		phase, msg := in.exitSummary()
 		a.log.Warn("guest exited", "vm", name, "phase", phase, "why", msg)
 		if phase == api.PhaseFailed {
+			// A crash of a guest that ran counts against the host; a
+			// start that fails is often the guest's own (a broken image)
+			// and launchHealth judges those.
 			a.health.QEMUError()
 		}
 		st := api.VMStatus{Phase: phase, Node: a.cfg.Node, StartSeq: in.rec.StartSeq,
@@ -244,7 +247,6 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	pid, err := a.launchQEMU(ctx, cfg, filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
-		a.health.QEMUError()
 		return err
 	}
 	r.Add(func() {
@@ -266,7 +268,6 @@ func (a *Agent) launch(ctx context.Context, spec api.VMSpec, restarts int) error
 	cancel()
 	if err != nil {
 		a.launches.failed(name, err, time.Now())
-		a.health.QEMUError()
 		return err
 	}
 	c := qemu.QMP{Monitor: mon}

@@ -7,9 +7,9 @@ import (
 )
 
 // Self holds the health signals the agent observes in its own work rather
-// than reads from the host: how many guests' QEMU processes failed (crashed,
-// or would not start or answer), and how long the last lease renewals took
-// (a host whose renewals slow down is the next one to self-fence).
+// than reads from the host: how many guests' QEMU processes crashed while
+// running, and how long the last lease renewals took (a host whose
+// renewals slow down is the next one to self-fence).
 type Self struct {
 	mu         sync.Mutex
 	qemuErrors float64
@@ -21,7 +21,7 @@ type Self struct {
 // Name is "agent".
 func (*Self) Name() string { return "agent" }
 
-// QEMUError counts one failure of a guest's QEMU.
+// QEMUError counts one crash of a running guest's QEMU.
 func (s *Self) QEMUError() {
 	s.mu.Lock()
 	s.qemuErrors++

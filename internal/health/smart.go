@@ -29,13 +29,13 @@ type SMART struct {
 	Root  string
 	Every time.Duration
 
-	mu   *sync.Mutex
+	mu   sync.Mutex
 	last time.Time
 	memo []Reading
 }
 
 // NewSMART returns a SMART source under root.
-func NewSMART(root string) *SMART { return &SMART{Root: root, mu: new(sync.Mutex)} }
+func NewSMART(root string) *SMART { return &SMART{Root: root} }
 
 // Name is "smart".
 func (*SMART) Name() string { return "smart" }
