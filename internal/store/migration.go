@@ -33,30 +33,37 @@ func (s *Store) GetMigration(ctx context.Context, vm string) (*api.Migration, in
 }
 
 // StartMigration records a new migration unless one is already under way.
+// A finished record being amended at that moment (a source adds QEMU's
+// figures to a migration the target already ended) is no reason to refuse:
+// the new record is tried again on top of it, a few times.
 func (s *Store) StartMigration(ctx context.Context, m *api.Migration) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	key := MigrationPrefix + m.VM
-	cur, rev, err := s.GetMigration(ctx, m.VM)
-	if err != nil {
-		return err
-	}
-	if cur != nil && !api.MigrationTerminal(cur.Phase) {
-		return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is already migrating (%s -> %s, %s)", m.VM, cur.Source, cur.Target, cur.Phase))
-	}
 	b, _ := json.Marshal(m)
-	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
-	resp, err := s.cli.Txn(ctx).
-		If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
-		Then(append(append(touchParties(m), migrationEvent(cur, m)...), clientv3.OpPut(key, string(b)))...).Commit()
-	if err != nil {
-		return unavailable(err)
+	for attempt := 0; ; attempt++ {
+		cur, rev, err := s.GetMigration(ctx, m.VM)
+		if err != nil {
+			return err
+		}
+		if cur != nil && !api.MigrationTerminal(cur.Phase) {
+			return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q is already migrating (%s -> %s, %s)", m.VM, cur.Source, cur.Target, cur.Phase))
+		}
+		cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+		resp, err := s.cli.Txn(ctx).
+			If(cmp, clientv3.Compare(clientv3.Version(VMPrefix+m.VM), ">", 0)).
+			Then(append(append(touchParties(m), migrationEvent(cur, m)...), clientv3.OpPut(key, string(b)))...).Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if resp.Succeeded {
+			s.observed(cur, m)
+			return nil
+		}
+		if attempt == 4 {
+			return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q changed while the migration was being started; try again", m.VM))
+		}
 	}
-	if !resp.Succeeded {
-		return errdefs.New(errdefs.ErrConflict, fmt.Sprintf("vm %q changed while the migration was being started; try again", m.VM))
-	}
-	s.observed(cur, m)
-	return nil
 }
 
 // UpdateMigration applies fn to a VM's migration with optimistic concurrency
