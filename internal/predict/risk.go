@@ -267,6 +267,12 @@ func bestTrend(cfg RiskConfig, now time.Time, pts []telemetry.Point, counter boo
 // Poisson count's noise (±45 % at five) swamps any trend.
 const eventsPerBucket = 5
 
+// quietEvents is how many events a counter at its limit would bring over
+// the time a quiet counter is judged on: with no event seen, its rate's
+// uncertainty (one event over the time) then puts the limit three
+// standard errors away.
+const quietEvents = 3
+
 // judgeCounter scores a counter by its rate: a significant rise of the
 // rate over stretches of the history extrapolated, or otherwise its rate
 // over the last third of the history, with a counting process's (Poisson)
@@ -282,13 +288,22 @@ func judgeCounter(cfg RiskConfig, now time.Time, pts []telemetry.Point, r *Signa
 		// ten seconds says little about a limit of one a minute).
 		return false
 	}
-	// The recent rate, and its uncertainty.
-	from := within(pts, pts[len(pts)-1].T.Add(-span/3))
+	// The recent rate, and its uncertainty: over the last third of the
+	// history, but at least as long as the limit takes to bring
+	// quietEvents.
+	recent := span / 3
+	if q := quietEvents / r.Limit; q > recent.Seconds() {
+		recent = time.Duration(math.Min(q, span.Seconds()) * float64(time.Second))
+	}
+	from := within(pts, pts[len(pts)-1].T.Add(-recent))
 	if len(from) < 2 {
 		from = pts[len(pts)-2:]
 	}
 	n, dt := increase(from), from[len(from)-1].T.Sub(from[0].T).Seconds()
-	if dt <= 0 {
+	if dt <= 0 || (n == 0 && r.Limit*dt < quietEvents) {
+		// Silence over less time than the limit needs to bring a few
+		// events is no evidence either way: a host whose QEMU has not
+		// crashed in the ten seconds since it started is not at risk.
 		return false
 	}
 	r.Now, r.Projected = n/dt, n/dt

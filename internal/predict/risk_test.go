@@ -268,3 +268,26 @@ func TestRiskCombinesSignalsAndKeepsReasons(t *testing.T) {
 }
 
 func pt(t time.Time, v float64) telemetry.Point { return telemetry.Point{T: t, V: v} }
+
+// TestSilenceIsNoRisk: a counter that has seen no event is not a risk,
+// however short its history (CI once put a host in maintenance because its
+// QEMU had not crashed in the 1.5 s it had been watched: a zero count over
+// so short a time has a large uncertainty, which must not read as risk);
+// with enough history, the same quiet counter is judged, and healthy.
+func TestSilenceIsNoRisk(t *testing.T) {
+	now := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		horizon, every time.Duration
+	}{{3 * time.Second, 100 * time.Millisecond}, {30 * time.Minute, 10 * time.Second}, {2 * time.Hour, time.Minute}} {
+		for _, watched := range []time.Duration{c.horizon / 2, c.horizon, 4 * c.horizon} {
+			s := predict.Signal{Name: "agent/qemu_errors", Kind: health.Counter, Unit: "errors"}
+			for at := now.Add(-watched); !at.After(now); at = at.Add(c.every) {
+				s.Points = append(s.Points, pt(at, 0))
+			}
+			got := predict.Assess(predict.RiskConfig{Horizon: c.horizon}, now, []predict.Signal{s})
+			if got.Probability > 0.01 {
+				t.Errorf("horizon %s, watched %s with no crash: risk %.3f (%+v)", c.horizon, watched, got.Probability, got.Signals)
+			}
+		}
+	}
+}
