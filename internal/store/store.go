@@ -368,7 +368,7 @@ func (s *Store) DeleteVM(ctx context.Context, name, uuid string) error {
 		ops := []clientv3.Op{
 			clientv3.OpDelete(VMPrefix + name), clientv3.OpDelete(StatusPrefix + name),
 			clientv3.OpDelete(PlacementPrefix + name), clientv3.OpDelete(OwnerPrefix + name),
-			clientv3.OpDelete(MigrationPrefix + name),
+			clientv3.OpDelete(MigrationPrefix + name), clientv3.OpDelete(LoadHistoryPrefix + name),
 		}
 		if p := g.Responses[1].GetResponseRange().Kvs; len(p) > 0 {
 			ops = append(ops, clientv3.OpDelete(hostVMKey(string(p[0].Value), name)))

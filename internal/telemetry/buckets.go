@@ -70,3 +70,38 @@ func (b *Buckets) Values() []float64 {
 
 // Step is the buckets' width.
 func (b *Buckets) Step() time.Duration { return b.step }
+
+// BucketsState is a Buckets' closed buckets, to be carried elsewhere (a
+// guest's history follows it to the host it moves to).
+type BucketsState struct {
+	Step time.Duration `json:"step"`
+	// End is when the newest closed bucket ended: the open one's start.
+	End    time.Time `json:"end"`
+	Values []float64 `json:"values"`
+}
+
+// State returns the closed buckets and where they end; the open bucket's
+// samples are left out.
+func (b *Buckets) State() BucketsState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return BucketsState{Step: b.step, End: b.start, Values: append([]float64(nil), b.done...)}
+}
+
+// RestoreBuckets returns a history of capacity buckets that continues
+// st: its next sample lands in the bucket starting at st.End (a gap since
+// is filled as Add fills one). A state of another step, or none, gives an
+// empty history.
+func RestoreBuckets(st BucketsState, step time.Duration, capacity int) *Buckets {
+	b := NewBuckets(step, capacity)
+	if st.Step != step || st.End.IsZero() || len(st.Values) == 0 {
+		return b
+	}
+	vals := st.Values
+	if len(vals) > b.cap {
+		vals = vals[len(vals)-b.cap:]
+	}
+	b.done = append(b.done, vals...)
+	b.start = st.End
+	return b
+}
