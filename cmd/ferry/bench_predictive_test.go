@@ -26,6 +26,21 @@ func TestLoadTraceShape(t *testing.T) {
 	}
 }
 
+// TestPackedHomeOnceANight: a guest is packed home once a night,
+// loadHomeAfter days after its peak, and never before its first.
+func TestPackedHomeOnceANight(t *testing.T) {
+	g := &loadGuest{Phase: 0.6}
+	var due []float64
+	for i := 0; i < 300; i++ { // every hundredth of a day
+		if g.nightDue(time.Duration(float64(i) / 100 * float64(loadDay))) {
+			due = append(due, float64(i)/100)
+		}
+	}
+	if len(due) != 3 || due[0] != 0.9 || due[1] != 1.9 || due[2] != 2.9 {
+		t.Fatalf("packed home at days %v, want 0.9, 1.9 and 2.9", due)
+	}
+}
+
 // TestSummarizeFailures counts per mode and set, failed runs apart.
 func TestSummarizeFailures(t *testing.T) {
 	runs := []failureRun{

@@ -105,6 +105,9 @@ func (s *loadSampler) sample(ctx context.Context, a *Agent, now time.Time) *api.
 	for _, in := range a.instances() {
 		in.mu.Lock()
 		name, pid, uuid := in.name, in.rec.PID, in.rec.UUID
+		// While it migrates, its QEMU's CPU is the copy's as much as the
+		// guest's: the host counts it, the guest's history does not.
+		migrating := in.srcTunnel != nil || in.tgtTunnel != nil
 		in.mu.Unlock()
 		used, err := a.rt.CPUTime(pid)
 		if err != nil {
@@ -118,7 +121,9 @@ func (s *loadSampler) sample(ctx context.Context, a *Agent, now time.Time) *api.
 		}
 		if g.pid == pid && now.After(g.at) {
 			g.now = math.Max(0, (used-g.cpuTime).Seconds()/now.Sub(g.at).Seconds())
-			g.hist.Add(now, g.now)
+			if !migrating {
+				g.hist.Add(now, g.now)
+			}
 		}
 		// A new QEMU (the guest restarted or arrived) starts a new count.
 		g.pid, g.cpuTime, g.at = pid, used, now
