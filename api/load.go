@@ -24,6 +24,12 @@ type HostLoad struct {
 	StepS    float64   `json:"step_s,omitempty"`
 	// Guests are each local guest's use now and its forecast peak.
 	Guests map[string]GuestLoad `json:"guests,omitempty"`
+	// Waiting is its guests' Waiting summed: a host whose guests wait is
+	// contended, whatever its guests' use says.
+	Waiting float64 `json:"waiting_cpu,omitempty"`
+	// HistorySource is where the guests' histories are kept: "store"
+	// (by the agents) or the Prometheus server they are read from.
+	HistorySource string `json:"history_source,omitempty"`
 }
 
 // GuestLoad is one guest's CPU use now and its forecast peak within the
@@ -31,6 +37,14 @@ type HostLoad struct {
 type GuestLoad struct {
 	CPU  float64 `json:"cpu"`
 	Peak float64 `json:"peak_cpu"`
+	// History is how many buckets of history its forecast had.
+	History int `json:"history_buckets,omitempty"`
+	// Waiting is how many CPUs' worth of time it waited for its CPUs over
+	// the last sampling (its threads runnable but not running: other work
+	// ahead of them, a cgroup's quota); HealthMS the median time its last
+	// health checks took. Both say how well it is served.
+	Waiting  float64 `json:"waiting_cpu,omitempty"`
+	HealthMS float64 `json:"health_ms,omitempty"`
 }
 
 // Balancer modes: off, reactive (act once a host has been over its
@@ -64,6 +78,9 @@ type BalanceHost struct {
 	Peak     float64 `json:"peak_cpu"`
 	PeakInS  float64 `json:"peak_in_s"`
 	Method   string  `json:"method"`
+	// Waiting is the CPUs' worth of time its guests waited for their
+	// CPUs (contention).
+	Waiting float64 `json:"waiting_cpu,omitempty"`
 	// Over: the host is (reactive) or is forecast to be (predictive)
 	// over the threshold.
 	Over bool `json:"over"`
@@ -80,6 +97,9 @@ type BalanceMove struct {
 	PredictedS float64   `json:"predicted_s"`
 	StartAt    time.Time `json:"start_at"`
 	Why        string    `json:"why"`
+	// Heal: the move is for the guest's own sake (served badly where it
+	// is), not its host's; its event is a heal-move.
+	Heal bool `json:"heal,omitempty"`
 }
 
 // BalanceStuck is an overloaded host the balancer cannot relieve, and why.

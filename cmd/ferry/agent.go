@@ -20,6 +20,7 @@ import (
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/promhist"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/spf13/cobra"
 )
@@ -134,10 +135,13 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.DurationVar(&o.load.Horizon, "load-horizon", agent.DefaultLoadHorizon, "how far ahead the guests' load is forecast")
 	f.Float64Var(&o.load.CapacityCPUs, "capacity-cpus", 0, "how many CPUs this host's guests may use (default: all of them)")
 	f.StringVar(&o.load.GuestCgroup, "guest-cgroup", "", "a cgroup directory (e.g. with a CPU quota) every guest's QEMU is moved into when it starts")
+	f.StringVar(&o.load.Source, "metrics-source", "", "read the guests' load histories from a Prometheus server scraping the cluster (prometheus://HOST:PORT) instead of keeping them in the store")
 	f.StringVar(&o.balance.Mode, "balance", api.BalancePredictive, "when this host leads, how guests are moved off overloaded hosts: predictive (ahead of a forecast overload), reactive (once one lasts), or off")
 	f.Float64Var(&o.balance.Threshold, "balance-threshold", 0.8, "share of a host's capacity above which it counts as overloaded")
 	f.DurationVar(&o.balance.Sustain, "balance-sustain", 2*time.Minute, "how long an overload must last before the reactive balancer acts (and the predictive one, while a host has no forecast yet)")
 	f.DurationVar(&o.balance.Cooldown, "balance-cooldown", 10*time.Minute, "how long a guest the balancer moved stays put")
+	f.BoolVar(&o.balance.Heal, "heal", true, "when this host leads, move guests served badly where they are (waiting for their CPUs, slow health answers) for --balance-sustain to a host where they do better, whatever --balance says")
+	f.Float64Var(&o.balance.HealHealthMS, "heal-health-ms", 250, "a guest whose health checks take longer than this (median of the last ten) is served badly")
 	f.BoolVar(&o.noLeader, "no-leader", false, "never lead the cluster (run no controllers): in large clusters a few hosts campaign, not all (see docs/BENCHMARKS.md, scale)")
 	f.DurationVar(&o.haTiming.LeaseTTL, "lease-ttl", o.haTiming.LeaseTTL, "this host's etcd lease (whole seconds); the rest of the fencing timing scales with it unless set (docs/HA.md)")
 	f.DurationVar(&o.haTiming.Renew, "lease-renew", o.haTiming.Renew, "how often the lease is renewed")
@@ -171,6 +175,11 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		CertCheck: o.certCheck, CertBefore: o.certBefore, Log: log, LinkProbeEvery: o.linkProbe, Health: o.health, Load: o.load, Balance: o.balance}
 	if o.load.Every == 0 {
 		h.Load.Every = -1
+	}
+	if o.load.Source != "" {
+		if _, err := promhist.Parse(o.load.Source); err != nil {
+			return fmt.Errorf("--metrics-source: %w", err)
+		}
 	}
 	switch o.balance.Mode {
 	case api.BalanceOff, api.BalanceReactive, api.BalancePredictive:

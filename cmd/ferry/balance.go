@@ -42,9 +42,10 @@ func balanceCmd(g *globals) *cobra.Command {
 				if h.PeakInS > 0 {
 					in = (time.Duration(h.PeakInS) * time.Second).String()
 				}
-				rows = append(rows, []string{h.Name, fmt.Sprintf("%.2f/%.2f", h.CPU, h.Capacity), fmt.Sprintf("%.2f", h.Peak), in, h.Method, over})
+				rows = append(rows, []string{h.Name, fmt.Sprintf("%.2f/%.2f", h.CPU, h.Capacity), fmt.Sprintf("%.2f", h.Waiting),
+					fmt.Sprintf("%.2f", h.Peak), in, h.Method, over})
 			}
-			table(os.Stdout, []string{"HOST", "CPU(NOW/CAPACITY)", "PEAK", "PEAK IN", "FORECAST", ""}, rows)
+			table(os.Stdout, []string{"HOST", "CPU(NOW/CAPACITY)", "WAITING", "PEAK", "PEAK IN", "FORECAST", ""}, rows)
 			if len(p.Moves) == 0 {
 				fmt.Println("\nno moves planned")
 			}
@@ -53,7 +54,11 @@ func balanceCmd(g *globals) *cobra.Command {
 				if d := time.Until(m.StartAt); d > time.Second {
 					when = "in " + d.Round(time.Second).String()
 				}
-				fmt.Printf("\nmove %s %s -> %s %s: %s\n", m.VM, m.From, m.To, when, m.Why)
+				verb := "move"
+				if m.Heal {
+					verb = "heal"
+				}
+				fmt.Printf("\n%s %s %s -> %s %s: %s\n", verb, m.VM, m.From, m.To, when, m.Why)
 			}
 			for _, s := range p.Stuck {
 				fmt.Printf("\n%s cannot be relieved: %s\n", s.Host, s.Why)

@@ -67,10 +67,10 @@ func (g *loadGuest) share(t time.Duration) float64 {
 // its peak with an idle neighbour stays under it.
 func loadGuests() []*loadGuest {
 	return []*loadGuest{
-		{Name: "la1", Host: "h2", Base: 0.02, Peak: 0.26, Phase: 0.6},
-		{Name: "la2", Host: "h2", Base: 0.02, Peak: 0.26, Phase: 0.6},
-		{Name: "lb1", Host: "h3", Base: 0.02, Peak: 0.26, Phase: 0.1},
-		{Name: "lb2", Host: "h3", Base: 0.02, Peak: 0.26, Phase: 0.1},
+		{Name: "la1", Host: "h2", Base: 0.02, Peak: 0.34, Phase: 0.6},
+		{Name: "la2", Host: "h2", Base: 0.02, Peak: 0.34, Phase: 0.6},
+		{Name: "lb1", Host: "h3", Base: 0.02, Peak: 0.34, Phase: 0.1},
+		{Name: "lb2", Host: "h3", Base: 0.02, Peak: 0.34, Phase: 0.1},
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/ferryvm/ferry/internal/image"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/predict"
+	"github.com/ferryvm/ferry/internal/promhist"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -114,6 +115,11 @@ type Config struct {
 	// GuestCgroup, if set, is a cgroup directory every guest's QEMU is
 	// moved into when it starts (a host that caps what its guests use).
 	GuestCgroup string
+	// LoadSource, if set, is a Prometheus server the guests' CPU
+	// histories are read from (it scrapes every host's
+	// ferry_guest_cpu_seconds_total); nil: the agents keep them in the
+	// store.
+	LoadSource *promhist.Source
 }
 
 // Agent reconciles one host.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"runtime"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/metrics"
 )
@@ -21,6 +22,15 @@ func (a *Agent) Figures() metrics.HostFigures {
 		if t, err := a.cfg.Overlay.Traffic(); err == nil {
 			f.Network = &metrics.NetworkFigures{UnderlaySent: t.UnderlaySent, UnderlayReceived: t.UnderlayReceived,
 				OverlaySent: t.OverlaySent, OverlayReceived: t.OverlayReceived}
+		}
+	}
+	f.GuestCPU = map[string]time.Duration{}
+	for _, in := range a.instances() {
+		in.mu.Lock()
+		name, pid := in.name, in.rec.PID
+		in.mu.Unlock()
+		if used, err := a.rt.CPUTime(pid); err == nil {
+			f.GuestCPU[name] = used
 		}
 	}
 	a.mu.Lock()

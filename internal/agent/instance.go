@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -87,9 +88,12 @@ type instance struct {
 	fenced     bool   // killed by self-fencing
 	// unhealthySince is when the guest's health check started failing.
 	unhealthySince time.Time
-	guest          *api.Guest
-	gone           chan struct{} // closed once QEMU has exited
-	detached       chan struct{} // closed when the agent lets go without stopping it
+	// healthTook are how long its last answered health checks took,
+	// newest last (guarded by mu).
+	healthTook []time.Duration
+	guest      *api.Guest
+	gone       chan struct{} // closed once QEMU has exited
+	detached   chan struct{} // closed when the agent lets go without stopping it
 }
 
 func (a *Agent) recordPath(name string) string { return filepath.Join(a.vmDir(name), "runtime.json") }
@@ -261,4 +265,27 @@ func freePort(addr string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// healthChecks is how many answered health checks a guest's service time
+// is the median of.
+const healthChecks = 10
+
+// tookHealth records how long an answered health check took (in.mu held).
+func (in *instance) tookHealth(d time.Duration) {
+	if len(in.healthTook) == healthChecks {
+		in.healthTook = append(in.healthTook[:0], in.healthTook[1:]...)
+	}
+	in.healthTook = append(in.healthTook, d)
+}
+
+// healthMedianMS is the median of the last health checks' times in
+// milliseconds, 0 before any (in.mu held).
+func (in *instance) healthMedianMS() float64 {
+	if len(in.healthTook) == 0 {
+		return 0
+	}
+	d := slices.Clone(in.healthTook)
+	slices.Sort(d)
+	return float64(d[len(d)/2].Microseconds()) / 1000
 }

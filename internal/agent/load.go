@@ -42,11 +42,16 @@ type loadSampler struct {
 type guestLoad struct {
 	uuid    string
 	saved   time.Time // the end of the history last written to the store
+	fetched time.Time // the bucket its history was last read from Prometheus in
 	pid     int
 	cpuTime time.Duration
 	at      time.Time
 	now     float64 // CPUs over the last sampling
-	hist    *telemetry.Buckets
+	waited  time.Duration
+	waiting float64 // CPUs' worth of time it waited for over the last sampling
+	// healthMS is the median time its last health checks took.
+	healthMS float64
+	hist     *telemetry.Buckets
 }
 
 func (a *Agent) newLoadSampler() *loadSampler {
@@ -101,47 +106,81 @@ func (a *Agent) loadLoop(ctx context.Context) {
 // changes the moment a guest arrives or leaves.
 func (s *loadSampler) sample(ctx context.Context, a *Agent, now time.Time) *api.HostLoad {
 	seen := map[string]bool{}
-	var total float64
 	for _, in := range a.instances() {
-		in.mu.Lock()
-		name, pid, uuid := in.name, in.rec.PID, in.rec.UUID
-		// While it migrates, its QEMU's CPU is the copy's as much as the
-		// guest's: the host counts it, the guest's history does not.
-		migrating := in.srcTunnel != nil || in.tgtTunnel != nil
-		in.mu.Unlock()
-		used, err := a.rt.CPUTime(pid)
-		if err != nil {
-			continue
+		if name, ok := s.sampleGuest(ctx, a, in, now); ok {
+			seen[name] = true
 		}
-		seen[name] = true
-		g := s.guests[name]
-		if g == nil || g.uuid != uuid {
-			g = &guestLoad{uuid: uuid, hist: s.restore(ctx, a, name, uuid)}
-			s.guests[name] = g
-		}
-		if g.pid == pid && now.After(g.at) {
-			g.now = math.Max(0, (used-g.cpuTime).Seconds()/now.Sub(g.at).Seconds())
-			if !migrating {
-				g.hist.Add(now, g.now)
-			}
-		}
-		// A new QEMU (the guest restarted or arrived) starts a new count.
-		g.pid, g.cpuTime, g.at = pid, used, now
-		total += g.now
-		s.save(ctx, a, name, g)
 	}
 	for name := range s.guests {
 		if !seen[name] {
 			delete(s.guests, name)
 		}
 	}
-	l := &api.HostLoad{Capacity: s.capacity, CPU: total, Horizon: s.horizon.String(), Sampled: now.UTC(),
-		Guests: map[string]api.GuestLoad{}, StepS: s.step.Seconds()}
+	return s.report(a, now)
+}
+
+// sampleGuest reads one guest's CPU time and wait, and records its use in
+// its history; it returns the guest's name, and false when its QEMU could
+// not be read.
+func (s *loadSampler) sampleGuest(ctx context.Context, a *Agent, in *instance, now time.Time) (string, bool) {
+	in.mu.Lock()
+	name, pid, uuid := in.name, in.rec.PID, in.rec.UUID
+	// While it migrates, its QEMU's CPU is the copy's as much as the
+	// guest's: the host counts it, the guest's history does not.
+	migrating := in.srcTunnel != nil || in.tgtTunnel != nil
+	healthMS := in.healthMedianMS()
+	in.mu.Unlock()
+	used, err := a.rt.CPUTime(pid)
+	if err != nil {
+		return name, false
+	}
+	waited, err := a.rt.CPUWait(pid)
+	if err != nil {
+		waited = 0
+	}
+	g := s.guests[name]
+	if g == nil || g.uuid != uuid {
+		g = &guestLoad{uuid: uuid, hist: s.restore(ctx, a, name, uuid, now)}
+		s.guests[name] = g
+	} else if a.cfg.LoadSource != nil && now.Truncate(s.step).After(g.fetched) {
+		// Kept by Prometheus: read again once a bucket has closed (and
+		// kept as it was while Prometheus does not answer).
+		if h, err := s.fetch(ctx, a, name, now); err == nil {
+			g.hist = h
+		}
+	}
+	if a.cfg.LoadSource != nil {
+		g.fetched = now.Truncate(s.step)
+	}
+	if g.pid == pid && now.After(g.at) {
+		secs := now.Sub(g.at).Seconds()
+		g.now = math.Max(0, (used-g.cpuTime).Seconds()/secs)
+		g.waiting = math.Max(0, (waited-g.waited).Seconds()/secs)
+		if !migrating {
+			g.hist.Add(now, g.now)
+		}
+	}
+	// A new QEMU (the guest restarted or arrived) starts a new count.
+	g.pid, g.cpuTime, g.waited, g.at, g.healthMS = pid, used, waited, now, healthMS
+	s.save(ctx, a, name, g)
+	return name, true
+}
+
+// report is the host's load: its guests' use, wait and forecasts summed.
+func (s *loadSampler) report(a *Agent, now time.Time) *api.HostLoad {
+	l := &api.HostLoad{Capacity: s.capacity, Horizon: s.horizon.String(), Sampled: now.UTC(),
+		Guests: map[string]api.GuestLoad{}, StepS: s.step.Seconds(), HistorySource: "store"}
+	if a.cfg.LoadSource != nil {
+		l.HistorySource = a.cfg.LoadSource.String()
+	}
 	var sum []float64
 	seasonal, forecast := 0, 0
 	for name, g := range s.guests {
-		peak, _, method, fc := s.forecast(g.hist.Values(), g.now)
-		l.Guests[name] = api.GuestLoad{CPU: g.now, Peak: peak}
+		hist := g.hist.Values()
+		peak, _, method, fc := s.forecast(hist, g.now)
+		l.Guests[name] = api.GuestLoad{CPU: g.now, Peak: peak, History: len(hist), Waiting: g.waiting, HealthMS: g.healthMS}
+		l.CPU += g.now
+		l.Waiting += g.waiting
 		if fc == nil {
 			fc = []float64{g.now} // no forecast yet: as it is now
 		} else {
@@ -154,14 +193,14 @@ func (s *loadSampler) sample(ctx context.Context, a *Agent, now time.Time) *api.
 	}
 	switch {
 	case forecast == 0:
-		l.Method, l.Peak = "none", total
+		l.Method, l.Peak = "none", l.CPU
 		return l
 	case seasonal == len(s.guests):
 		l.Method = "holt-winters"
 	default:
 		l.Method = "holt"
 	}
-	l.Forecast, l.Peak = sum, total
+	l.Forecast, l.Peak = sum, l.CPU
 	for i, v := range sum {
 		if v > l.Peak {
 			l.Peak, l.PeakInS = v, float64(i+1)*l.StepS
@@ -191,9 +230,16 @@ func at(v []float64, i int) float64 {
 }
 
 // restore returns a guest's history as kept in the store (by the host it
-// came from, or this one before a restart), or a new one.
-func (s *loadSampler) restore(ctx context.Context, a *Agent, name, uuid string) *telemetry.Buckets {
+// came from, or this one before a restart) or by the Prometheus server the
+// agent reads it from, or a new one.
+func (s *loadSampler) restore(ctx context.Context, a *Agent, name, uuid string, now time.Time) *telemetry.Buckets {
 	capacity := periodsKept * stepsPerPeriod
+	if a.cfg.LoadSource != nil {
+		if h, err := s.fetch(ctx, a, name, now); err == nil {
+			return h
+		}
+		return telemetry.NewBuckets(s.step, capacity)
+	}
 	if a.st != nil {
 		h, err := a.st.LoadHistory(ctx, name, uuid)
 		if err != nil {
@@ -205,11 +251,22 @@ func (s *loadSampler) restore(ctx context.Context, a *Agent, name, uuid string) 
 	return telemetry.NewBuckets(s.step, capacity)
 }
 
+// fetch reads a guest's history from the Prometheus server.
+func (s *loadSampler) fetch(ctx context.Context, a *Agent, name string, now time.Time) (*telemetry.Buckets, error) {
+	capacity := periodsKept * stepsPerPeriod
+	st, err := a.cfg.LoadSource.CPU(ctx, name, s.step, now.Add(-time.Duration(capacity)*s.step), now)
+	if err != nil {
+		a.log.Warn("reading a guest's load history from Prometheus", "vm", name, "err", err)
+		return nil, err
+	}
+	return telemetry.RestoreBuckets(st, s.step, capacity), nil
+}
+
 // save writes a guest's history to the store when a bucket has closed
 // since it was last written.
 func (s *loadSampler) save(ctx context.Context, a *Agent, name string, g *guestLoad) {
 	st := g.hist.State()
-	if a.st == nil || !st.End.After(g.saved) || len(st.Values) == 0 {
+	if a.st == nil || a.cfg.LoadSource != nil || !st.End.After(g.saved) || len(st.Values) == 0 {
 		return
 	}
 	if err := a.st.PutLoadHistory(ctx, name, &store.LoadHistory{UUID: g.uuid, CPU: st}); err != nil {

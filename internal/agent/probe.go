@@ -25,9 +25,14 @@ func (a *Agent) probeLoop(ctx context.Context) {
 				continue
 			}
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			asked := time.Now()
 			g := a.rt.Probe(pctx, in.rec.Endpoint)
+			took := time.Since(asked)
 			cancel()
 			in.mu.Lock()
+			if g.Healthy {
+				in.tookHealth(took)
+			}
 			old := in.guest
 			if g.Healthy || old == nil {
 				in.guest = g

@@ -50,6 +50,9 @@ type Runtime interface {
 	SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySample, error)
 	// CPUTime is how much CPU time the guest's QEMU has used so far.
 	CPUTime(pid int) (time.Duration, error)
+	// CPUWait is how long the guest's QEMU has waited for CPUs while
+	// runnable so far (contention, a cgroup's quota).
+	CPUWait(pid int) (time.Duration, error)
 }
 
 // Watchdog is the host's last line of fencing: told which HA guests run
@@ -137,6 +140,9 @@ func (Host) SampleMemory(pid, memoryMiB int, again time.Duration) (qemu.MemorySa
 
 // CPUTime implements Runtime from /proc.
 func (Host) CPUTime(pid int) (time.Duration, error) { return qemu.CPUTime(pid) }
+
+// CPUWait reads /proc/PID/task/*/schedstat.
+func (Host) CPUWait(pid int) (time.Duration, error) { return qemu.CPUWait(pid) }
 
 // Probe implements Runtime: GET /health from the guest's ferry-guest.
 func (h Host) Probe(ctx context.Context, endpoint string) *api.Guest {

@@ -13,6 +13,7 @@ import (
 	"github.com/ferryvm/ferry/internal/errdefs"
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/predict"
+	"github.com/ferryvm/ferry/internal/promhist"
 	"github.com/ferryvm/ferry/internal/simcluster"
 	"github.com/ferryvm/ferry/internal/simqemu"
 	"github.com/ferryvm/ferry/internal/store"
@@ -44,6 +45,7 @@ type envOpts struct {
 	loadEvery, loadPeriod, loadHorizon time.Duration
 	capacity                           float64
 	balance                            balance.Config
+	loadSource                         *promhist.Source
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -55,7 +57,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 	c, err := simcluster.New(simcluster.Config{Endpoints: eps, Dir: t.TempDir(), ControlPlane: o.controlPlane,
 		Partitions: o.partitions, MigrationStall: o.stall, HA: o.ha, NoWatchdog: o.noWatchdog,
 		HealthEvery: o.healthEvery, Risk: o.risk, MigrationCredentials: o.migrationTLS,
-		LoadEvery: o.loadEvery, LoadPeriod: o.loadPeriod, LoadHorizon: o.loadHorizon, CapacityCPUs: o.capacity, Balance: o.balance})
+		LoadEvery: o.loadEvery, LoadPeriod: o.loadPeriod, LoadHorizon: o.loadHorizon, CapacityCPUs: o.capacity, Balance: o.balance,
+		LoadSource: o.loadSource})
 	if err != nil {
 		t.Fatal(err)
 	}

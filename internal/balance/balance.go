@@ -50,6 +50,14 @@ type Config struct {
 	// Margin is how long before the forecast peak a predictive move is
 	// meant to have finished (default 10 s).
 	Margin time.Duration
+	// Heal moves guests served badly where they are (see heal.go),
+	// whatever the mode; HealWait, HealMinWait and HealHealthMS are its
+	// limits (defaults 0.5, 0.25 CPUs, 250 ms); a guest must be served
+	// badly for Sustain before it moves.
+	Heal         bool
+	HealWait     float64
+	HealMinWait  float64
+	HealHealthMS float64
 }
 
 func (c Config) withDefaults() Config {
@@ -71,6 +79,15 @@ func (c Config) withDefaults() Config {
 	if c.Margin <= 0 {
 		c.Margin = 10 * time.Second
 	}
+	if c.HealWait <= 0 {
+		c.HealWait = 0.5
+	}
+	if c.HealMinWait <= 0 {
+		c.HealMinWait = 0.25
+	}
+	if c.HealHealthMS <= 0 {
+		c.HealHealthMS = 250
+	}
 	return c
 }
 
@@ -88,6 +105,8 @@ type Balancer struct {
 	// load since (its record lags the move by up to a heartbeat).
 	pending map[string]pendingMove
 	written []byte // the last plan written (without its time)
+	// badSince is when each guest was first seen served badly.
+	badSince map[string]time.Time
 }
 
 // pendingMove is a move off a host whose effect is not reported yet.
@@ -102,7 +121,7 @@ func New(st *store.Store, cfg Config, log *slog.Logger) *Balancer {
 		log = slog.Default()
 	}
 	return &Balancer{st: st, cfg: cfg.withDefaults(), log: log.With("controller", "balance"),
-		overSince: map[string]time.Time{}, movedAt: map[string]time.Time{}, pending: map[string]pendingMove{}}
+		overSince: map[string]time.Time{}, movedAt: map[string]time.Time{}, pending: map[string]pendingMove{}, badSince: map[string]time.Time{}}
 }
 
 // Name implements leader.Controller.
@@ -111,7 +130,7 @@ func (b *Balancer) Name() string { return "balance" }
 // Pass implements leader.Controller: it plans, records the plan when it
 // changed, and queues the moves whose time has come.
 func (b *Balancer) Pass(ctx context.Context, r *leader.Round) error {
-	if b.cfg.Mode == api.BalanceOff {
+	if b.cfg.Mode == api.BalanceOff && !b.cfg.Heal {
 		return nil
 	}
 	now := time.Now()
@@ -136,7 +155,7 @@ func (b *Balancer) record(ctx context.Context, p *api.BalancePlan, guard store.G
 	cmp.Made = time.Time{}
 	cmp.Hosts = append([]api.BalanceHost(nil), p.Hosts...)
 	for i := range cmp.Hosts { // figures that move every sampling
-		cmp.Hosts[i].CPU, cmp.Hosts[i].Peak, cmp.Hosts[i].PeakInS = 0, 0, 0
+		cmp.Hosts[i].CPU, cmp.Hosts[i].Peak, cmp.Hosts[i].PeakInS, cmp.Hosts[i].Waiting = 0, 0, 0, 0
 	}
 	key, _ := json.Marshal(cmp)
 	if string(key) == string(b.written) && time.Since(p.Made) < time.Minute {
@@ -177,9 +196,9 @@ func (b *Balancer) plan(ctx context.Context, r *leader.Round, now time.Time) (*a
 		if l == nil || n.State != "ready" || n.Maintenance || l.Capacity <= 0 {
 			continue
 		}
-		h := api.BalanceHost{Name: n.Name, Capacity: l.Capacity, CPU: l.CPU, Peak: l.Peak, PeakInS: l.PeakInS, Method: l.Method}
+		h := api.BalanceHost{Name: n.Name, Capacity: l.Capacity, CPU: l.CPU, Peak: l.Peak, PeakInS: l.PeakInS, Method: l.Method, Waiting: l.Waiting}
 		level, until := b.level(l)
-		h.Over = level > b.cfg.Threshold*l.Capacity
+		h.Over = b.cfg.Mode != api.BalanceOff && level > b.cfg.Threshold*l.Capacity
 		p.Hosts = append(p.Hosts, h)
 		if !h.Over {
 			delete(b.overSince, n.Name)
@@ -219,6 +238,15 @@ func (b *Balancer) plan(ctx context.Context, r *leader.Round, now time.Time) (*a
 		r.View.Reserve(c.to, c.vm.Spec)
 		r.View.ReserveCPU(c.to, c.cpu)
 		busy[c.vm.Spec.Name] = true
+	}
+	if b.cfg.Heal {
+		if samples == nil {
+			var err error
+			if samples, err = b.st.MigSamples(ctx, 200); err != nil {
+				return nil, err
+			}
+		}
+		b.heal(ctx, r, p, vms, busy, samples, now)
 	}
 	sort.Slice(p.Hosts, func(i, j int) bool { return p.Hosts[i].Name < p.Hosts[j].Name })
 	return p, nil
@@ -392,6 +420,9 @@ func (b *Balancer) queue(ctx context.Context, r *leader.Round, m api.BalanceMove
 	}
 	mig := &api.Migration{ID: uuid.NewString(), VM: m.VM, Source: m.From, Target: m.To, Phase: api.MigQueued,
 		Options: opts, Plan: plan, Started: time.Now().UTC(), Reason: "balance: " + m.Why, Prediction: pred}
+	if m.Heal {
+		mig.Reason = "heal: " + m.Why
+	}
 	ok, err := b.st.PutMigrationGuarded(ctx, mig, rev, r.Guard)
 	if err != nil || !ok {
 		return err
@@ -399,7 +430,11 @@ func (b *Balancer) queue(ctx context.Context, r *leader.Round, m api.BalanceMove
 	b.movedAt[m.VM] = time.Now()
 	b.pending[m.From] = pendingMove{vm: m.VM}
 	b.log.Info("balance: migration queued", "vm", m.VM, "from", m.From, "to", m.To, "why", m.Why)
-	if err := b.st.PutEvent(ctx, api.Event{Kind: "balance-move", VM: m.VM, Node: m.From, Message: m.Why}); err != nil {
+	kind := "balance-move"
+	if m.Heal {
+		kind = "heal-move"
+	}
+	if err := b.st.PutEvent(ctx, api.Event{Kind: kind, VM: m.VM, Node: m.From, Message: m.Why}); err != nil {
 		b.log.Warn("recording event", "err", err)
 	}
 	return nil

@@ -29,6 +29,7 @@ import (
 	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/predict"
+	"github.com/ferryvm/ferry/internal/promhist"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -97,6 +98,9 @@ type Load struct {
 	Every, Period, Horizon time.Duration
 	CapacityCPUs           float64
 	GuestCgroup            string // a cgroup every guest's QEMU is moved into
+	// Source is where the guests' histories are read from: "" (kept by
+	// the agents in the store) or prometheus://HOST:PORT.
+	Source string
 }
 
 func (h *Host) pkiDir() string { return filepath.Join(h.DataDir, "pki") }
@@ -299,6 +303,13 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		RiskThreshold: h.Health.Threshold,
 		LoadEvery:     h.Load.Every, LoadPeriod: h.Load.Period, LoadHorizon: h.Load.Horizon, CapacityCPUs: h.Load.CapacityCPUs,
 		GuestCgroup: h.Load.GuestCgroup,
+	}
+	if h.Load.Source != "" {
+		src, err := promhist.Parse(h.Load.Source)
+		if err != nil {
+			return nil, err
+		}
+		cfg.LoadSource = src
 	}
 	if h.Advertise != nil {
 		local, _ := netip.AddrFromSlice(h.Advertise.To4())

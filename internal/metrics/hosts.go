@@ -24,6 +24,8 @@ type HostFigures struct {
 	// Network is what the host's devices carried (nil: not known, e.g. a
 	// host without the overlay).
 	Network *NetworkFigures
+	// GuestCPU is the CPU time each local guest's QEMU has used, by name.
+	GuestCPU map[string]time.Duration
 }
 
 // NetworkFigures are byte counters of a host's traffic by class: all it
@@ -90,17 +92,18 @@ var (
 	descLoss      = prometheus.NewDesc("ferry_link_loss_ratio", "Packet loss from this host to a peer that its recent probes suggest (0..1).", []string{"host", "peer"}, nil)
 	descJitter    = prometheus.NewDesc("ferry_link_jitter_seconds", "Mean difference between successive round trips from this host to a peer.", []string{"host", "peer"}, nil)
 	descNetwork   = prometheus.NewDesc("ferry_network_bytes_total", "Bytes this host's devices carried: class underlay (everything to and from other hosts) or overlay (its guests' share of it, encapsulation included); direction sent or received.", []string{"host", "class", "direction"}, nil)
+	descGuestCPU  = prometheus.NewDesc("ferry_guest_cpu_seconds_total", "CPU time a guest's QEMU process has used on this host (all its threads). Summed over hosts by vm, its rate is the guest's use wherever it ran; --metrics-source reads the guests' load histories from it.", []string{"host", "vm"}, nil)
 	descDegraded  = prometheus.NewDesc("ferry_link_degraded", "1 while the link from this host to a peer is judged degraded (lossy or slow); live moves avoid it.", []string{"host", "peer"}, nil)
 )
 
 // hostFamilies are the families hostCollector reports.
 var hostFamilies = []string{"ferry_guests", "ferry_host_memory_bytes", "ferry_host_memory_allocated_bytes", "ferry_host_cpus",
 	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second", "ferry_link_loss_ratio",
-	"ferry_link_jitter_seconds", "ferry_link_degraded", "ferry_network_bytes_total"}
+	"ferry_link_jitter_seconds", "ferry_link_degraded", "ferry_network_bytes_total", "ferry_guest_cpu_seconds_total"}
 
 // Describe implements prometheus.Collector.
 func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded, descNetwork} {
+	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded, descNetwork, descGuestCPU} {
 		ch <- d
 	}
 }
@@ -136,6 +139,9 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 				{"overlay", "sent", n.OverlaySent}, {"overlay", "received", n.OverlayReceived}} {
 				ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(c.v), s.name, c.class, c.dir)
 			}
+		}
+		for vm, used := range f.GuestCPU {
+			ch <- prometheus.MustNewConstMetric(descGuestCPU, prometheus.CounterValue, used.Seconds(), s.name, vm)
 		}
 		for _, l := range f.Links {
 			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, l.RTT.Seconds(), s.name, l.Peer)

@@ -86,8 +86,9 @@ func TestObserveMigration(t *testing.T) {
 func TestHostFigures(t *testing.T) {
 	unregister := RegisterHost("fig-h", func() HostFigures {
 		return HostFigures{Guests: map[string]int{"running": 2, "stopped": 1}, MemoryBytes: 8 << 30, AllocatedBytes: 1 << 30, CPUs: 4, Load1: 0.5,
-			Links:   []LinkFigures{{Peer: "fig-p", RTT: 3 * time.Millisecond, Bandwidth: 12.5e6}},
-			Network: &NetworkFigures{UnderlaySent: 9000, UnderlayReceived: 8000, OverlaySent: 3000, OverlayReceived: 2000}}
+			Links:    []LinkFigures{{Peer: "fig-p", RTT: 3 * time.Millisecond, Bandwidth: 12.5e6}},
+			Network:  &NetworkFigures{UnderlaySent: 9000, UnderlayReceived: 8000, OverlaySent: 3000, OverlayReceived: 2000},
+			GuestCPU: map[string]time.Duration{"web": 1500 * time.Millisecond}}
 	})
 	for _, c := range []struct {
 		name   string
@@ -102,6 +103,7 @@ func TestHostFigures(t *testing.T) {
 		{"ferry_link_bandwidth_bytes_per_second", map[string]string{"host": "fig-h", "peer": "fig-p"}, 12.5e6},
 		{"ferry_network_bytes_total", map[string]string{"host": "fig-h", "class": "overlay", "direction": "sent"}, 3000},
 		{"ferry_network_bytes_total", map[string]string{"host": "fig-h", "class": "underlay", "direction": "received"}, 8000},
+		{"ferry_guest_cpu_seconds_total", map[string]string{"host": "fig-h", "vm": "web"}, 1.5},
 	} {
 		if got := value(t, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -142,6 +142,9 @@ func (v *View) Check(r Request, host string) error {
 	case r.CPUShare > 0 && n.Load != nil && v.cpu[host]+r.CPU > r.CPUShare*n.Load.Capacity:
 		return fmt.Errorf("host %s would use %.2f of its %.2f CPUs at its forecast peak (more than %.0f %%)",
 			host, v.cpu[host]+r.CPU, n.Load.Capacity, 100*r.CPUShare)
+	case r.CPUShare > 0 && n.Load != nil && n.Load.Waiting > ContendedShare*n.Load.Capacity:
+		return fmt.Errorf("host %s is contended: its guests wait for their CPUs (%.2f CPUs' worth, more than %.0f %% of its %.2f)",
+			host, n.Load.Waiting, 100*ContendedShare, n.Load.Capacity)
 	}
 	if r.Live != nil {
 		return CheckLive(r.Live, v.nodes[r.Live.Node], n)
@@ -151,6 +154,13 @@ func (v *View) Check(r Request, host string) error {
 	}
 	return nil
 }
+
+// ContendedShare is the share of a host's capacity its guests may wait for
+// their CPUs (Load.Waiting) before the host takes no guest moved for CPU:
+// its CPUs are busier than its guests' use says. (A guest's threads wait
+// a little on any busy machine: an idle TCG guest on the testbed's shared
+// cores waits about 0.1 CPUs' worth.)
+const ContendedShare = 0.25
 
 // Candidates are the hosts that can take the request's guest, best first
 // (most free memory, then name), and why each other host cannot.

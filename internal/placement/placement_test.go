@@ -175,3 +175,29 @@ func TestDegradedLinks(t *testing.T) {
 		t.Fatalf("with every path degraded picked %q, want h2 (a degraded path beats none)", got)
 	}
 }
+
+// TestCPUShare: a move for CPU goes to the least loaded host whose
+// forecast peak with the guest stays within the share, never to a host
+// whose guests wait for their CPUs (contended, whatever their use says).
+func TestCPUShare(t *testing.T) {
+	tiny := []string{api.ImageTiny}
+	load := func(peak, waiting float64) *api.HostLoad {
+		return &api.HostLoad{Capacity: 1, CPU: peak, Peak: peak, Waiting: waiting}
+	}
+	nodes := []api.Node{
+		{Name: "busy", State: "ready", MemoryMiB: 8192, Images: tiny, Load: load(0.5, 0)},
+		{Name: "contended", State: "ready", MemoryMiB: 8192, Images: tiny, Load: load(0.05, 0.3)},
+		{Name: "light", State: "ready", MemoryMiB: 8192, Images: tiny, Load: load(0.2, 0.02)},
+	}
+	v := NewView(nodes, nil, nil)
+	spec := api.VMSpec{MemoryMiB: 256, Image: "tiny"}
+	if got, no := v.Pick(Request{Spec: spec, CPU: 0.3, CPUShare: 0.7}); got != "light" {
+		t.Fatalf("picked %q (%s), want light", got, Reasons(no))
+	}
+	_, no := v.Pick(Request{Spec: spec, CPU: 0.6, CPUShare: 0.7})
+	for _, want := range []string{"busy would use 1.10 of its 1.00 CPUs", "contended is contended", "light would use 0.80"} {
+		if !strings.Contains(Reasons(no), want) {
+			t.Errorf("reasons lack %q: %s", want, Reasons(no))
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/ferryvm/ferry/internal/ha"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/predict"
+	"github.com/ferryvm/ferry/internal/promhist"
 	"github.com/ferryvm/ferry/internal/simqemu"
 	"github.com/ferryvm/ferry/internal/store"
 )
@@ -69,6 +70,7 @@ type Config struct {
 	// guests may use (0: CPUs).
 	LoadEvery, LoadPeriod, LoadHorizon time.Duration
 	CapacityCPUs                       float64
+	LoadSource                         *promhist.Source // agent.Config.LoadSource
 	// Balance is the balancer's configuration on the hosts that lead.
 	Balance balance.Config
 	Log     *slog.Logger
@@ -177,7 +179,7 @@ func (c *Cluster) Start(ctx context.Context, name string) (*Host, error) {
 		CPUs: c.cfg.CPUs, MemoryMiB: c.cfg.MemoryMiB, MigrationStall: c.cfg.MigrationStall,
 		FailpointFile: h.failpoints(), MigrationTLSDir: migDir,
 		HealthRoot: h.HealthRoot(), HealthEvery: c.cfg.HealthEvery, Risk: c.cfg.Risk, RiskThreshold: c.cfg.RiskThreshold,
-		LoadEvery: loadEvery, LoadPeriod: c.cfg.LoadPeriod, LoadHorizon: c.cfg.LoadHorizon, CapacityCPUs: c.cfg.CapacityCPUs,
+		LoadEvery: loadEvery, LoadPeriod: c.cfg.LoadPeriod, LoadHorizon: c.cfg.LoadHorizon, CapacityCPUs: c.cfg.CapacityCPUs, LoadSource: c.cfg.LoadSource,
 	}, st)
 	if err != nil {
 		st.Close()

@@ -37,6 +37,12 @@ type Proc struct {
 	cpu     float64
 	cpuAt   time.Time
 	cpuUsed time.Duration
+	// wait is how many CPUs' worth of time the guest waits for a CPU
+	// (SetWait; a contended host) since waitAt, and waited before. It
+	// is the host's doing: a guest that migrates leaves it behind.
+	wait   float64
+	waitAt time.Time
+	waited time.Duration
 	// calc is a dirty-rate measurement: when it began and for how long.
 	calcAt   time.Time
 	calcSecs int64
@@ -329,6 +335,29 @@ func (p *Proc) SetCPU(cores float64) {
 	defer p.mu.Unlock()
 	p.cpuUsed = p.cpuTimeLocked()
 	p.cpu, p.cpuAt = cores, time.Now()
+}
+
+// SetWait makes the guest wait cores CPUs' worth of time for its CPUs
+// from now on, as on a contended host.
+func (p *Proc) SetWait(cores float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.waited = p.waitedLocked()
+	p.wait, p.waitAt = cores, time.Now()
+}
+
+// CPUWait is how long the guest has waited for its CPUs so far.
+func (p *Proc) CPUWait() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waitedLocked()
+}
+
+func (p *Proc) waitedLocked() time.Duration {
+	if p.waitAt.IsZero() {
+		return p.waited
+	}
+	return p.waited + time.Duration(p.wait*float64(time.Since(p.waitAt)))
 }
 
 // CPUTime is the CPU time the guest has used so far.

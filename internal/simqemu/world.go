@@ -252,6 +252,16 @@ func (r *Runtime) CPUTime(pid int) (time.Duration, error) {
 	return p.CPUTime(), nil
 }
 
+// CPUWait is how long the simulated guest has waited for its CPUs
+// (Proc.SetWait).
+func (r *Runtime) CPUWait(pid int) (time.Duration, error) {
+	p := r.w.proc(pid)
+	if p == nil || !p.Alive() {
+		return 0, fmt.Errorf("no qemu %d", pid)
+	}
+	return p.CPUWait(), nil
+}
+
 // Probe answers for the guest whose endpoint this is: healthy while its
 // CPUs run.
 func (r *Runtime) Probe(ctx context.Context, endpoint string) *api.Guest {

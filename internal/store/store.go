@@ -113,6 +113,12 @@ func unavailable(err error) error {
 // CreateVM stores a new VM spec with a freshly allocated address. It fails
 // with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
+	return s.CreateVMOn(ctx, spec, "")
+}
+
+// CreateVMOn is CreateVM with the VM placed on node in the same
+// transaction (none: ""), so that no scheduler places it elsewhere first.
+func (s *Store) CreateVMOn(ctx context.Context, spec *api.VMSpec, node string) error {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	const randomTries = 8
@@ -137,10 +143,13 @@ func (s *Store) CreateVM(ctx context.Context, spec *api.VMSpec) error {
 		b, _ := json.Marshal(spec)
 		st, _ := json.Marshal(api.VMStatus{Phase: api.PhasePending, Since: time.Now().UTC(), UpdatedAt: time.Now().UTC()})
 		vk, ik := VMPrefix+spec.Name, IPPrefix+ip.String()
+		ops := []clientv3.Op{clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, spec.Name), clientv3.OpPut(StatusPrefix+spec.Name, string(st))}
+		if node != "" {
+			ops = append(ops, clientv3.OpPut(PlacementPrefix+spec.Name, node), touch(node, spec.Name, "placed"))
+		}
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Version(vk), "=", 0), clientv3.Compare(clientv3.Version(ik), "=", 0)).
-			Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, spec.Name), clientv3.OpPut(StatusPrefix+spec.Name, string(st))).
-			Commit()
+			Then(ops...).Commit()
 		if err != nil {
 			return unavailable(err)
 		}

@@ -61,6 +61,10 @@ type Host struct {
 	ExtraArgs []string `json:"extra_args,omitempty"`
 }
 
+// HostAddr is the underlay address of host hN of any testbed (known
+// before it is built, for arguments that name another host).
+func HostAddr(n int) string { return underlayPrefix + strconv.Itoa(10+n) }
+
 // HealthRoot is the directory the host's agent reads its health signals
 // under (its --health-root): traces written there in the layout of /sys
 // are what the host's hardware says.
@@ -121,7 +125,7 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks, HostCPUs: o.HostCPUs}
 	for i := 1; i <= o.Hosts; i++ {
 		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
-			Addr: underlayPrefix + strconv.Itoa(10+i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
+			Addr: HostAddr(i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
 			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i)), ExtraArgs: o.HostArgs[i-1]})
 	}
 	defer func() {
@@ -258,7 +262,13 @@ func (b *Bed) AgentArgs(i int) []string {
 	h := b.Hosts[i]
 	a := []string{"agent", "--advertise", h.Addr, "--data-dir", h.DataDir, "--run-dir", h.RunDir,
 		"--storage-dir", b.StorageDir, "--image-dir", b.ImageDir, "--accel", b.Accel, "--node-name", h.Name,
-		"--overlay-peer", b.ClientAddr, "--health-root", h.HealthRoot()}
+		"--overlay-peer", b.ClientAddr, "--health-root", h.HealthRoot(),
+		// Self-healing is off unless a test turns it on (--heal=true in
+		// its HostArgs, which come later and win): the testbed's hosts
+		// share two cores, and whenever the machine is busy their guests
+		// wait for CPU, which healing would answer with moves the test
+		// did not ask for.
+		"--heal=false"}
 	if b.HostCPUs > 0 {
 		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", cgroupMount(b.Name, h.Name))
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -112,4 +113,29 @@ func removeCgroups(name string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Neighbour starts a noisy neighbour on host: a process, no guest of
+// Ferry's, that spins in the host's guest cgroup, so that the host's
+// guests get less of its capped CPU than they want (they wait) while their
+// own use stays what it was. stop ends it (by its PID) and waits for it.
+// The host must have a CPU cap (Options.HostCPUs).
+func (b *Bed) Neighbour(host string) (stop func(), err error) {
+	dir, _ := cgroupDir(b.Name, host)
+	procs := filepath.Join(dir, "cgroup.procs")
+	if _, err := os.Stat(procs); err != nil {
+		return nil, fmt.Errorf("testbed: host %s has no CPU cap to crowd: %w", host, err)
+	}
+	// The shell joins the cgroup before it spins: $$ is its own PID.
+	cmd := exec.Command("sh", "-c", `echo $$ > "$1" && while :; do :; done`, "neighbour", procs)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("testbed: starting a neighbour on %s: %w", host, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	return func() {
+		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}, nil
 }

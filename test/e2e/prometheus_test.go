@@ -10,25 +10,34 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
+	"github.com/ferryvm/ferry/client"
 	"github.com/ferryvm/ferry/internal/testbed"
+	"github.com/ferryvm/ferry/internal/wait"
 )
 
 // A real Prometheus server (Debian's prometheus package, installed by make
 // test), configured by `ferry metrics scrape-config` and holding a
 // credential with the metrics role, scrapes every host of the testbed over
-// mutual TLS, and sees a migration counted.
+// mutual TLS, and sees a migration counted; the agents, started with
+// --metrics-source pointing at it, read their guests' load histories from
+// it, so that a guest's history on the host it moved to is the one it made
+// before the move.
 // (Long on purpose: a scenario read top to bottom; split, its story would scatter.)
 func TestPrometheusScrapesTheCluster(t *testing.T) {
 	prom, err := exec.LookPath("prometheus")
 	if err != nil {
 		t.Fatal("prometheus is not installed (make test installs Debian's prometheus package)")
 	}
-	b, cl := newBed(t, 2)
+	port := 19090
+	source := fmt.Sprintf("prometheus://%s:%d", testbed.HostAddr(1), port)
+	loadArgs := []string{"--load-every", "1s", "--load-period", "144s", "--metrics-source", source} // 3 s buckets
+	b, cl := newBedWith(t, testbed.Options{Hosts: 2, HostArgs: map[int][]string{0: loadArgs, 1: loadArgs}})
 	h := b.Hosts[0]
 	ferry := func(args ...string) string {
 		t.Helper()
@@ -45,9 +54,8 @@ func TestPrometheusScrapesTheCluster(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(ferry("metrics", "scrape-config", "--cred-dir", creds, "--interval", "1s")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := 19090
 	cmd := exec.Command("ip", "netns", "exec", h.NS, prom, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port), "--log.level=warn")
+		"--web.listen-address="+h.Addr+":"+strconv.Itoa(port), "--log.level=warn")
 	logf, err := os.Create(filepath.Join(dir, "prometheus.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +82,7 @@ func TestPrometheusScrapesTheCluster(t *testing.T) {
 	})
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: testbed.DialIn(h.NS), DisableKeepAlives: true}}
 	ask := func(q string) ([]promSample, error) {
-		resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", port, url.QueryEscape(q)))
+		resp, err := hc.Get(fmt.Sprintf("http://%s:%d/api/v1/query?query=%s", h.Addr, port, url.QueryEscape(q)))
 		if err != nil {
 			return nil, nil // not up yet
 		}
@@ -119,6 +127,9 @@ func TestPrometheusScrapesTheCluster(t *testing.T) {
 		r := query(fmt.Sprintf(`ferry_guests{host=%q,state="running"} >= 1`, vm.Node))
 		return len(r) == 1, fmt.Sprintf("%+v", r)
 	})
+	// The source host's forecast is read from Prometheus: some buckets of
+	// the guest's use, none of it in the store.
+	before := waitHistory(t, cl, vm.Node, "scraped", source, 8)
 	to := b.Hosts[0].Name
 	if vm.Node == to {
 		to = b.Hosts[1].Name
@@ -138,6 +149,9 @@ func TestPrometheusScrapesTheCluster(t *testing.T) {
 		r := query(fmt.Sprintf(`ferry_guests{host=%q,state="running"} >= 1`, to))
 		return len(r) == 1, fmt.Sprintf("%+v", r)
 	})
+	// Its new host forecasts from the history it made on the old one.
+	after := waitHistory(t, cl, to, "scraped", source, before)
+	t.Logf("the guest's history: %d buckets on %s before the move, %d on %s after", before, vm.Node, after, to)
 	checkBoard(t, ask)
 }
 
@@ -180,6 +194,27 @@ func checkBoard(t *testing.T, ask func(string) ([]promSample, error)) {
 		}
 	}
 	t.Logf("%d dashboard expressions have no data in this short run (HA, escalations, ...)", empty)
+}
+
+// waitHistory waits until host reports a forecast for guest vm from a
+// history of at least min buckets read from the Prometheus server at
+// source, and returns its length.
+func waitHistory(t *testing.T, cl *client.Client, host, vm, source string, min int) int {
+	t.Helper()
+	n := 0
+	wsrc := "http" + strings.TrimPrefix(source, "prometheus")
+	wait.For(t, 90*time.Second, fmt.Sprintf("%s to forecast %s from %d buckets of Prometheus' history", host, vm, min), func() (bool, error) {
+		nodes, err := cl.ListNodes(ctxT(t, 5*time.Second))
+		for _, node := range nodes {
+			if node.Name == host && node.Load != nil {
+				g, ok := node.Load.Guests[vm]
+				n = g.History
+				return ok && node.Load.HistorySource == wsrc && g.History >= min, fmt.Errorf("load %+v", node.Load)
+			}
+		}
+		return false, err
+	})
+	return n
 }
 
 // grafanaPanel is what the test reads of a panel of the Grafana dashboard.

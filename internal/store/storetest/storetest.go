@@ -73,10 +73,9 @@ func Nodes(t testing.TB, st *store.Store, lease store.LeaseID, nodes ...api.Node
 func Placed(t testing.TB, st *store.Store, spec api.VMSpec, node string) {
 	t.Helper()
 	ctx := context.Background()
-	if err := st.CreateVM(ctx, &spec); err != nil {
+	// Created and placed at once: a running scheduler would otherwise
+	// place it elsewhere between the two.
+	if err := st.CreateVMOn(ctx, &spec, node); err != nil {
 		t.Fatal(err)
-	}
-	if ok, err := st.Place(ctx, spec.Name, node, store.Guard{}); err != nil || !ok {
-		t.Fatalf("placing %s on %s: placed %v, %v", spec.Name, node, ok, err)
 	}
 }
