@@ -107,7 +107,7 @@ at risk (false alarms), and guest reboots caused by the deaths.`,
 					loads = append(loads, r)
 				}
 				res["load"] = map[string]any{"hosts": 4, "day_s": loadDay.Seconds(), "host_cpus": loadHostCPUs,
-					"horizon_s": loadHorizon.Seconds(), "threshold": 0.8, "guests": len(loadGuests()), "runs": loads}
+					"horizon_s": loadHorizon.Seconds(), "threshold": 0.8, "guests": loadGuests(), "runs": loads}
 			}
 			if slices.Contains(parts, "failures") {
 				var runs []failureRun
