@@ -337,18 +337,9 @@ func (b *Balancer) choose(ctx context.Context, r *leader.Round, n api.Node, vms 
 			whyNot = append(whyNot, fmt.Sprintf("%s: %s", name, placement.Reasons(no)))
 			continue
 		}
-		link, err := b.st.LinkStat(ctx, n.Name, to)
-		if err != nil {
-			link = nil
-		}
-		opts := api.MigrationOptions{Strategy: api.StrategyAuto}
-		if err := migrate.Validate(&opts); err != nil {
+		pred, total, ok := b.predictMove(ctx, r, &vm, n.Name, to, samples)
+		if !ok {
 			continue
-		}
-		pred := migrate.Predict(migrate.Predicting{VM: &vm, Src: r.View.Node(n.Name), Dst: r.View.Node(to), Link: link, Opts: opts, Samples: samples})
-		total := 0.0
-		if c := pred.ChosenPrediction(); c != nil {
-			total = c.TotalMS / 1000
 		}
 		cands = append(cands, candidate{vm: vm, cpu: cpu, to: to, pred: pred, totalS: total})
 	}
@@ -372,6 +363,26 @@ func (b *Balancer) choose(ctx context.Context, r *leader.Round, n api.Node, vms 
 		return cands[i].vm.Spec.Name < cands[j].vm.Spec.Name
 	})
 	return &cands[0], ""
+}
+
+// predictMove is the migration predictor's view of moving vm from one
+// host to another with the automatic strategy over their measured link:
+// the prediction and its chosen strategy's total time in seconds.
+func (b *Balancer) predictMove(ctx context.Context, r *leader.Round, vm *api.VM, from, to string, samples [][]byte) (*api.MigrationPrediction, float64, bool) {
+	link, err := b.st.LinkStat(ctx, from, to)
+	if err != nil {
+		link = nil
+	}
+	opts := api.MigrationOptions{Strategy: api.StrategyAuto}
+	if err := migrate.Validate(&opts); err != nil {
+		return nil, 0, false
+	}
+	pred := migrate.Predict(migrate.Predicting{VM: vm, Src: r.View.Node(from), Dst: r.View.Node(to), Link: link, Opts: opts, Samples: samples})
+	total := 0.0
+	if c := pred.ChosenPrediction(); c != nil {
+		total = c.TotalMS / 1000
+	}
+	return pred, total, true
 }
 
 // why says, in words, why a move is made.

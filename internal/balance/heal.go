@@ -10,7 +10,6 @@ import (
 
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/leader"
-	"github.com/ferryvm/ferry/internal/migrate"
 	"github.com/ferryvm/ferry/internal/placement"
 )
 
@@ -106,17 +105,10 @@ func (b *Balancer) healMove(ctx context.Context, r *leader.Round, n api.Node, vm
 	if to == "" {
 		return api.BalanceMove{Why: fmt.Sprintf("%s is served badly (%s) but cannot move: %s", vm.Spec.Name, why, placement.Reasons(no))}, false
 	}
-	link, err := b.st.LinkStat(ctx, n.Name, to)
-	if err != nil {
-		link = nil
-	}
-	opts := api.MigrationOptions{Strategy: api.StrategyAuto}
-	total, strategy := 0.0, ""
-	if err := migrate.Validate(&opts); err == nil {
-		pred := migrate.Predict(migrate.Predicting{VM: &vm, Src: r.View.Node(n.Name), Dst: r.View.Node(to), Link: link, Opts: opts, Samples: samples})
-		if c := pred.ChosenPrediction(); c != nil {
-			total, strategy = c.TotalMS/1000, pred.Chosen
-		}
+	strategy := ""
+	pred, total, ok := b.predictMove(ctx, r, &vm, n.Name, to, samples)
+	if ok {
+		strategy = pred.Chosen
 	}
 	r.View.Reserve(to, vm.Spec)
 	r.View.ReserveCPU(to, want)
