@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferryvm/ferry/api"
@@ -460,28 +461,62 @@ func (p *failurePlay) guestHost(name string) bool {
 	return false
 }
 
-// recover brings the dead host back with a quiet baseline and takes the
-// guest hosts out of maintenance, as an operator would after the repair.
+// recover makes the next run independent of this one, as an operator's
+// repair would and more: every guest host is written a quiet baseline and
+// its agent started afresh (they hold no etcd member, so this costs the
+// store nothing), so that no host carries this run's trace in its risk
+// history; then the hosts are taken out of maintenance once none is at
+// risk, and the guests are waited for until they run and answer. Without
+// it, a host that had failed or played a trace could still be judged at
+// risk, or left in maintenance, in the next run: a false alarm that was
+// the last run's, and no host left to move to.
 func (p *failurePlay) recover(ctx context.Context) {
 	for i, h := range p.b.Hosts {
 		healthtrace.NewPlayer(healthtrace.Baseline(), h.HealthRoot(), p.seed*10+int64(i)+5).Step(0)
 	}
-	if p.b.Hosts[p.fi].PID == 0 {
-		if err := p.b.StartAgent(ctx, p.fi); err == nil {
-			p.b.WaitNodes(ctx, len(p.b.Hosts))
-		}
-	}
+	var problems []string
 	for _, i := range []int{p.fi, p.hi, p.oi} {
-		p.cl.UndrainNode(ctx, p.b.Hosts[i].Name)
-	}
-	nodes, _ := p.cl.ListNodes(ctx)
-	var still []string
-	for _, n := range nodes {
-		if n.Maintenance && p.guestHost(n.Name) {
-			still = append(still, n.Name)
+		if err := p.b.StopAgent(i, syscall.SIGTERM); err != nil {
+			problems = append(problems, fmt.Sprintf("stopping %s: %v", p.b.Hosts[i].Name, err))
+		}
+		if err := p.b.StartAgent(ctx, i); err != nil {
+			problems = append(problems, fmt.Sprintf("starting %s: %v", p.b.Hosts[i].Name, err))
 		}
 	}
-	if len(still) > 0 {
-		fmt.Fprintf(os.Stderr, "still in maintenance after the run: %s\n", strings.Join(still, ", "))
+	if err := p.b.WaitNodes(ctx, len(p.b.Hosts)); err != nil {
+		problems = append(problems, err.Error())
 	}
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		for _, i := range []int{p.fi, p.hi, p.oi} {
+			p.cl.UndrainNode(ctx, p.b.Hosts[i].Name)
+		}
+		if p.settled(ctx) {
+			return
+		}
+		time.Sleep(2 * time.Second)
+	}
+	problems = append(problems, "hosts or guests not settled after 90 s")
+	fmt.Fprintf(os.Stderr, "recovering after the run: %s\n", strings.Join(problems, "; "))
+}
+
+// settled tells whether every guest host is ready, out of maintenance and
+// not at risk, and every guest runs and answers.
+func (p *failurePlay) settled(ctx context.Context) bool {
+	nodes, err := p.cl.ListNodes(ctx)
+	if err != nil {
+		return false
+	}
+	for _, n := range nodes {
+		if p.guestHost(n.Name) && (n.State != "ready" || n.Maintenance || (n.Risk != nil && n.Risk.AtRisk)) {
+			return false
+		}
+	}
+	for _, g := range p.guests {
+		vm, err := p.cl.GetVM(ctx, g)
+		if err != nil || !healthy(vm) {
+			return false
+		}
+	}
+	return true
 }
