@@ -134,10 +134,7 @@ func (s *loadSampler) sampleGuest(ctx context.Context, a *Agent, in *instance, n
 	if err != nil {
 		return name, false
 	}
-	waited, err := a.rt.CPUWait(pid)
-	if err != nil {
-		waited = 0
-	}
+	waited, werr := a.rt.CPUWait(pid)
 	g := s.guests[name]
 	if g == nil || g.uuid != uuid {
 		g = &guestLoad{uuid: uuid, hist: s.restore(ctx, a, name, uuid, now)}
@@ -151,6 +148,9 @@ func (s *loadSampler) sampleGuest(ctx context.Context, a *Agent, in *instance, n
 	}
 	if a.cfg.LoadSource != nil {
 		g.fetched = now.Truncate(s.step)
+	}
+	if werr != nil {
+		waited = g.waited // unknown this time: no wait counted
 	}
 	if g.pid == pid && now.After(g.at) {
 		secs := now.Sub(g.at).Seconds()
