@@ -128,10 +128,20 @@ func TestGuestLoadHistoryFromPrometheus(t *testing.T) {
 	mu.Lock()
 	down, before := true, asked
 	mu.Unlock()
-	time.Sleep(2500 * time.Millisecond)
-	mu.Lock()
-	n := asked - before
-	mu.Unlock()
+	// Polled, not slept: until the agent has asked the down server twice
+	// (two buckets closed since), and reported its load after that.
+	var n int
+	var refused time.Time
+	wait.For(t, 30*time.Second, "the agent to ask the down server twice", func() (bool, error) {
+		mu.Lock()
+		n = asked - before
+		mu.Unlock()
+		if n >= 2 && refused.IsZero() {
+			refused = time.Now()
+		}
+		_, l := guest()
+		return !refused.IsZero() && l != nil && l.Sampled.After(refused), fmt.Errorf("asked %d times", n)
+	})
 	if g, _ := guest(); n == 0 || g.History < 100 {
 		t.Fatalf("with Prometheus down (asked %d times since): the guest's history %d buckets", n, g.History)
 	}
