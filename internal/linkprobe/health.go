@@ -24,8 +24,12 @@ const (
 	// healthy again below lossHealthy and within the halved bounds.
 	lossDegraded, lossHealthy = 2.0, 1.0
 	minLossSamples            = 20
-	latencyFactor             = 2.0
-	latencySlack              = 20 * time.Millisecond
+	// minLost is how many lost probes it takes to judge a link lossy: one
+	// handshake that timed out (a busy host can stall a second) among 20
+	// is 2.5 % packet loss, but no evidence of it.
+	minLost       = 2
+	latencyFactor = 2.0
+	latencySlack  = 20 * time.Millisecond
 	// recentProbes are the probes the recent round trip is the median of.
 	recentProbes = 10
 )
@@ -49,7 +53,7 @@ type health struct {
 type figures struct {
 	rtt, jitter, baseline time.Duration
 	lossPct               float64
-	samples               int
+	samples, lost         int
 }
 
 // add records a round of probes and judges the link again; it reports
@@ -101,7 +105,7 @@ func (h *health) figures() figures {
 		prev = p.rtt
 		rtts = append(rtts, p.rtt)
 	}
-	f.samples = len(h.probes)
+	f.samples, f.lost = len(h.probes), lost
 	if len(rtts) > 0 {
 		recent := rtts[max(0, len(rtts)-recentProbes):]
 		sorted := slices.Clone(recent)
@@ -129,7 +133,7 @@ func (h *health) judge(f figures) (bool, string) {
 	switch {
 	case f.samples > 0 && f.rtt == 0:
 		return true, fmt.Sprintf("no answer to its last %d probes", f.samples)
-	case f.samples >= minLossSamples && f.lossPct >= lossBound:
+	case f.samples >= minLossSamples && f.lossPct >= lossBound && (h.degraded || f.lost >= minLost):
 		return true, fmt.Sprintf("%.1f %% packet loss over its last %d probes", f.lossPct, f.samples)
 	case f.rtt > 0 && h.baseline > 0 && float64(f.rtt) > factor*float64(h.baseline)+float64(slack):
 		return true, fmt.Sprintf("round trip %s, its usual %s", f.rtt.Round(100*time.Microsecond), h.baseline.Round(100*time.Microsecond))

@@ -82,6 +82,22 @@ func TestLinkHealth(t *testing.T) {
 			t.Fatalf("back at its usual round trip, still degraded: %s", h.why)
 		}
 	})
+	t.Run("one stall", func(t *testing.T) {
+		// One handshake in 20 timed out (a host that stalled a second):
+		// 2.5 % of packets on paper, but one probe is no evidence.
+		var h health
+		for i := 0; i < 3; i++ {
+			h.add(round(time.Millisecond, 0), now)
+		}
+		h.add(round(time.Millisecond, 1), now)
+		if f := h.figures(); h.degraded || f.samples != 20 || f.lossPct < 2 {
+			t.Fatalf("one lost probe in %d (%.1f %%): degraded %v (%s)", f.samples, f.lossPct, h.degraded, h.why)
+		}
+		// A second one is.
+		if !h.add(round(time.Millisecond, 1), now) || !strings.Contains(h.why, "packet loss") {
+			t.Fatalf("two lost probes in 25: degraded %v, why %q", h.degraded, h.why)
+		}
+	})
 	t.Run("silent", func(t *testing.T) {
 		var h health
 		h.add(round(time.Millisecond, 0), now)
