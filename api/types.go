@@ -166,6 +166,35 @@ type Node struct {
 	// Load is what the host's guests use of its CPUs, now and forecast;
 	// nil when the host does not sample it.
 	Load *HostLoad `json:"load,omitempty"`
+	// Paths are the host's addresses on its underlay paths (one per
+	// fabric) when it has several; Address is then reached over all of
+	// them. PathsDown are its paths to other hosts that do not answer now,
+	// as "HOST/DEVICE".
+	Paths     []string `json:"paths,omitempty"`
+	PathsDown []string `json:"paths_down,omitempty"`
+	// Traffic is the host's underlay traffic by class over its last
+	// heartbeat interval; nil where the host has no overlay to count on.
+	Traffic *NodeTraffic `json:"traffic,omitempty"`
+}
+
+// NodeTraffic is a host's underlay traffic by class, in bytes per second
+// averaged over the WindowMS before Measured, from its devices' counters:
+// Guest is its guests' overlay (VXLAN, encapsulation included), Migration
+// what live migrations from and to it carried, Control the rest (etcd,
+// heartbeats, the API, link probes).
+type NodeTraffic struct {
+	Sent     TrafficClasses `json:"sent"`
+	Received TrafficClasses `json:"received"`
+	WindowMS int64          `json:"window_ms"`
+	Measured time.Time      `json:"measured"`
+}
+
+// TrafficClasses are bytes per second by class; Total is the underlay's.
+type TrafficClasses struct {
+	Control   float64 `json:"control"`
+	Guest     float64 `json:"guest"`
+	Migration float64 `json:"migration"`
+	Total     float64 `json:"total"`
 }
 
 // HostRisk is a host's probability of failing within Horizon, judged from
@@ -570,4 +599,30 @@ type Event struct {
 	Node    string    `json:"node,omitempty"`
 	VM      string    `json:"vm,omitempty"`
 	Message string    `json:"message"`
+}
+
+// History is the recent past of the cluster's figures, as one API server
+// sampled them (GET /v1/history): every StepMS, each host's load and
+// traffic by class, each link's round trip and loss.
+type History struct {
+	StepMS int64 `json:"step_ms"`
+	// Times are the samples' times (Unix milliseconds), oldest first;
+	// each series has one value per time.
+	Times  []int64         `json:"times"`
+	Series []HistorySeries `json:"series"`
+	// Dropped counts series not kept because the history holds as many
+	// as it may (HistoryMaxSeries).
+	Dropped int `json:"dropped,omitempty"`
+}
+
+// HistorySeries is one figure of one subject over History.Times; a value
+// is null where the subject reported nothing at that time.
+type HistorySeries struct {
+	// Metric is load1, sent_control, sent_guest, sent_migration,
+	// received_control, received_guest, received_migration (bytes per
+	// second), link_rtt_ms or link_loss_pct.
+	Metric string `json:"metric"`
+	// Subject is a host's name, or "FROM/TO" for a link.
+	Subject string     `json:"subject"`
+	Values  []*float64 `json:"values"`
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -298,6 +299,25 @@ func (c *Client) DeletePolicy(ctx context.Context, name string) error {
 func (c *Client) ListLinks(ctx context.Context) ([]api.LinkStat, error) {
 	var ls []api.LinkStat
 	return ls, c.do(ctx, "GET", "/v1/links", nil, &ls)
+}
+
+// History returns what the API server sampled of hosts' load and traffic
+// and links' round trips after since (all it keeps when zero), of the
+// metrics whose name starts with metric.
+func (c *Client) History(ctx context.Context, since time.Time, metric string) (api.History, error) {
+	q := url.Values{}
+	if !since.IsZero() {
+		q.Set("since", strconv.FormatInt(since.UnixMilli(), 10))
+	}
+	if metric != "" {
+		q.Set("metric", metric)
+	}
+	path := "/v1/history"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var h api.History
+	return h, c.do(ctx, "GET", path, nil, &h)
 }
 
 // ProbeLinks asks every host to measure its links now.

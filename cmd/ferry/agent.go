@@ -34,6 +34,8 @@ type agentOpts struct {
 	certBefore    time.Duration
 	advertise     string
 	overlayPeers  []string
+	paths         []string
+	pathPeers     []string
 	vni           int
 	migPerHost    int
 	migPerCluster int
@@ -104,6 +106,8 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.token, "token", "", "one-time join token from `ferry cluster token create` (first start of a joining host)")
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
+	f.StringSliceVar(&o.paths, "path", nil, "an underlay device of this host, one per fabric, when it has several (repeat: --path eth0 --path eth1); --advertise is then an address of the host's own (on lo) that the others reach over every healthy path")
+	f.StringSliceVar(&o.pathPeers, "path-peer", nil, "a host on the same fabrics that is not Ferry's (a gateway, a client): NAME=ADDRESS/PATHADDR/PATHADDR...; repeatable")
 	f.IntVar(&o.vni, "vni", 42, "VXLAN network identifier of the guest overlay")
 	f.IntVar(&o.migPerHost, "migrations-per-host", migrate.DefaultPerHost, "live migrations in flight out of one host (when this host leads)")
 	f.IntVar(&o.migPerCluster, "migrations-per-cluster", migrate.DefaultPerCluster, "live migrations in flight in the cluster (when this host leads)")
@@ -222,6 +226,17 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 			return fmt.Errorf("--overlay-peer %q is not an IPv4 address", p)
 		}
 		h.OverlayPeers = append(h.OverlayPeers, ip)
+	}
+	if len(o.paths) > 0 && h.Advertise == nil {
+		return errors.New("--path needs --advertise (the host's own address, reached over the paths)")
+	}
+	h.Paths = o.paths
+	for _, p := range o.pathPeers {
+		peer, err := daemon.ParsePathPeer(p)
+		if err != nil {
+			return err
+		}
+		h.PathPeers = append(h.PathPeers, peer)
 	}
 	if len(o.etcdEndpoints) > 0 {
 		if h.EtcdTLS, err = externalEtcdTLS(o); err != nil {

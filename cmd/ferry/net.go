@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,7 +25,11 @@ each other (column), the recent round trip and the packet loss the probes
 suggest. A link marked "!" is degraded — it lost packets or its round trip
 grew well beyond its own — and no guest is moved over it while another host
 can take it; an event says when a link becomes degraded and healthy again.
--o json lists every link with its jitter, bandwidth and why it is degraded.`,
+Below the matrix, each host's underlay traffic by class over its last
+heartbeat (2 s), sent/received: the control plane (etcd, heartbeats, the
+API, probes), its guests' overlay, and live migrations.
+-o json lists every link with its jitter, bandwidth and why it is degraded
+(the traffic is in each host's record: ferry node list -o json).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := g.outputClient()
@@ -39,6 +44,12 @@ can take it; an event says when a link becomes degraded and healthy again.
 				return g.emit(ls)
 			}
 			printMatrix(os.Stdout, ls)
+			nodes, err := cl.ListNodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Println()
+			printTraffic(os.Stdout, nodes)
 			return nil
 		},
 	}
@@ -131,4 +142,40 @@ func matrixCell(from, to string, by map[[2]string]api.LinkStat) string {
 		cell += " !"
 	}
 	return cell
+}
+
+// printTraffic writes each host's underlay traffic by class, sent/received.
+func printTraffic(w io.Writer, nodes []api.Node) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tCONTROL\tGUESTS\tMIGRATION\tTOTAL\tMEASURED\tPATHS")
+	for _, n := range nodes {
+		paths := "1"
+		if len(n.Paths) > 0 {
+			paths = fmt.Sprint(len(n.Paths))
+		}
+		if len(n.PathsDown) > 0 {
+			paths += ", down to " + strings.Join(n.PathsDown, " ")
+		}
+		t := n.Traffic
+		if t == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\n", n.Name, paths)
+			continue
+		}
+		pair := func(s, r float64) string { return mbits(s) + "/" + mbits(r) }
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", n.Name, pair(t.Sent.Control, t.Received.Control),
+			pair(t.Sent.Guest, t.Received.Guest), pair(t.Sent.Migration, t.Received.Migration),
+			pair(t.Sent.Total, t.Received.Total), time.Since(t.Measured).Round(time.Second), paths)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "traffic: Mbit/s sent/received on the underlay over the host's last heartbeat; - not reported")
+	fmt.Fprintln(w, "paths: the host's underlay paths, and those to other hosts (HOST/DEVICE) that do not answer now")
+}
+
+// mbits formats bytes per second as Mbit/s.
+func mbits(bps float64) string {
+	m := bps * 8 / 1e6
+	if m < 10 {
+		return fmt.Sprintf("%.2f", m)
+	}
+	return fmt.Sprintf("%.0f", m)
 }

@@ -32,6 +32,9 @@ func testbedCmd() *cobra.Command {
 				fmt.Printf("  %-4s namespace %-10s underlay %-14s agent pid %d\n", h.Name, h.NS, h.Addr, h.PID)
 			}
 			fmt.Printf("  client namespace %s: underlay %s, overlay %s\n", b.ClientNS, b.ClientAddr, b.ClientIP)
+			if b.Paths > 1 {
+				fmt.Printf("  %d paths per host (fabrics 198.18.0-%d.0/24, own addresses on lo): %s testbed path cut h1 1\n", b.Paths, b.Paths-1, self)
+			}
 			if b.EmulatedLinks {
 				fmt.Printf("  links between hosts through the emulator (pid %d): %s testbed link h1 h2 --rate 200M --delay 20ms\n", b.ForwarderPID, self)
 			}
@@ -44,6 +47,7 @@ func testbedCmd() *cobra.Command {
 	up.Flags().StringVar(&o.Name, "name", "fbed", "testbed name (at most 8 characters; prefixes its namespaces)")
 	up.Flags().StringVar(&o.ImageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	up.Flags().StringVar(&o.Accel, "accel", "tcg", "accelerator for the hosts' guests")
+	up.Flags().IntVar(&o.Paths, "paths", 1, "underlay paths per host, one per fabric (2 or more: each host's address is reached over all healthy ones; `ferry testbed path cut` fails one)")
 	up.Flags().BoolVar(&o.EmulatedLinks, "emulate-links", false, "carry the hosts' underlay through the link emulator, so that `ferry testbed link` can shape it")
 	var name string
 	down := &cobra.Command{
@@ -59,7 +63,7 @@ func testbedCmd() *cobra.Command {
 		},
 	}
 	down.Flags().StringVar(&name, "name", "fbed", "testbed name")
-	c.AddCommand(up, down, testbedStreamCmd(), testbedCrashCmd(), testbedLinkCmd(), testbedForwardCmd())
+	c.AddCommand(up, down, testbedStreamCmd(), testbedCrashCmd(), testbedLinkCmd(), testbedForwardCmd(), testbedPathCmd(), testbedPathKeeperCmd())
 	return c
 }
 

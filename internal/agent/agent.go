@@ -28,6 +28,7 @@ import (
 	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/hostnet"
 	"github.com/ferryvm/ferry/internal/image"
+	"github.com/ferryvm/ferry/internal/paths"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/promhist"
@@ -89,6 +90,13 @@ type Config struct {
 	// OverlayPeers are extra underlay addresses (not Ferry hosts, e.g. a
 	// gateway or test client) that join the overlay.
 	OverlayPeers []net.IP
+	// Paths are this host's underlay paths, one per fabric (devices and
+	// their addresses), when it has several: other hosts reach its
+	// Address over all that are healthy (package paths). PathPeers are
+	// hosts that are not Ferry's (a gateway, a test client) on the same
+	// fabrics.
+	Paths     []paths.Local
+	PathPeers []paths.Peer
 	// APIAddress is where this host serves the API (host:port), for the
 	// other hosts' link probes.
 	APIAddress string
@@ -140,6 +148,10 @@ type Agent struct {
 	mu       sync.Mutex
 	vms      map[string]*instance
 	incoming map[string]*instance // target QEMUs of migrations not yet switched over
+	// traffic splits the underlay's traffic by class for the heartbeat.
+	traffic *trafficMeter
+	// paths watches this host's underlay paths (nil with one or none).
+	paths *paths.Monitor
 	// phases is the phase this host last reported for each guest placed
 	// here (for metrics), guarded by mu.
 	phases map[string]string
@@ -182,8 +194,11 @@ func New(cfg Config, st *store.Store) (*Agent, error) {
 	if cfg.Runtime == nil {
 		cfg.Runtime = HostRuntime()
 	}
-	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, phases: map[string]string{}, queue: newQueue(), launches: newLaunchHealth(), health: &health.Self{}}
+	a := &Agent{cfg: cfg, st: st, rt: cfg.Runtime, log: cfg.Log.With("node", cfg.Node), vms: map[string]*instance{}, incoming: map[string]*instance{}, phases: map[string]string{}, queue: newQueue(), launches: newLaunchHealth(), health: &health.Self{}, traffic: newTrafficMeter()}
 	a.serials.Store(&cfg.CertSerials)
+	if err := a.newPaths(); err != nil {
+		return nil, err
+	}
 	a.lk = st.HostLease(store.LeaseTiming{TTL: cfg.HA.LeaseTTL, Renew: cfg.HA.Renew, RenewTimeout: cfg.HA.RenewTimeout},
 		filepath.Join(cfg.DataDir, "lease"))
 	if cfg.Watchdog != nil {
@@ -214,6 +229,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.cfg.Overlay.Ensure(); err != nil {
 			return fmt.Errorf("agent: guest network: %w", err)
 		}
+	}
+	if a.paths != nil {
+		// Before the lease: the paths carry the store's traffic too.
+		pctx, stop := context.WithCancel(ctx)
+		defer stop()
+		done := make(chan error, 1)
+		go func() { done <- a.paths.Run(pctx) }()
+		defer func() { stop(); <-done }()
 	}
 	a.reattach(ctx)
 	if err := a.heartbeat(ctx); err != nil {
@@ -387,6 +410,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		QEMU:        a.cfg.QEMU,
 		Images:      []string{},
 		Load1:       load1(),
+		Paths:       a.pathAddrs(),
+		PathsDown:   a.pathsDown(),
 		Heartbeat:   time.Now().UTC(),
 		CertSerials: a.certSerials(),
 	}
@@ -400,6 +425,11 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		n.Images = append(n.Images, api.ImageTiny)
 	}
 	n.Degraded = a.selfCheck()
+	if a.cfg.Overlay != nil {
+		if t, err := a.cfg.Overlay.Traffic(); err == nil {
+			n.Traffic = a.traffic.rates(t, time.Now())
+		}
+	}
 	a.mu.Lock()
 	for _, in := range a.vms {
 		n.VMs++
@@ -477,6 +507,7 @@ func (a *Agent) overlayLoop(ctx context.Context) {
 	for {
 		nodes, err := a.st.ListNodes(ctx)
 		if err == nil {
+			a.setPathPeers(nodes)
 			peers := append([]net.IP(nil), a.cfg.OverlayPeers...)
 			for _, n := range nodes {
 				if ip := net.ParseIP(n.Address); ip != nil {

@@ -24,6 +24,9 @@ func (a *Agent) Figures() metrics.HostFigures {
 				OverlaySent: t.OverlaySent, OverlayReceived: t.OverlayReceived}
 		}
 	}
+	for _, p := range a.PathStates() {
+		f.Paths = append(f.Paths, metrics.PathFigures{Peer: p.Peer, Dev: p.Dev, Up: p.Up, RTT: time.Duration(p.RTTMS * float64(time.Millisecond))})
+	}
 	f.GuestCPU = map[string]time.Duration{}
 	for _, in := range a.instances() {
 		in.mu.Lock()

@@ -49,6 +49,7 @@ func (a *Agent) migration(ctx context.Context, vm *api.VM) (bool, error) {
 	if err != nil || m == nil {
 		return false, err
 	}
+	a.traffic.sawMigration(m, a.cfg.Node, time.Now())
 	a.mu.Lock()
 	inc := a.incoming[name]
 	a.mu.Unlock()

@@ -391,6 +391,11 @@ func (f *sourceFollower) report(ctx context.Context, info qemu.MigrationInfo) {
 	}
 	f.lastWrite = time.Now()
 	p := progressOf(info, f.m.Progress)
+	// The source's own reconcile of this guest waits for the move: its
+	// bytes are counted here, as they are reported.
+	seen := *f.m
+	seen.Progress = p
+	f.a.traffic.sawMigration(&seen, f.a.cfg.Node, f.lastWrite)
 	id := f.m.ID
 	f.a.st.UpdateMigration(ctx, f.m.VM, func(cur *api.Migration) error {
 		if cur.ID != id || api.MigrationTerminal(cur.Phase) {

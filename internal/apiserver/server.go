@@ -17,6 +17,7 @@ import (
 	"github.com/ferryvm/ferry/api"
 	"github.com/ferryvm/ferry/internal/dashboard"
 	"github.com/ferryvm/ferry/internal/errdefs"
+	"github.com/ferryvm/ferry/internal/history"
 	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
@@ -44,6 +45,8 @@ type Server struct {
 	// Mirror, if set, is the cluster's state as this server follows it:
 	// migrations choose their target from it.
 	Mirror *store.Mirror
+	// History is what GET /v1/history serves (KeepHistory starts it).
+	History *history.Recorder
 	// public are the routes served without a client certificate (joining).
 	public map[string]bool
 	// sessions caches the dashboard's sessions (sessions.go).
@@ -136,6 +139,7 @@ func (s *Server) routes() []route {
 		{"POST /v1/policies", admin, s.createPolicy},
 		{"DELETE /v1/policies/{name}", admin, s.deletePolicy},
 		{"GET /v1/links", view, s.listLinks},
+		{"GET /v1/history", view, s.getHistory},
 		{"POST /v1/links/probe", op, s.probeLinks},
 		{"POST /v1/links/test", op, s.testLink},
 		// Hosts measure their links to each other (hosts only).

@@ -27,6 +27,7 @@ import (
 	"github.com/ferryvm/ferry/internal/linkprobe"
 	"github.com/ferryvm/ferry/internal/metrics"
 	"github.com/ferryvm/ferry/internal/migrate"
+	"github.com/ferryvm/ferry/internal/paths"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/predict"
 	"github.com/ferryvm/ferry/internal/promhist"
@@ -57,6 +58,10 @@ type Host struct {
 
 	VNI          int      // the guest overlay's VXLAN identifier
 	OverlayPeers []net.IP // extra underlay addresses on the overlay
+	// Paths are the host's underlay devices when it has several (one per
+	// fabric); PathPeers hosts on them that are not Ferry's.
+	Paths     []string
+	PathPeers []paths.Peer
 
 	Accel, CPUModel, GuestTHP string // auto|kvm|tcg; QEMU's CPU model; auto|on|off
 
@@ -316,8 +321,12 @@ func (h *Host) newAgent(ctx context.Context, st *store.Store, qinfo *api.QEMUInf
 		ba := ipam.HostOverlayAddr(local)
 		cfg.Address = h.Advertise.String()
 		cfg.Overlay = &hostnet.Overlay{Bridge: "ferry0", VXLAN: "fvx0", VNI: h.VNI, Port: 4789, Local: h.Advertise,
-			BridgeAddr: &net.IPNet{IP: ba.Addr().AsSlice(), Mask: net.CIDRMask(ba.Bits(), 32)}}
+			BridgeAddr: &net.IPNet{IP: ba.Addr().AsSlice(), Mask: net.CIDRMask(ba.Bits(), 32)}, Paths: h.Paths}
 	}
+	if cfg.Paths, err = localPaths(h.Paths); err != nil {
+		return nil, err
+	}
+	cfg.PathPeers = h.PathPeers
 	return agent.New(cfg, st)
 }
 
@@ -337,6 +346,7 @@ func (h *Host) apiServer(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	srv.CAs = &apiserver.Signers{Cluster: id.cas.Cluster, Migration: id.cas.Migration, Users: id.cas.Users}
 	srv.ClusterCA = id.cas.Cluster.Cert
 	srv.Mirror = st.Mirror(ctx)
+	srv.KeepHistory(ctx)
 	if urls, err := st.ClientURLs(ctx); err == nil && len(urls) > 0 {
 		srv.Cluster.EtcdEndpoints = urls
 	}

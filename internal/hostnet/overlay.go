@@ -25,16 +25,29 @@ type Overlay struct {
 	Port       int        // UDP port (4789)
 	Local      net.IP     // this host's underlay address
 	BridgeAddr *net.IPNet // this host's address on the overlay (for probing guests)
-	underMTU   int
+	// Paths are the host's underlay devices when it has several (Local
+	// is then on none of them, and the kernel routes each encapsulated
+	// packet over a healthy one); empty: the device holding Local.
+	Paths    []string
+	underMTU int
 }
 
 // Ensure creates (or adopts) the bridge and VXLAN device and brings them up.
 func (o *Overlay) Ensure() error {
-	under, err := linkWithAddr(o.Local)
+	unders, err := o.underlay()
 	if err != nil {
 		return err
 	}
-	o.underMTU = under.Attrs().MTU
+	o.underMTU = 0
+	for _, u := range unders {
+		if o.underMTU == 0 || u.Attrs().MTU < o.underMTU {
+			o.underMTU = u.Attrs().MTU
+		}
+	}
+	vtepDev := 0
+	if len(o.Paths) == 0 {
+		vtepDev = unders[0].Attrs().Index // bound to the one underlay device
+	}
 	br, err := netlink.LinkByName(o.Bridge)
 	if err != nil {
 		la := netlink.NewLinkAttrs()
@@ -48,7 +61,7 @@ func (o *Overlay) Ensure() error {
 	}
 	vx, err := netlink.LinkByName(o.VXLAN)
 	if err == nil {
-		if v, ok := vx.(*netlink.Vxlan); !ok || v.VxlanId != o.VNI || !v.SrcAddr.Equal(o.Local) {
+		if v, ok := vx.(*netlink.Vxlan); !ok || v.VxlanId != o.VNI || !v.SrcAddr.Equal(o.Local) || v.VtepDevIndex != vtepDev {
 			// Stale device from another configuration: recreate it.
 			netlink.LinkDel(vx)
 			vx = nil
@@ -59,7 +72,7 @@ func (o *Overlay) Ensure() error {
 		la.Name = o.VXLAN
 		la.MTU = o.MTU()
 		v := &netlink.Vxlan{LinkAttrs: la, VxlanId: o.VNI, SrcAddr: o.Local, Port: o.Port,
-			Learning: false, VtepDevIndex: under.Attrs().Index}
+			Learning: false, VtepDevIndex: vtepDev}
 		if err := netlink.LinkAdd(v); err != nil {
 			return fmt.Errorf("creating vxlan %s: %w", o.VXLAN, err)
 		}
@@ -85,8 +98,27 @@ func (o *Overlay) Ensure() error {
 	return nil
 }
 
-// MTU is the largest frame guests may send so that it fits the underlay
-// after encapsulation.
+// underlay is the host's underlay devices: its paths, or the device that
+// holds its address.
+func (o *Overlay) underlay() ([]netlink.Link, error) {
+	if len(o.Paths) == 0 {
+		l, err := linkWithAddr(o.Local)
+		if err != nil {
+			return nil, err
+		}
+		return []netlink.Link{l}, nil
+	}
+	var out []netlink.Link
+	for _, name := range o.Paths {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("underlay path %s: %w", name, err)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
 // Check reports what is wrong with the overlay on this host: its bridge or
 // VXLAN device missing or down.
 func (o *Overlay) Check() error {

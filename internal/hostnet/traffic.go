@@ -20,7 +20,7 @@ type Traffic struct {
 // Traffic reads the counters of the overlay's devices.
 func (o *Overlay) Traffic() (Traffic, error) {
 	var t Traffic
-	under, err := linkWithAddr(o.Local)
+	unders, err := o.underlay()
 	if err != nil {
 		return t, err
 	}
@@ -28,11 +28,18 @@ func (o *Overlay) Traffic() (Traffic, error) {
 	if err != nil {
 		return t, fmt.Errorf("the VXLAN device %s: %w", o.VXLAN, err)
 	}
-	us, vs := under.Attrs().Statistics, vx.Attrs().Statistics
-	if us == nil || vs == nil {
-		return t, fmt.Errorf("no counters on %s or %s", under.Attrs().Name, o.VXLAN)
+	vs := vx.Attrs().Statistics
+	if vs == nil {
+		return t, fmt.Errorf("no counters on %s", o.VXLAN)
 	}
-	t.UnderlaySent, t.UnderlayReceived = int64(us.TxBytes), int64(us.RxBytes)
+	for _, u := range unders { // every path's
+		us := u.Attrs().Statistics
+		if us == nil {
+			return t, fmt.Errorf("no counters on %s", u.Attrs().Name)
+		}
+		t.UnderlaySent += int64(us.TxBytes)
+		t.UnderlayReceived += int64(us.RxBytes)
+	}
 	t.OverlaySent = int64(vs.TxBytes + vs.TxPackets*VXLANOverhead)
 	t.OverlayReceived = int64(vs.RxBytes + vs.RxPackets*VXLANOverhead)
 	return t, nil

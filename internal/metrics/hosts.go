@@ -26,6 +26,16 @@ type HostFigures struct {
 	Network *NetworkFigures
 	// GuestCPU is the CPU time each local guest's QEMU has used, by name.
 	GuestCPU map[string]time.Duration
+	// Paths are the host's underlay paths to each peer, when it has
+	// several (package paths).
+	Paths []PathFigures
+}
+
+// PathFigures is one underlay path from this host to a peer.
+type PathFigures struct {
+	Peer, Dev string
+	Up        bool
+	RTT       time.Duration // the last answer's
 }
 
 // NetworkFigures are byte counters of a host's traffic by class: all it
@@ -93,17 +103,20 @@ var (
 	descJitter    = prometheus.NewDesc("ferry_link_jitter_seconds", "Mean difference between successive round trips from this host to a peer.", []string{"host", "peer"}, nil)
 	descNetwork   = prometheus.NewDesc("ferry_network_bytes_total", "Bytes this host's devices carried: class underlay (everything to and from other hosts) or overlay (its guests' share of it, encapsulation included); direction sent or received.", []string{"host", "class", "direction"}, nil)
 	descGuestCPU  = prometheus.NewDesc("ferry_guest_cpu_seconds_total", "CPU time a guest's QEMU process has used on this host (all its threads). Summed over hosts by vm, its rate is the guest's use wherever it ran; --metrics-source reads the guests' load histories from it.", []string{"host", "vm"}, nil)
+	descPathUp    = prometheus.NewDesc("ferry_path_up", "1 while this host's underlay path (device) to a peer answers and carries traffic; 0 while it is withdrawn from the route.", []string{"host", "peer", "dev"}, nil)
+	descPathRTT   = prometheus.NewDesc("ferry_path_rtt_seconds", "Round trip of the last probe that this host's underlay path (device) to a peer answered.", []string{"host", "peer", "dev"}, nil)
 	descDegraded  = prometheus.NewDesc("ferry_link_degraded", "1 while the link from this host to a peer is judged degraded (lossy or slow); live moves avoid it.", []string{"host", "peer"}, nil)
 )
 
 // hostFamilies are the families hostCollector reports.
 var hostFamilies = []string{"ferry_guests", "ferry_host_memory_bytes", "ferry_host_memory_allocated_bytes", "ferry_host_cpus",
 	"ferry_host_load1", "ferry_link_rtt_seconds", "ferry_link_bandwidth_bytes_per_second", "ferry_link_loss_ratio",
-	"ferry_link_jitter_seconds", "ferry_link_degraded", "ferry_network_bytes_total", "ferry_guest_cpu_seconds_total"}
+	"ferry_link_jitter_seconds", "ferry_link_degraded", "ferry_network_bytes_total", "ferry_guest_cpu_seconds_total",
+	"ferry_path_up", "ferry_path_rtt_seconds"}
 
 // Describe implements prometheus.Collector.
 func (c *hostCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded, descNetwork, descGuestCPU} {
+	for _, d := range []*prometheus.Desc{descGuests, descMemory, descAllocated, descCPUs, descLoad, descRTT, descBandwidth, descLoss, descJitter, descDegraded, descNetwork, descGuestCPU, descPathUp, descPathRTT} {
 		ch <- d
 	}
 }
@@ -139,6 +152,14 @@ func (c *hostCollector) Collect(ch chan<- prometheus.Metric) {
 				{"overlay", "sent", n.OverlaySent}, {"overlay", "received", n.OverlayReceived}} {
 				ch <- prometheus.MustNewConstMetric(descNetwork, prometheus.CounterValue, float64(c.v), s.name, c.class, c.dir)
 			}
+		}
+		for _, p := range f.Paths {
+			up := 0.0
+			if p.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descPathUp, prometheus.GaugeValue, up, s.name, p.Peer, p.Dev)
+			ch <- prometheus.MustNewConstMetric(descPathRTT, prometheus.GaugeValue, p.RTT.Seconds(), s.name, p.Peer, p.Dev)
 		}
 		for vm, used := range f.GuestCPU {
 			ch <- prometheus.MustNewConstMetric(descGuestCPU, prometheus.CounterValue, used.Seconds(), s.name, vm)

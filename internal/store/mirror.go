@@ -164,7 +164,7 @@ func (m *Mirror) apply(c Change) bool {
 		if !ok {
 			return true
 		}
-		n.Heartbeat, n.Load1, oldNode.Heartbeat, oldNode.Load1 = time.Time{}, 0, time.Time{}, 0
+		n.Heartbeat, n.Load1, n.Traffic, oldNode.Heartbeat, oldNode.Load1, oldNode.Traffic = time.Time{}, 0, nil, time.Time{}, 0, nil
 		return !reflect.DeepEqual(n, oldNode)
 	}
 	return true
@@ -223,6 +223,31 @@ func setString(into map[string]string, c Change) {
 	into[c.Name] = string(c.Value)
 }
 
+// Nodes returns the hosts as Snapshot does (maintenance merged in, stale
+// heartbeats not-ready) without copying the rest; ok is false until the
+// first read.
+func (m *Mirror) Nodes() (nodes []api.Node, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.loaded {
+		return nil, false
+	}
+	return m.nodesLocked(time.Now()), true
+}
+
+func (m *Mirror) nodesLocked(now time.Time) []api.Node {
+	nodes := make([]api.Node, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		n.Maintenance = m.meta[n.Name].Maintenance
+		if now.Sub(n.Heartbeat) > StaleHeartbeat {
+			n.State = "not-ready"
+		}
+		nodes = append(nodes, n)
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	return nodes
+}
+
 // Snapshot copies the mirror's state; ok is false until it has loaded once.
 func (m *Mirror) Snapshot() (snap *Snapshot, ok bool) {
 	m.mu.Lock()
@@ -236,14 +261,7 @@ func (m *Mirror) Snapshot() (snap *Snapshot, ok bool) {
 		s.VMs = append(s.VMs, api.VM{Spec: spec, Node: m.place[name], Status: m.status[name]})
 	}
 	sort.Slice(s.VMs, func(i, j int) bool { return s.VMs[i].Spec.Name < s.VMs[j].Spec.Name })
-	for _, n := range m.nodes {
-		n.Maintenance = m.meta[n.Name].Maintenance
-		if now.Sub(n.Heartbeat) > StaleHeartbeat {
-			n.State = "not-ready"
-		}
-		s.Nodes = append(s.Nodes, n)
-	}
-	sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].Name < s.Nodes[j].Name })
+	s.Nodes = m.nodesLocked(now)
 	for _, mg := range m.migs {
 		s.Migrations = append(s.Migrations, mg)
 	}

@@ -45,6 +45,10 @@ type Bed struct {
 	ForwarderPID  int  `json:"forwarder_pid,omitempty"`
 	// HostCPUs is each host's CPU cap (0: none; cpucap.go).
 	HostCPUs float64 `json:"host_cpus,omitempty"`
+	// Paths is the number of fabrics (paths.go; 0 or 1: one), and
+	// PathKeeperPID the client's path monitor.
+	Paths         int `json:"paths,omitempty"`
+	PathKeeperPID int `json:"path_keeper_pid,omitempty"`
 }
 
 // Host is one testbed host and its agent.
@@ -85,6 +89,9 @@ type Options struct {
 	// HostCPUs caps each host's CPU (its agent and guests, in a cgroup of
 	// its own), and tells the agent its guests have that many (0: no cap).
 	HostCPUs float64
+	// Paths gives every host that many underlay paths, one per fabric
+	// (paths.go; 0 or 1: one).
+	Paths int
 }
 
 const (
@@ -112,6 +119,12 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if o.Accel == "" {
 		o.Accel = "tcg"
 	}
+	if o.Paths < 0 || o.Paths > MaxPaths {
+		return nil, fmt.Errorf("testbed: paths must be 1..%d, not %d", MaxPaths, o.Paths)
+	}
+	if o.Paths > 1 && o.EmulatedLinks {
+		return nil, fmt.Errorf("testbed: emulated links and several paths cannot be combined yet")
+	}
 	if len(o.Name) > 8 || strings.ContainsAny(o.Name, "/ .") {
 		return nil, fmt.Errorf("testbed: name %q must be at most 8 plain characters", o.Name)
 	}
@@ -123,9 +136,15 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 		FabricNS: o.Name + "-fab", ClientNS: o.Name + "-cl",
 		ClientAddr: underlayPrefix + strconv.Itoa(clientOctet), ClientIP: clientOverlay,
 		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks, HostCPUs: o.HostCPUs}
+	addr := HostAddr
+	if o.Paths > 1 {
+		b.Paths = o.Paths
+		addr = func(n int) string { return servicePrefix + strconv.Itoa(10+n) }
+		b.ClientAddr = servicePrefix + strconv.Itoa(clientOctet)
+	}
 	for i := 1; i <= o.Hosts; i++ {
 		b.Hosts = append(b.Hosts, &Host{Name: fmt.Sprintf("h%d", i), NS: fmt.Sprintf("%s-h%d", o.Name, i),
-			Addr: HostAddr(i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
+			Addr: addr(i), DataDir: filepath.Join(dir, fmt.Sprintf("h%d", i)),
 			RunDir: filepath.Join(dir, fmt.Sprintf("r%d", i)), ExtraArgs: o.HostArgs[i-1]})
 	}
 	defer func() {
@@ -144,8 +163,17 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if err := b.save(); err != nil {
 		return b, err
 	}
-	if err := b.buildNetwork(); err != nil {
+	build := b.buildNetwork
+	if b.Paths > 1 {
+		build = b.buildPaths
+	}
+	if err := build(); err != nil {
 		return b, err
+	}
+	if b.Paths > 1 {
+		if err := b.startPathKeeper(ctx); err != nil {
+			return b, err
+		}
 	}
 	if b.EmulatedLinks {
 		if err := b.startForwarder(ctx); err != nil {
@@ -234,19 +262,36 @@ func (b *Bed) buildNetwork() error {
 			[]string{"-n", m.ns, "link", "set", "eth0", "up"},
 		)
 	}
-	// The client joins the guest overlay with a VXLAN device of its own.
-	steps = append(steps,
-		[]string{"-n", b.ClientNS, "link", "add", "fvx0", "type", "vxlan", "id", strconv.Itoa(vni), "local", b.ClientAddr,
-			"dstport", "4789", "dev", "eth0", "nolearning"},
-		[]string{"-n", b.ClientNS, "link", "set", "fvx0", "mtu", "1450"},
-		[]string{"-n", b.ClientNS, "addr", "add", b.ClientIP, "dev", "fvx0"},
-		[]string{"-n", b.ClientNS, "link", "set", "fvx0", "up"},
-	)
 	for _, s := range steps {
 		if err := ip(s...); err != nil {
 			return err
 		}
 	}
+	for _, s := range b.clientOverlay() {
+		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(s, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	return b.floodToHosts()
+}
+
+// clientOverlay are the commands that put the client on the guest overlay
+// with a VXLAN device of its own.
+func (b *Bed) clientOverlay() [][]string {
+	vx := []string{"ip", "-n", b.ClientNS, "link", "add", "fvx0", "type", "vxlan", "id", strconv.Itoa(vni), "local", b.ClientAddr,
+		"dstport", "4789", "nolearning"}
+	if b.Paths < 2 {
+		vx = append(vx, "dev", "eth0") // its one underlay device
+	}
+	return [][]string{vx,
+		{"ip", "-n", b.ClientNS, "link", "set", "fvx0", "mtu", "1450"},
+		{"ip", "-n", b.ClientNS, "addr", "add", b.ClientIP, "dev", "fvx0"},
+		{"ip", "-n", b.ClientNS, "link", "set", "fvx0", "up"},
+	}
+}
+
+// floodToHosts makes the client's VXLAN send broadcasts to every host.
+func (b *Bed) floodToHosts() error {
 	for _, h := range b.Hosts {
 		out, err := exec.Command("ip", "netns", "exec", b.ClientNS, "bridge", "fdb", "append", "00:00:00:00:00:00",
 			"dev", "fvx0", "dst", h.Addr).CombinedOutput()
@@ -269,6 +314,9 @@ func (b *Bed) AgentArgs(i int) []string {
 		// wait for CPU, which healing would answer with moves the test
 		// did not ask for.
 		"--heal=false"}
+	if b.Paths > 1 {
+		a = append(a, b.pathArgs()...)
+	}
 	if b.HostCPUs > 0 {
 		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", cgroupMount(b.Name, h.Name))
 	}

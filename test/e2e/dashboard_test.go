@@ -123,6 +123,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		}
 	}
 
+	navigated := time.Now()
 	if err := chromedp.Do(page, chromedp.Navigate(u.String()), chromedp.WaitVisible(chromedp.ID("host-"+home))); err != nil {
 		t.Fatalf("logging in with the link: %v", err)
 	}
@@ -132,6 +133,19 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	until("the guest running on its host", 20*time.Second, func() bool { return strings.Contains(text("host-"+home), "web") })
 	until("the link matrix", 60*time.Second, func() bool { return strings.Contains(text("link-h1-h2"), "ms") })
+	// The charts draw the history the API server kept before the page
+	// was opened, not only what the page saw.
+	until("the host's load chart", 20*time.Second, func() bool { return text("chart-load-"+home) != "" })
+	first, err := chromedp.Run(page, chromedp.Evaluate[float64](`hist.times.length ? hist.times[0] : 0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before := navigated.Sub(time.UnixMilli(int64(first))); first == 0 || before < time.Second {
+		t.Errorf("the charts start %v before the page was opened (first sample %v): the history from before it is missing", before, first)
+	} else {
+		t.Logf("the charts start %v before the page was opened", before.Round(time.Second))
+	}
+	until("the traffic by class", 20*time.Second, func() bool { return strings.Contains(text("traffic-"+home), "/") && text("chart-traffic-"+home) != "" })
 	// The link worked once; a second use is refused.
 	plain := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	if resp, err := plain.Get(u.String()); err != nil || resp.StatusCode != http.StatusUnauthorized {
@@ -147,8 +161,26 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	click("migrate-web")
 	seen := map[string]bool{}
-	var progress string
+	var progress, trafficRow string
+	var migSent, migRecv float64 // the most the hosts reported, bytes per second
+	var polled time.Time
 	until("the migration completed", 3*time.Minute, func() bool {
+		if time.Since(polled) > time.Second {
+			polled = time.Now()
+			if nodes, err := admin.ListNodes(ctx); err == nil {
+				for _, n := range nodes {
+					if n.Traffic != nil && n.Name == home && n.Traffic.Sent.Migration > migSent {
+						migSent = n.Traffic.Sent.Migration
+					}
+					if n.Traffic != nil && n.Name == other && n.Traffic.Received.Migration > migRecv {
+						migRecv = n.Traffic.Received.Migration
+					}
+				}
+			}
+			if row := text("traffic-" + home); migSent > 0 && trafficRow == "" {
+				trafficRow = row
+			}
+		}
 		ph := text("mig-phase-web")
 		if ph != "" && !seen[ph] {
 			seen[ph] = true
@@ -165,7 +197,13 @@ func TestDashboardInABrowser(t *testing.T) {
 	if !seen["copying"] || progress == "" {
 		t.Errorf("the dashboard never showed the move copying with its progress (phases seen: %v)", seen)
 	}
-	t.Logf("while copying the page showed: %s", progress)
+	t.Logf("while copying the page showed: %s; its traffic row: %s", progress, trafficRow)
+	// Over a 40 Mbit/s link (5 MB/s) the move's bytes are counted as
+	// migration traffic at both ends.
+	t.Logf("migration traffic reported: %.2f MB/s sent by %s, %.2f MB/s received by %s", migSent/1e6, home, migRecv/1e6, other)
+	if migSent < 1e6 || migRecv < 1e6 {
+		t.Errorf("the hosts reported at most %.0f B/s of migration sent (%s) and %.0f B/s received (%s) during a move over a 5 MB/s link", migSent, home, migRecv, other)
+	}
 	if actual := text("mig-actual-web"); !strings.HasSuffix(actual, " s") {
 		t.Errorf("a completed migration shows its time as %q", actual)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -92,6 +93,9 @@ func TestDegradedLinkIsSeenAndAvoided(t *testing.T) {
 	t.Logf("ferry node net:\n%s", out)
 	if !matrixMarks(string(out), vm.Node, first) {
 		t.Errorf("ferry node net does not mark %s → %s degraded:\n%s", vm.Node, first, out)
+	}
+	if !regexp.MustCompile(`(?m)^` + vm.Node + `\s+[0-9.]+/[0-9.]+\s+[0-9.]+/[0-9.]+\s+[0-9.]+/[0-9.]+\s+[0-9.]+/[0-9.]+\s`).Match(out) {
+		t.Errorf("ferry node net shows no traffic by class for %s:\n%s", vm.Node, out)
 	}
 	// The placement engine takes another host, and says why.
 	after, err := cl.PredictMigration(ctx, "lh", api.MigrateRequest{To: "auto"})

@@ -5,8 +5,6 @@
 "use strict";
 
 const HDR = { "X-Ferry-Dashboard": "1" };
-const samples = { load: {}, rtt: {} }; // per host, per link: recent samples
-const HISTORY = 180;                    // points kept (2 s apart: 6 minutes)
 let state = { nodes: [], vms: [], migrations: [], links: [] };
 let who = { user: "", role: "" };
 
@@ -167,34 +165,104 @@ function renderMatrix() {
   }
 }
 
-function sample(kind, key, v) {
-  const h = (samples[kind][key] = samples[kind][key] || []);
-  h.push(v);
-  if (h.length > HISTORY) h.shift();
+// The charts draw the history the API server keeps (GET /v1/history: a
+// sample every 5 s, the last hour), so a page opened now shows the hour
+// before it; the page asks for what is new every 5 s.
+let hist = { times: [], series: {} }; // series: "metric subject" -> values, one per time
+
+async function loadHistory() {
+  const last = hist.times.length ? hist.times[hist.times.length - 1] : 0;
+  const h = await api("GET", "/v1/history" + (last ? "?since=" + last : ""));
+  if (!h) return;
+  const keep = h.step_ms ? Math.round(3600000 / h.step_ms) : 720;
+  const had = hist.times.length;
+  hist.times.push(...h.times);
+  const got = new Set();
+  for (const s of h.series) {
+    const k = s.metric + " " + s.subject;
+    got.add(k);
+    const v = hist.series[k] || new Array(had).fill(null);
+    v.push(...s.values);
+    hist.series[k] = v;
+  }
+  for (const [k, v] of Object.entries(hist.series)) if (!got.has(k)) v.push(...new Array(h.times.length).fill(null));
+  const cut = Math.max(0, hist.times.length - keep);
+  if (cut) {
+    hist.times.splice(0, cut);
+    for (const v of Object.values(hist.series)) v.splice(0, cut);
+  }
+  for (const [k, v] of Object.entries(hist.series)) if (v.every((x) => x == null)) delete hist.series[k];
 }
 
-function chart(box, key, points, unit) {
-  const max = Math.max(...points, 1e-9);
-  const w = 200, ht = 48;
-  const pts = points.map((v, i) => `${((i / Math.max(1, HISTORY - 1)) * w).toFixed(1)},${(ht - (v / max) * (ht - 4) - 2).toFixed(1)}`).join(" ");
+// chart draws lines (each {values, cls}) over the history's times; a
+// missing value breaks a line.
+function chart(box, id, title, lines, fmt) {
+  const w = 200, ht = 48, n = hist.times.length;
+  const max = Math.max(1e-9, ...lines.flatMap((l) => l.values.filter((v) => v != null)));
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${ht}`);
   svg.setAttribute("preserveAspectRatio", "none");
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", pts);
-  svg.append(line);
-  const last = points[points.length - 1];
-  box.append(el("div", { class: "chart" }, el("div", { class: "label" }, el("span", { text: key }), el("span", { text: last.toFixed(2) + unit })), svg));
+  for (const l of lines) {
+    let seg = [];
+    const flush = () => {
+      if (seg.length) {
+        const p = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+        p.setAttribute("points", seg.join(" "));
+        if (l.cls) p.setAttribute("class", l.cls);
+        svg.append(p);
+      }
+      seg = [];
+    };
+    l.values.forEach((v, i) => {
+      if (v == null) return flush();
+      seg.push(`${((i / Math.max(1, n - 1)) * w).toFixed(1)},${(ht - (v / max) * (ht - 4) - 2).toFixed(1)}`);
+    });
+    flush();
+  }
+  const lastOf = (vs) => { for (let i = vs.length - 1; i >= 0; i--) if (vs[i] != null) return vs[i]; return null; };
+  const span = n > 1 ? Math.round((hist.times[n - 1] - hist.times[0]) / 60000) : 0;
+  const c = el("div", { class: "chart", id, "data-points": String(n) },
+    el("div", { class: "label" }, el("span", { text: title }), el("span", { text: fmt(lines.map((l) => lastOf(l.values))) })), svg,
+    el("div", { class: "meta", text: n ? `last ${span} min` : "no samples yet" }));
+  box.append(c);
 }
 
+const mbit = (bps) => (bps * 8 / 1e6).toFixed(bps * 8 < 1e7 ? 2 : 0);
+const sumSeries = (a, b) => (a || []).map((v, i) => (v == null && (b || [])[i] == null ? null : (v || 0) + ((b || [])[i] || 0)));
+
 function renderCharts() {
-  for (const n of state.nodes) sample("load", n.name, n.load1 || 0);
-  for (const l of state.links) sample("rtt", `${l.from} → ${l.to}`, l.rtt_ms || 0);
-  const lb = document.getElementById("loadcharts"), rb = document.getElementById("linkcharts");
+  const lb = document.getElementById("loadcharts"), tb = document.getElementById("trafficcharts"), rb = document.getElementById("linkcharts");
   lb.replaceChildren();
+  tb.replaceChildren();
   rb.replaceChildren();
-  for (const [k, v] of Object.entries(samples.load)) chart(lb, k, v, "");
-  for (const [k, v] of Object.entries(samples.rtt)) chart(rb, k, v, " ms");
+  const subjects = (metric) => Object.keys(hist.series).filter((k) => k.startsWith(metric + " ")).map((k) => k.slice(metric.length + 1)).sort();
+  for (const h of subjects("load1")) chart(lb, "chart-load-" + h, h, [{ values: hist.series["load1 " + h] }], ([v]) => (v == null ? "–" : v.toFixed(2)));
+  for (const h of subjects("sent_control")) {
+    const both = (c) => sumSeries(hist.series[`sent_${c} ${h}`], hist.series[`received_${c} ${h}`]);
+    chart(tb, "chart-traffic-" + h, h, [
+      { values: both("control"), cls: "control" }, { values: both("guest"), cls: "guest" }, { values: both("migration"), cls: "migration" }],
+      (v) => v.map((x) => (x == null ? "–" : mbit(x))).join(" / ") + " Mbit/s");
+  }
+  for (const l of subjects("link_rtt_ms")) chart(rb, "chart-link-" + l.replace("/", "-"), l.replace("/", " → "), [{ values: hist.series["link_rtt_ms " + l] }], ([v]) => (v == null ? "–" : v.toFixed(2) + " ms"));
+}
+
+async function refreshCharts() {
+  try {
+    await loadHistory();
+    renderCharts();
+  } catch (e) {
+    if (e.message !== "not logged in") toast("history: " + e.message, true);
+  }
+}
+
+function renderTraffic() {
+  const body = document.querySelector("#traffic tbody");
+  body.replaceChildren();
+  for (const n of state.nodes) {
+    const t = n.traffic;
+    const cell = (c) => el("td", { text: t ? `${mbit(t.sent[c])} / ${mbit(t.received[c])}` : "–" });
+    body.append(el("tr", { id: "traffic-" + n.name }, el("th", { text: n.name }), cell("control"), cell("guest"), cell("migration"), cell("total")));
+  }
 }
 
 const HA_KINDS = ["host-lost", "host-unreachable", "host-reachable", "ha-restart", "ha-waiting", "self-fenced", "host-drained", "host-at-risk", "drain-stuck", "link-degraded", "link-recovered", "leader-elected", "drain", "undrain"];
@@ -232,6 +300,7 @@ async function refresh() {
     renderHosts();
     renderMigrations();
     renderMatrix();
+    renderTraffic();
   } catch (e) {
     if (e.message !== "not logged in") toast("refresh: " + e.message, true);
   } finally {
@@ -251,10 +320,10 @@ async function start() {
     return;
   }
   await refresh();
-  renderCharts();
+  await refreshCharts();
   follow();
   setInterval(refresh, 2000);
-  setInterval(renderCharts, 2000);
+  setInterval(refreshCharts, 5000);
 }
 
 start();
