@@ -38,15 +38,21 @@ have ip   || need_pkgs+=(iproute2)
 have curl || need_pkgs+=(curl)
 have nft  || need_pkgs+=(nftables) # the tests cut links between testbed hosts with it
 # What only the test suite needs (make test sets FERRY_TEST_DEPS=1): a real
-# Prometheus server that scrapes the testbed, and a headless browser for
-# the dashboard's test.
+# Prometheus server that scrapes the testbed, a headless browser for the
+# dashboard's test, and keepalived, which shares a VRRP group with Ferry in
+# the virtual address's test.
 new_prometheus=0
+new_keepalived=0
 if [ "${FERRY_TEST_DEPS:-}" = 1 ]; then
   if ! have prometheus; then
     need_pkgs+=(prometheus)
     new_prometheus=1
   fi
   have chromium || need_pkgs+=(chromium)
+  if ! have keepalived; then
+    need_pkgs+=(keepalived)
+    new_keepalived=1
+  fi
 fi
 
 as_root() {
@@ -127,6 +133,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   # its installation where systemd runs, is not wanted on this machine.
   if [ "$new_prometheus" = 1 ] && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  # Likewise keepalived's: the test runs its own in a testbed namespace.
+  if [ "$new_keepalived" = 1 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now keepalived >/dev/null 2>&1 || true
   fi
 fi
 

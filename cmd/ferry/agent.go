@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,10 @@ type agentOpts struct {
 	overlayPeers  []string
 	paths         []string
 	pathPeers     []string
+	apiVIP        string
+	vip           daemon.VIPConfig
+	vrid          int
+	vrrpPriority  int
 	vni           int
 	migPerHost    int
 	migPerCluster int
@@ -107,6 +112,11 @@ Stopping the agent leaves guests running; the next agent re-attaches to them.`,
 	f.StringVar(&o.advertise, "advertise", "", "this host's underlay address, which other hosts reach (required with --server and --join)")
 	f.StringSliceVar(&o.overlayPeers, "overlay-peer", nil, "extra underlay address that joins the guest overlay (a gateway or client); repeatable")
 	f.StringSliceVar(&o.paths, "path", nil, "an underlay device of this host, one per fabric, when it has several (repeat: --path eth0 --path eth1); --advertise is then an address of the host's own (on lo) that the others reach over every healthy path")
+	f.StringVar(&o.apiVIP, "api-vip", "", "the cluster API's virtual address (IPv4): this host takes part in its VRRPv3 group and serves the API there while it holds it (give it on every host that may)")
+	f.StringVar(&o.vip.Dev, "vrrp-dev", "", "the interface of the API's VRRP group (default: the one holding --advertise)")
+	f.IntVar(&o.vrid, "vrrp-id", 51, "the API's VRRP virtual router id (1..255; the same on every host, and on keepalived routers sharing the address)")
+	f.IntVar(&o.vrrpPriority, "vrrp-priority", 100, "this host's VRRP priority for the API's address (1..254; the highest healthy host holds it)")
+	f.DurationVar(&o.vip.Interval, "vrrp-interval", 100*time.Millisecond, "how often the holder of the API's address advertises it (a multiple of 10ms; a backup takes over after three missed)")
 	f.StringSliceVar(&o.pathPeers, "path-peer", nil, "a host on the same fabrics that is not Ferry's (a gateway, a client): NAME=ADDRESS/PATHADDR/PATHADDR...; repeatable")
 	f.IntVar(&o.vni, "vni", 42, "VXLAN network identifier of the guest overlay")
 	f.IntVar(&o.migPerHost, "migrations-per-host", migrate.DefaultPerHost, "live migrations in flight out of one host (when this host leads)")
@@ -231,6 +241,26 @@ func runAgent(ctx context.Context, g *globals, o *agentOpts) error {
 		return errors.New("--path needs --advertise (the host's own address, reached over the paths)")
 	}
 	h.Paths = o.paths
+	if o.apiVIP != "" {
+		vip, err := netip.ParseAddr(o.apiVIP)
+		if err != nil || !vip.Is4() {
+			return fmt.Errorf("--api-vip must be an IPv4 address, not %q", o.apiVIP)
+		}
+		if h.Advertise == nil {
+			return errors.New("--api-vip needs --advertise")
+		}
+		if o.vrid < 1 || o.vrid > 255 {
+			return fmt.Errorf("--vrrp-id must be 1..255, not %d", o.vrid)
+		}
+		if o.vrrpPriority < 1 || o.vrrpPriority > 254 {
+			return fmt.Errorf("--vrrp-priority must be 1..254, not %d", o.vrrpPriority)
+		}
+		if o.vip.Interval < 10*time.Millisecond || o.vip.Interval%(10*time.Millisecond) != 0 || o.vip.Interval > 40950*time.Millisecond {
+			return fmt.Errorf("--vrrp-interval must be a multiple of 10ms up to 40.95s, not %s", o.vip.Interval)
+		}
+		h.APIVIP, h.VIP = vip, o.vip
+		h.VIP.VRID, h.VIP.Priority = uint8(o.vrid), uint8(o.vrrpPriority)
+	}
 	for _, p := range o.pathPeers {
 		peer, err := daemon.ParsePathPeer(p)
 		if err != nil {

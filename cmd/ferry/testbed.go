@@ -47,6 +47,7 @@ func testbedCmd() *cobra.Command {
 	up.Flags().StringVar(&o.Name, "name", "fbed", "testbed name (at most 8 characters; prefixes its namespaces)")
 	up.Flags().StringVar(&o.ImageDir, "image-dir", image.DefaultDir, "where the tiny image is built")
 	up.Flags().StringVar(&o.Accel, "accel", "tcg", "accelerator for the hosts' guests")
+	up.Flags().BoolVar(&o.APIVIP, "api-vip", false, "give the API the virtual address "+testbed.VIPAddr+", which every host bids for with VRRP")
 	up.Flags().IntVar(&o.Paths, "paths", 1, "underlay paths per host, one per fabric (2 or more: each host's address is reached over all healthy ones; `ferry testbed path cut` fails one)")
 	up.Flags().BoolVar(&o.EmulatedLinks, "emulate-links", false, "carry the hosts' underlay through the link emulator, so that `ferry testbed link` can shape it")
 	var name string

@@ -491,6 +491,10 @@ func (a *Agent) ConsoleLog(name string) string {
 	return filepath.Join(a.vmDir(name), "console.log")
 }
 
+// LeaseAge is how long ago etcd last accepted a renewal of this host's
+// lease.
+func (a *Agent) LeaseAge() time.Duration { return a.lk.SinceOK() }
+
 // Node is this agent's host name.
 func (a *Agent) Node() string { return a.cfg.Node }
 

@@ -52,7 +52,11 @@ func (h *Host) credentials(ctx context.Context, hosts, migHosts []string) (*host
 		if h.Join == "" || h.Token == "" {
 			return nil, errors.New("this host has no certificate: join a cluster with --join ADDR --token TOKEN (ferry cluster token create), or start the first server with --server")
 		}
-		if err := h.joinWithToken(ctx, migHosts[1:]); err != nil {
+		addrs := migHosts[1:]
+		if h.APIVIP.IsValid() {
+			addrs = append(addrs, h.APIVIP.String())
+		}
+		if err := h.joinWithToken(ctx, addrs); err != nil {
 			return nil, err
 		}
 		if exists(caKey) {

@@ -62,6 +62,11 @@ type Host struct {
 	// fabric); PathPeers hosts on them that are not Ferry's.
 	Paths     []string
 	PathPeers []paths.Peer
+	// APIVIP, when valid, is the cluster API's virtual address: this host
+	// takes part in its VRRP group (VIP) and serves the API on it when it
+	// holds it (vip.go).
+	APIVIP netip.Addr
+	VIP    VIPConfig
 
 	Accel, CPUModel, GuestTHP string // auto|kvm|tcg; QEMU's CPU model; auto|on|off
 
@@ -185,6 +190,9 @@ func (h *Host) identity(ctx context.Context) (*identity, error) {
 	hosts := []string{"127.0.0.1", "localhost", h.Node}
 	if listenHost != "" && listenHost != "0.0.0.0" && listenHost != "::" {
 		hosts = append(hosts, listenHost)
+	}
+	if h.APIVIP.IsValid() {
+		hosts = append(hosts, h.APIVIP.String()) // clients that reach the API at the virtual address
 	}
 	migHosts := []string{h.Node}
 	if h.Advertise != nil {
@@ -434,6 +442,13 @@ func (h *Host) serve(ctx context.Context, st *store.Store, ag *agent.Agent, id *
 		renewAt = ln.Addr().String()
 	}
 	go renewLoop(ctx, h.pkiDir(), renewAt, h.CertCheck, h.CertBefore, ag, log)
+	if h.APIVIP.IsValid() {
+		stop, err := h.serveVIP(ctx, srv, ag)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	defer h.watchLinks(ctx, st, ag)()
 	log.Info("ferry is up", "api", endpoint, "node", h.Node, "data_dir", h.DataDir)
 	select {

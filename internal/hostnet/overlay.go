@@ -244,6 +244,15 @@ func TapName(uuid string) string {
 	return "fy" + s
 }
 
+// DeviceWithAddr names the interface that holds ip.
+func DeviceWithAddr(ip net.IP) (string, error) {
+	l, err := linkWithAddr(ip)
+	if err != nil {
+		return "", err
+	}
+	return l.Attrs().Name, nil
+}
+
 func linkWithAddr(ip net.IP) (netlink.Link, error) {
 	links, err := netlink.LinkList()
 	if err != nil {

@@ -49,6 +49,9 @@ type Bed struct {
 	// PathKeeperPID the client's path monitor.
 	Paths         int `json:"paths,omitempty"`
 	PathKeeperPID int `json:"path_keeper_pid,omitempty"`
+	// APIVIP is the API's virtual address every host bids for (VRRP;
+	// empty: none).
+	APIVIP string `json:"api_vip,omitempty"`
 }
 
 // Host is one testbed host and its agent.
@@ -92,7 +95,13 @@ type Options struct {
 	// Paths gives every host that many underlay paths, one per fabric
 	// (paths.go; 0 or 1: one).
 	Paths int
+	// APIVIP gives the cluster's API a virtual address (VIPAddr) that
+	// every host bids for with VRRP.
+	APIVIP bool
 }
+
+// VIPAddr is the API's virtual address in a testbed built with APIVIP.
+const VIPAddr = underlayPrefix + "250"
 
 const (
 	underlayPrefix = "198.18.0."
@@ -122,6 +131,9 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 	if o.Paths < 0 || o.Paths > MaxPaths {
 		return nil, fmt.Errorf("testbed: paths must be 1..%d, not %d", MaxPaths, o.Paths)
 	}
+	if o.APIVIP && o.Paths > 1 {
+		return nil, fmt.Errorf("testbed: a virtual address for the API and several paths cannot be combined yet")
+	}
 	if o.Paths > 1 && o.EmulatedLinks {
 		return nil, fmt.Errorf("testbed: emulated links and several paths cannot be combined yet")
 	}
@@ -136,6 +148,9 @@ func Up(ctx context.Context, o Options) (b *Bed, err error) {
 		FabricNS: o.Name + "-fab", ClientNS: o.Name + "-cl",
 		ClientAddr: underlayPrefix + strconv.Itoa(clientOctet), ClientIP: clientOverlay,
 		StorageDir: filepath.Join(dir, "storage"), EmulatedLinks: o.EmulatedLinks, HostCPUs: o.HostCPUs}
+	if o.APIVIP {
+		b.APIVIP = VIPAddr
+	}
 	addr := HostAddr
 	if o.Paths > 1 {
 		b.Paths = o.Paths
@@ -316,6 +331,9 @@ func (b *Bed) AgentArgs(i int) []string {
 		"--heal=false"}
 	if b.Paths > 1 {
 		a = append(a, b.pathArgs()...)
+	}
+	if b.APIVIP != "" {
+		a = append(a, "--api-vip", b.APIVIP)
 	}
 	if b.HostCPUs > 0 {
 		a = append(a, "--capacity-cpus", strconv.FormatFloat(b.HostCPUs, 'f', -1, 64), "--guest-cgroup", cgroupMount(b.Name, h.Name))
