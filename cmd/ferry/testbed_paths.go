@@ -12,15 +12,16 @@ import (
 
 func testbedPathCmd() *cobra.Command {
 	var name string
+	var loss int
 	c := &cobra.Command{
 		Use:   "path cut|restore HOST PATH",
-		Short: "Black-hole one host's port on one fabric of a testbed built with --paths (every frame dropped both ways, the link left up), or restore it",
+		Short: "Black-hole one host's port on one fabric of a testbed built with --paths (every frame dropped both ways, the link left up; with --loss N only N % of them, at random), or restore it",
 		Args:  cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var cut bool
+			pct := 0
 			switch args[0] {
 			case "cut":
-				cut = true
+				pct = loss
 			case "restore":
 			default:
 				return fmt.Errorf("testbed path: %q is neither cut nor restore", args[0])
@@ -33,7 +34,7 @@ func testbedPathCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := b.CutPath(args[1], k, cut); err != nil {
+			if err := b.LosePath(args[1], k, pct); err != nil {
 				return err
 			}
 			fmt.Printf("path %d of %s %sd\n", k, args[1], args[0])
@@ -41,6 +42,7 @@ func testbedPathCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&name, "name", "fbed", "testbed name")
+	c.Flags().IntVar(&loss, "loss", 100, "with cut: the percentage of frames dropped (1..100)")
 	return c
 }
 

@@ -12,8 +12,9 @@
 // The Monitor sends a small UDP probe over each path to each peer every
 // Every (50 ms by default) and answers the peers' probes; a path that has
 // not answered for DownAfter (250 ms) is withdrawn from the peer's route,
-// and restored once it has answered without a gap for UpAfter (2 s). A
-// connection hashed onto a path that dies stalls until the route changes
+// and so is a lossy one (3 of its last 40 probes unanswered while another
+// path to the peer lost none); either is restored once it has answered
+// without a gap or a loss for UpAfter (2 s). A connection hashed onto a path that dies stalls until the route changes
 // and then carries on over another (TCP retransmits; the kernel looks the
 // route up again): it is not cut. The bounds are tight because TCP's
 // retransmissions back off: on a LAN a lost segment is sent again after
@@ -31,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -45,6 +47,15 @@ const (
 	DefaultEvery     = 50 * time.Millisecond
 	DefaultDownAfter = 250 * time.Millisecond
 	DefaultUpAfter   = 2 * time.Second
+)
+
+// A path that answers but loses probes is lossy: lossWindow probes are
+// judged (2 s at the default interval), and lossDown lost among them
+// withdraw the path while another path to the peer loses none; it comes
+// back only after a window without loss.
+const (
+	lossWindow = 40
+	lossDown   = 3
 )
 
 // Local is one of this host's paths: its device and its address there
@@ -125,6 +136,27 @@ type pathState struct {
 	// lately).
 	answering time.Time
 	rtt       time.Duration
+	// The last lossWindow probes: their sequence numbers, when they were
+	// sent and whether they were answered (a ring, next at ring).
+	seqs     [lossWindow]uint64
+	sentAt   [lossWindow]time.Time
+	answered [lossWindow]bool
+	ring     int
+}
+
+// lost counts the probes of the window that went unanswered for longer
+// than wait, and how many were judged.
+func (s *pathState) lost(now time.Time, wait time.Duration) (lost, judged int) {
+	for i := range lossWindow {
+		if s.sentAt[i].IsZero() || now.Sub(s.sentAt[i]) < wait {
+			continue
+		}
+		judged++
+		if !s.answered[i] {
+			lost++
+		}
+	}
+	return lost, judged
 }
 
 // Monitor watches the paths to every peer and keeps their routes.
@@ -137,7 +169,9 @@ type Monitor struct {
 	paths  map[pathKey]*pathState
 	routes map[string][]Hop // what is installed per peer
 	seq    uint64
-	drop   map[int]bool // tests: local paths that neither send nor answer
+	drop   map[int]bool    // tests: local paths that neither send nor answer
+	lose   map[int]float64 // tests: the share of probes a local path does not send
+	rnd    *rand.Rand
 }
 
 // New returns a Monitor; Run starts it.
@@ -160,7 +194,8 @@ func New(cfg Config) (*Monitor, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Monitor{cfg: cfg, peers: map[string]Peer{}, paths: map[pathKey]*pathState{}, routes: map[string][]Hop{}, drop: map[int]bool{}}, nil
+	return &Monitor{cfg: cfg, peers: map[string]Peer{}, paths: map[pathKey]*pathState{}, routes: map[string][]Hop{}, drop: map[int]bool{}, lose: map[int]float64{},
+		rnd: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}, nil
 }
 
 // SetPeers replaces the peers (the hosts of the cluster but this one). A
@@ -258,8 +293,10 @@ func (m *Monitor) probe(now time.Time) {
 	m.seq++
 	seq := m.seq
 	var sends []pathKey
-	for k := range m.paths {
-		if !m.drop[k.local] {
+	for k, s := range m.paths {
+		s.seqs[s.ring], s.sentAt[s.ring], s.answered[s.ring] = seq, now, false
+		s.ring = (s.ring + 1) % lossWindow
+		if !m.drop[k.local] && (m.lose[k.local] == 0 || m.rnd.Float64() >= m.lose[k.local]) {
 			sends = append(sends, k)
 		}
 	}
@@ -295,10 +332,16 @@ func (m *Monitor) read(i int, c *net.UDPConn) {
 			buf[len(magic)] = kindReply
 			c.WriteToUDPAddrPort(buf[:n], from)
 		case kindReply:
+			seq := binary.BigEndian.Uint64(buf[len(magic)+1:])
 			sent := time.Unix(0, int64(binary.BigEndian.Uint64(buf[len(magic)+9:])))
 			now := time.Now()
 			m.mu.Lock()
 			if s, ok := m.paths[pathKey{i, from.Addr().Unmap()}]; ok {
+				for j := range lossWindow {
+					if s.seqs[j] == seq {
+						s.answered[j] = true
+					}
+				}
 				if now.Sub(s.lastReply) > 2*m.cfg.Every+m.cfg.Every/2 || s.answering.IsZero() {
 					s.answering = now // the first answer after a gap
 				}
@@ -313,6 +356,15 @@ func (m *Monitor) read(i int, c *net.UDPConn) {
 func (m *Monitor) judge(now time.Time) {
 	var changes []Change
 	m.mu.Lock()
+	// A reply later than this counts as lost in the loss window.
+	wait := max(m.cfg.DownAfter, 4*m.cfg.Every)
+	// clean: peers with a path that is up and lost nothing lately.
+	clean := map[string]bool{}
+	for _, s := range m.paths {
+		if lost, judged := s.lost(now, wait); s.up && lost == 0 && judged > 0 {
+			clean[s.peer] = true
+		}
+	}
 	for k, s := range m.paths {
 		silent := now.Sub(s.lastReply)
 		if s.lastReply.IsZero() {
@@ -321,12 +373,17 @@ func (m *Monitor) judge(now time.Time) {
 		if silent > 2*m.cfg.Every+m.cfg.Every/2 {
 			s.answering = time.Time{}
 		}
+		lost, judged := s.lost(now, wait)
 		switch {
 		case s.up && silent > m.cfg.DownAfter:
 			s.up, s.since = false, now
 			changes = append(changes, Change{Peer: s.peer, Dev: m.cfg.Local[k.local].Dev, Via: k.via, Up: false,
 				Why: fmt.Sprintf("no answer over %s for %s", m.cfg.Local[k.local].Dev, silent.Round(time.Millisecond))})
-		case !s.up && !s.answering.IsZero() && now.Sub(s.answering) >= m.cfg.UpAfter:
+		case s.up && lost >= lossDown && clean[s.peer]:
+			s.up, s.since = false, now
+			changes = append(changes, Change{Peer: s.peer, Dev: m.cfg.Local[k.local].Dev, Via: k.via, Up: false,
+				Why: fmt.Sprintf("lossy: %d of its last %d probes over %s unanswered, another path lost none", lost, judged, m.cfg.Local[k.local].Dev)})
+		case !s.up && !s.answering.IsZero() && now.Sub(s.answering) >= m.cfg.UpAfter && lost == 0:
 			s.up, s.since = true, now
 			changes = append(changes, Change{Peer: s.peer, Dev: m.cfg.Local[k.local].Dev, Via: k.via, Up: true,
 				Why: fmt.Sprintf("answering over %s again for %s", m.cfg.Local[k.local].Dev, now.Sub(s.answering).Round(time.Millisecond))})
@@ -419,6 +476,14 @@ func (m *Monitor) Routes() map[string][]Hop {
 		out[k] = slices.Clone(v)
 	}
 	return out
+}
+
+// Lose makes local path i leave out that share of its probes (tests: a
+// lossy path).
+func (m *Monitor) Lose(i int, share float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lose[i] = share
 }
 
 // Drop makes local path i neither send nor answer probes (tests: a path

@@ -179,6 +179,18 @@ func KeepClientPaths(ctx context.Context, name string, log *slog.Logger) error {
 // CutPath black-holes host's port on fabric k (the fabric's bridge
 // forwards no frame from or to it, the link stays up), or restores it.
 func (b *Bed) CutPath(host string, k int, cut bool) error {
+	if cut {
+		return b.LosePath(host, k, 100)
+	}
+	return b.LosePath(host, k, 0)
+}
+
+// LosePath makes the fabric's bridge drop pct percent of the frames from
+// and to host's port on fabric k, at random (100: all; 0: none).
+func (b *Bed) LosePath(host string, k int, pct int) error {
+	if pct < 0 || pct > 100 {
+		return fmt.Errorf("testbed: a loss is 0..100 %%, not %d", pct)
+	}
 	if b.Paths < 2 {
 		return fmt.Errorf("testbed %s has one path (ferry testbed up --paths 2)", b.Name)
 	}
@@ -191,21 +203,25 @@ func (b *Bed) CutPath(host string, k int, cut bool) error {
 	// bridge forwards nothing from or to it.
 	table := "cut_" + port
 	exec.Command("ip", "netns", "exec", b.FabricNS, "nft", "delete", "table", "bridge", table).Run()
-	if !cut {
+	if pct == 0 {
 		return nil
+	}
+	match := ""
+	if pct < 100 {
+		match = fmt.Sprintf(" numgen random mod 100 < %d", pct)
 	}
 	rules := fmt.Sprintf(`table bridge %s {
 	chain forward {
 		type filter hook forward priority 0; policy accept;
-		iifname %q drop
-		oifname %q drop
+		iifname %q%s drop
+		oifname %q%s drop
 	}
 }
-`, table, port, port)
+`, table, port, match, port, match)
 	cmd := exec.Command("ip", "netns", "exec", b.FabricNS, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("cutting path %d of %s (nft): %v: %s", k, host, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("dropping %d %% on path %d of %s (nft): %v: %s", pct, k, host, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

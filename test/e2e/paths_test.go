@@ -148,6 +148,30 @@ func TestPathCutKeepsEverythingRunning(t *testing.T) {
 	moveWithCut(false)
 	moveWithCut(true)
 
+	// A lossy path (a tenth of its frames dropped, the rest carried) is
+	// withdrawn too, and comes back when the loss ends.
+	h := b.Hosts[0]
+	peer := b.Hosts[1]
+	if err := b.LosePath(h.Name, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	lossyAt := time.Now()
+	pollEvery(t, 30*time.Second, 100*time.Millisecond, "the lossy path withdrawn", func() (bool, string) {
+		r := routes(peer, h.Addr)
+		return !strings.Contains(r, "nexthop") && strings.Contains(r, "eth0"), peer.Name + "'s route: " + r
+	})
+	t.Logf("%s withdrew %s's lossy path %s after the loss began", peer.Name, h.Name, time.Since(lossyAt).Round(time.Millisecond))
+	if ev := downs.wait(t, "path-down", 10*time.Second); !strings.Contains(ev.Message, "lossy") {
+		t.Logf("the first path-down event after the loss: %s", ev.Message)
+	}
+	if err := b.LosePath(h.Name, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	pollEvery(t, 30*time.Second, 100*time.Millisecond, "the path restored after the loss", func() (bool, string) {
+		r := routes(peer, h.Addr)
+		return strings.Count(r, "nexthop") == 2, peer.Name + "'s route: " + r
+	})
+
 	r := w.Stop()
 	t.Logf("the stream: %d lines over %s, longest gap %s, intact %v %s", r.Lines, r.Duration.Round(time.Millisecond), r.LongestGap.Round(time.Millisecond), r.Intact, r.Problem)
 	if !r.Intact {
