@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // The testbed's hosts share one machine's CPUs; a host given a CPU cap has
@@ -99,14 +100,22 @@ func capCPU(name, host string, cpus float64) (string, error) {
 	return dir, nil
 }
 
-// removeCgroups removes testbed name's cgroups (their processes are gone).
+// removeCgroups removes testbed name's cgroups (their processes were
+// killed). A killed process leaves its cgroup only once the kernel has
+// finished with it: a cgroup still busy is tried again for a few seconds.
 func removeCgroups(name string) error {
 	var errs []error
 	for _, parent := range []string{cgroupRoot, filepath.Join(cgroupRoot, "cpu")} {
 		entries, _ := os.ReadDir(parent)
 		for _, e := range entries {
 			if e.IsDir() && strings.HasPrefix(e.Name(), "ferry-"+name+"-") {
-				if err := os.Remove(filepath.Join(parent, e.Name())); err != nil {
+				dir := filepath.Join(parent, e.Name())
+				err := os.Remove(dir)
+				for end := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EBUSY) && time.Now().Before(end); {
+					time.Sleep(50 * time.Millisecond)
+					err = os.Remove(dir)
+				}
+				if err != nil {
 					errs = append(errs, err)
 				}
 			}
