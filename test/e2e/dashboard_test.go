@@ -99,7 +99,16 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	click := func(id string) {
 		t.Helper()
-		if err := chromedp.Do(page, chromedp.Click(chromedp.ID(id))); err != nil {
+		// The page redraws its hosts every 2 s: a button found just
+		// before a redraw is gone when the click lands. Click again.
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = chromedp.Do(page, chromedp.Click(chromedp.ID(id))); err == nil || !strings.Contains(err.Error(), "Could not find node") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
 			t.Fatalf("clicking #%s: %v", id, err)
 		}
 	}
